@@ -1,0 +1,135 @@
+# -*- coding: utf-8 -*-
+# Copyright: segura.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The one interface every backup target (smb, nfs, path) implements.
+
+Paths given to a Target are relative POSIX paths ('a/b/c', '/'-separated, no '..', no leading '/')
+below the target's root (share + path, export + path, or local directory). Implementations map them
+to their protocol and turn protocol errors into the errors of ``errors.py``.
+"""
+
+from __future__ import annotations
+
+import abc
+import posixpath
+from dataclasses import dataclass
+from typing import BinaryIO, List, Optional
+
+from ansible_collections.segura.backup.plugins.module_utils.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One directory entry on a target."""
+
+    name: str
+    is_dir: bool
+    size: int
+    mtime: float  # seconds since the epoch, UTC
+
+
+def clean_relpath(relpath: str) -> str:
+    """Normalise a target-relative path and refuse anything that could escape the root."""
+    if not isinstance(relpath, str) or "\x00" in relpath:
+        raise ConfigError("invalid target path %r" % (relpath,))
+    parts = [p for p in relpath.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise ConfigError("target path %r must not contain '..'" % (relpath,))
+    return "/".join(parts)
+
+
+class Target(abc.ABC):
+    """A place where snapshots are stored. Use as a context manager; ``close()`` releases connections."""
+
+    #: 'smb', 'nfs' or 'path'
+    kind = ""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """Where this target points, for messages (e.g. 'smb://host:445/share/path'); never secrets."""
+
+    @abc.abstractmethod
+    def open_write(self, relpath: str, exclusive: bool = False) -> BinaryIO:
+        """Open a file for writing, creating parent directories; truncates unless ``exclusive``.
+
+        With ``exclusive`` the call fails with TargetExists if the file exists (atomic create, used
+        for locks). The returned object has ``write(bytes) -> int`` and ``close()``, and works as a
+        context manager. Data is durable on the server when ``close()`` returns.
+        """
+
+    @abc.abstractmethod
+    def open_read(self, relpath: str) -> BinaryIO:
+        """Open a file for reading: ``read(n) -> bytes`` (b'' at the end) and ``close()``."""
+
+    @abc.abstractmethod
+    def stat(self, relpath: str) -> Entry:
+        """Entry for one path; TargetNotFound if it does not exist."""
+
+    @abc.abstractmethod
+    def listdir(self, relpath: str) -> List[Entry]:
+        """Entries of one directory (no '.' or '..'); TargetNotFound if it does not exist."""
+
+    @abc.abstractmethod
+    def makedirs(self, relpath: str) -> None:
+        """Create a directory and its parents; no error if it exists."""
+
+    @abc.abstractmethod
+    def remove(self, relpath: str) -> None:
+        """Remove one file; TargetNotFound if it does not exist."""
+
+    @abc.abstractmethod
+    def rmdir(self, relpath: str) -> None:
+        """Remove one empty directory."""
+
+    @abc.abstractmethod
+    def rename(self, src: str, dst: str, replace: bool = False) -> None:
+        """Rename a file. Without ``replace``, fails with TargetExists if ``dst`` exists."""
+
+    @abc.abstractmethod
+    def free_space(self) -> Optional[int]:
+        """Bytes available to us below the root, or None if the protocol cannot tell."""
+
+    def close(self) -> None:
+        """Release connections. Safe to call twice."""
+
+    # Helpers built on the primitives above; implementations may override them for speed.
+
+    def exists(self, relpath: str) -> bool:
+        from ansible_collections.segura.backup.plugins.module_utils.errors import TargetNotFound
+
+        try:
+            self.stat(relpath)
+        except TargetNotFound:
+            return False
+        return True
+
+    def read_bytes(self, relpath: str, limit: int = 16 * 1024 * 1024) -> bytes:
+        """Whole content of a small file (sidecars, locks); refuses files larger than ``limit``."""
+        chunks = []
+        total = 0
+        with self.open_read(relpath) as handle:
+            while True:
+                data = handle.read(1024 * 1024)
+                if not data:
+                    break
+                total += len(data)
+                if total > limit:
+                    from ansible_collections.segura.backup.plugins.module_utils.errors import IntegrityError
+
+                    raise IntegrityError("%s is larger than %d bytes" % (self.describe_path(relpath), limit))
+                chunks.append(data)
+        return b"".join(chunks)
+
+    def write_bytes(self, relpath: str, data: bytes, exclusive: bool = False) -> None:
+        with self.open_write(relpath, exclusive=exclusive) as handle:
+            handle.write(data)
+
+    def describe_path(self, relpath: str) -> str:
+        return posixpath.join(self.describe(), clean_relpath(relpath))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
