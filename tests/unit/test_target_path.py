@@ -1,0 +1,183 @@
+"""PathTarget on real local filesystems (tmp dirs, and a 1 MiB tmpfs for the full-disk case)."""
+
+import errno
+import os
+import stat
+import subprocess
+import tempfile
+
+import pytest
+
+from ansible_collections.segura.backup.plugins.module_utils.errors import (
+    ConfigError,
+    TargetError,
+    TargetExists,
+    TargetFull,
+    TargetNotFound,
+)
+from ansible_collections.segura.backup.plugins.module_utils.targets import path as path_module
+from ansible_collections.segura.backup.plugins.module_utils.targets.path import PathTarget
+
+
+@pytest.fixture
+def target(tmp_path):
+    old_umask = os.umask(0o022)
+    try:
+        with PathTarget(str(tmp_path)) as opened:
+            yield opened
+    finally:
+        os.umask(old_umask)
+
+
+def test_root_must_exist(tmp_path):
+    with pytest.raises(TargetNotFound, match="does not exist"):
+        PathTarget(str(tmp_path / "not-mounted"))
+    with pytest.raises(ConfigError):
+        PathTarget("relative/dir")
+
+
+@pytest.mark.parametrize("size", [0, 1, 3 * 1024 * 1024 + 7])
+def test_round_trip(target, size):
+    payload = os.urandom(size)
+    with target.open_write("a/b/file.bin") as handle:
+        assert handle.write(payload) == size
+    assert target.read_bytes("a/b/file.bin") == payload
+    assert target.stat("a/b/file.bin").size == size
+
+
+def test_modes(target, tmp_path):
+    target.write_bytes("x/y/z.bin", b"data")
+    assert stat.S_IMODE(os.stat(tmp_path / "x").st_mode) == 0o750
+    assert stat.S_IMODE(os.stat(tmp_path / "x" / "y").st_mode) == 0o750
+    assert stat.S_IMODE(os.stat(tmp_path / "x" / "y" / "z.bin").st_mode) == 0o640
+
+
+def test_configured_modes(tmp_path):
+    custom = PathTarget(str(tmp_path), file_mode=0o600, dir_mode=0o700)
+    custom.write_bytes("d/f", b"1")
+    assert stat.S_IMODE(os.stat(tmp_path / "d").st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(tmp_path / "d" / "f").st_mode) == 0o600
+
+
+def test_exclusive_create(target):
+    target.write_bytes("lock", b"first", exclusive=True)
+    with pytest.raises(TargetExists, match="lock already exists"):
+        target.write_bytes("lock", b"second", exclusive=True)
+    assert target.read_bytes("lock") == b"first"
+    target.write_bytes("lock", b"third")  # not exclusive: truncates
+    assert target.read_bytes("lock") == b"third"
+
+
+def test_rename_semantics(target):
+    target.write_bytes("src", b"new")
+    target.write_bytes("dst", b"old")
+    with pytest.raises(TargetExists):
+        target.rename("src", "dst")
+    assert target.read_bytes("dst") == b"old"
+    assert target.read_bytes("src") == b"new"
+    target.rename("src", "dst", replace=True)
+    assert target.read_bytes("dst") == b"new"
+    assert not target.exists("src")
+    target.rename("dst", "sub/dir/moved")
+    assert target.read_bytes("sub/dir/moved") == b"new"
+    with pytest.raises(TargetNotFound):
+        target.rename("missing", "anything")
+
+
+def test_rename_noreplace_fallback_via_link(target, monkeypatch):
+    """Filesystems without RENAME_NOREPLACE (kernel NFS mounts) take the link + unlink path."""
+    monkeypatch.setattr(path_module, "_renameat2", None)
+    target.write_bytes("src", b"new")
+    target.write_bytes("dst", b"old")
+    with pytest.raises(TargetExists):
+        target.rename("src", "dst")
+    target.rename("src", "other")
+    assert target.read_bytes("other") == b"new"
+    assert not target.exists("src")
+
+
+def test_rename_noreplace_fallback_without_links(target, monkeypatch):
+    """Filesystems refusing hard links (some CIFS mounts) fall back to check-then-rename."""
+
+    def refuse_link(*_args):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(path_module, "_renameat2", None)
+    monkeypatch.setattr(path_module.os, "link", refuse_link)
+    target.write_bytes("src", b"new")
+    target.write_bytes("dst", b"old")
+    with pytest.raises(TargetExists):
+        target.rename("src", "dst")
+    target.rename("src", "other")
+    assert target.read_bytes("other") == b"new"
+
+
+def test_listdir_stat_remove_rmdir(target):
+    target.makedirs("top/sub")
+    target.makedirs("top/sub")  # idempotent
+    target.write_bytes("top/file", b"12345")
+    entries = {entry.name: entry for entry in target.listdir("top")}
+    assert set(entries) == {"sub", "file"}
+    assert entries["sub"].is_dir and not entries["file"].is_dir
+    assert entries["file"].size == 5
+    assert target.stat("top").is_dir
+    with pytest.raises(TargetError, match="not empty"):
+        target.rmdir("top")
+    target.remove("top/file")
+    with pytest.raises(TargetNotFound):
+        target.remove("top/file")
+    with pytest.raises(TargetNotFound):
+        target.stat("top/file")
+    with pytest.raises(TargetNotFound):
+        target.listdir("nope")
+    target.rmdir("top/sub")
+    assert target.listdir("top") == []
+    assert target.listdir("") != []
+
+
+def test_paths_cannot_escape(target):
+    with pytest.raises(ConfigError):
+        target.stat("../etc/passwd")
+
+
+def test_makedirs_over_a_file(target):
+    target.write_bytes("plain", b"x")
+    with pytest.raises(TargetError):
+        target.makedirs("plain/sub")
+
+
+def test_free_space(target, tmp_path):
+    free = target.free_space()
+    vfs = os.statvfs(str(tmp_path))
+    assert free == vfs.f_bavail * vfs.f_frsize
+    assert free > 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_permission_denied_names_path(tmp_path):
+    # root bypasses permission bits, so use a read-only bind of a tmpfs instead of chmod
+    mount_point = tmp_path / "ro"
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mount_point)], check=True)
+    try:
+        readonly = PathTarget(str(mount_point))
+        with pytest.raises(TargetError, match="permission denied on %s" % mount_point):
+            readonly.write_bytes("f", b"x")
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_full_filesystem_raises_target_full():
+    mount_point = tempfile.mkdtemp(prefix="segura-full-")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mount_point], check=True)
+    try:
+        full = PathTarget(mount_point)
+        assert 0 < full.free_space() <= 1024 * 1024
+        with pytest.raises(TargetFull, match="no space left on %s/big" % mount_point):
+            with full.open_write("big") as handle:
+                for _ in range(8):
+                    handle.write(b"\0" * 256 * 1024)
+    finally:
+        subprocess.run(["umount", mount_point], check=True)
+        os.rmdir(mount_point)
