@@ -1,0 +1,216 @@
+# -*- coding: utf-8 -*-
+# Copyright: segura.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A real smbd on 127.0.0.1 with a signed share and an encrypted share.
+
+Everything Samba writes (passdb, locks, caches, logs, pid files, sockets) lives under
+<state>/samba, so this smbd shares nothing with a system Samba or another engineer's smbd.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+from typing import List
+
+from tests.lab import core
+
+SMB_HOST = "127.0.0.1"
+DEFAULT_SMB_PORT = 445
+SMB_PORT_ENV = "SEGURA_LAB_SMB_PORT"
+SMB_USER = "backup"  # existing Debian system account; created if absent
+SIGNED_SHARE = "backup_signed"
+ENCRYPTED_SHARE = "backup_encrypted"
+# Every character that tends to break quoting: backslash, ampersand, bang, dollar, quotes,
+# percent, comma and space.
+SMB_PASSWORD = "Pa\\ss & w!rd $'\"% ,x"
+
+_STATE_SUBDIRS = ("private", "lock", "state", "cache", "pid", "ncalrpc", "log")
+
+
+class SambaService(core.Service):
+    name = "samba"
+
+    def __init__(self, state_dir: str):
+        super().__init__(state_dir)
+        self.base = os.path.join(self.state_dir, "samba")
+        self.conf = os.path.join(self.base, "smb.conf")
+        self.pid_file = os.path.join(self.base, "smbd.lab.pid")
+        self.log_path = os.path.join(self.base, "log", "smbd.stdout.log")
+        self.password_file = os.path.join(self.base, "password")
+        self.share_dirs = {
+            SIGNED_SHARE: os.path.join(self.state_dir, "shares", SIGNED_SHARE),
+            ENCRYPTED_SHARE: os.path.join(self.state_dir, "shares", ENCRYPTED_SHARE),
+        }
+
+    # --- configuration ------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The port of a running smbd is what its config says; otherwise $SEGURA_LAB_SMB_PORT or 445."""
+        if os.path.exists(self.conf) and self._running_pid() is not None:
+            with open(self.conf, encoding="utf-8") as handle:
+                for line in handle:
+                    key, _, value = line.partition("=")
+                    if key.strip() == "smb ports":
+                        return int(value.strip())
+        return int(os.environ.get(SMB_PORT_ENV) or DEFAULT_SMB_PORT)
+
+    def _render_conf(self, port: int) -> str:
+        paths = {name: os.path.join(self.base, name) for name in _STATE_SUBDIRS}
+        return "\n".join(
+            [
+                "# Written by tests/lab/samba.py; regenerated on every `up`.",
+                "[global]",
+                "  server role = standalone server",
+                "  workgroup = SEGURALAB",
+                "  netbios name = SEGURALAB",
+                "  disable netbios = yes",
+                "  interfaces = %s" % SMB_HOST,
+                "  bind interfaces only = yes",
+                "  smb ports = %d" % port,
+                "  load printers = no",
+                "  printing = bsd",
+                "  printcap name = /dev/null",
+                "  disable spoolss = yes",
+                "  server min protocol = SMB2_10",
+                "  server signing = mandatory",
+                "  passdb backend = tdbsam:%s" % os.path.join(paths["private"], "passdb.tdb"),
+                "  private dir = %s" % paths["private"],
+                "  lock directory = %s" % paths["lock"],
+                "  state directory = %s" % paths["state"],
+                "  cache directory = %s" % paths["cache"],
+                "  pid directory = %s" % paths["pid"],
+                "  ncalrpc dir = %s" % paths["ncalrpc"],
+                "  log file = %s" % os.path.join(paths["log"], "log.%m"),
+                "  max log size = 1000",
+                "  log level = 1",
+                "  map to guest = never",
+                "",
+                "[%s]" % SIGNED_SHARE,
+                "  path = %s" % self.share_dirs[SIGNED_SHARE],
+                "  read only = no",
+                "  valid users = %s" % SMB_USER,
+                "",
+                "[%s]" % ENCRYPTED_SHARE,
+                "  path = %s" % self.share_dirs[ENCRYPTED_SHARE],
+                "  read only = no",
+                "  valid users = %s" % SMB_USER,
+                "  smb encrypt = required",
+                "",
+            ]
+        )
+
+    def _prepare(self, port: int) -> str:
+        """Write config, folders and the user; return the smbd binary to run."""
+        core.require_binary("smbpasswd", "samba-common-bin")
+        core.require_binary("smbstatus", "samba")
+        smbd = core.require_binary("smbd", "samba")
+        core.ensure_dir(self.base, 0o755)
+        for name in _STATE_SUBDIRS:
+            core.ensure_dir(os.path.join(self.base, name), 0o700 if name == "private" else 0o755)
+        account = _ensure_account(SMB_USER)
+        for path in self.share_dirs.values():
+            core.ensure_dir(path)
+            os.chown(path, account.pw_uid, account.pw_gid)
+            os.chmod(path, 0o770)
+        with open(self.conf, "w", encoding="utf-8") as handle:
+            handle.write(self._render_conf(port))
+        core.write_private_file(self.password_file, SMB_PASSWORD)
+        # smbpasswd reads the new password twice from stdin (-s); nothing lands on a command line.
+        core.run(
+            ["smbpasswd", "-c", self.conf, "-s", "-a", SMB_USER],
+            stdin_text="%s\n%s\n" % (SMB_PASSWORD, SMB_PASSWORD),
+        )
+        return smbd
+
+    # --- process tracking ---------------------------------------------------------------
+
+    def _is_our_smbd(self, pid: int) -> bool:
+        args = core.pid_cmdline(pid)
+        return bool(args) and os.path.basename(args[0]) == "smbd" and self.conf in args
+
+    def _running_pid(self):
+        return core.tracked_pid(self.pid_file, self._is_our_smbd)
+
+    def helper_pids(self) -> List[int]:
+        """Every process (smbd children, samba-dcerpcd, rpcd_*) started with our config path."""
+        return core.pids_with_argument(self.conf)
+
+    # --- Service ------------------------------------------------------------------------
+
+    def up(self) -> dict:
+        pid = self._running_pid()
+        if pid is not None:
+            if not core.wait_for(lambda: core.tcp_port_open(SMB_HOST, self.port), core.READY_TIMEOUT):
+                raise core.LabError("lab smbd (pid %d) runs but does not answer on port %d" % (pid, self.port))
+            return self.env()
+        port = self.port
+        if core.tcp_port_open(SMB_HOST, port):
+            raise core.LabError(
+                "port %d on %s is already taken by another process (%s); stop it or set %s to a free port"
+                % (port, SMB_HOST, core.listeners_on(SMB_HOST, port), SMB_PORT_ENV)
+            )
+        # Helpers left over from a crashed run hold our tdb files; they are ours by config path.
+        core.stop_pids(self.helper_pids())
+        smbd = self._prepare(port)
+        process = core.spawn(
+            [smbd, "-F", "--no-process-group", "--debug-stdout", "-s", self.conf], self.log_path
+        )
+        core.write_pid_file(self.pid_file, process.pid)
+        core.wait_ready("smbd on %s:%d" % (SMB_HOST, port), lambda: core.tcp_port_open(SMB_HOST, port),
+                        process, self.log_path)
+        return self.env()
+
+    def down(self) -> None:
+        pid = self._running_pid()
+        if pid is not None:
+            core.stop_pids([pid])
+        # samba-dcerpcd re-parents to PID 1 and outlives smbd: find it by our config path.
+        core.stop_pids(self.helper_pids())
+        # Samba's own pid files (smbd.pid, samba-dcerpcd.pid) would only mislead the next start.
+        pid_dir = os.path.join(self.base, "pid")
+        leftovers = [os.path.join(pid_dir, n) for n in os.listdir(pid_dir)] if os.path.isdir(pid_dir) else []
+        for path in leftovers + [self.pid_file]:
+            if os.path.exists(path):
+                os.unlink(path)
+
+    def status(self) -> dict:
+        pid = self._running_pid()
+        return {
+            "running": pid is not None and core.tcp_port_open(SMB_HOST, self.port),
+            "pid": pid,
+            "helpers": [p for p in self.helper_pids() if p != pid],
+            "port": self.port,
+        }
+
+    def env(self) -> dict:
+        return {
+            "smb_server": SMB_HOST,
+            "smb_port": self.port,
+            "smb_username": SMB_USER,
+            "smb_password_file": self.password_file,
+            "smb_password": SMB_PASSWORD,
+            "smb_share_signed": SIGNED_SHARE,
+            "smb_share_encrypted": ENCRYPTED_SHARE,
+            "smb_dir_signed": self.share_dirs[SIGNED_SHARE],
+            "smb_dir_encrypted": self.share_dirs[ENCRYPTED_SHARE],
+            "smb_conf": self.conf,
+        }
+
+
+def _ensure_account(user: str) -> pwd.struct_passwd:
+    """The Unix account behind the SMB user; created as a locked system account when absent."""
+    try:
+        return pwd.getpwnam(user)
+    except KeyError:
+        core.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user])
+        return pwd.getpwnam(user)
+
+
+def smbstatus_json(state_dir: str) -> dict:
+    """`smbstatus --json` of the lab smbd: sessions and tree connects with signing/encryption."""
+    conf = SambaService(core.resolve_state_dir(state_dir)).conf
+    result = core.run(["smbstatus", "-s", conf, "--json"])
+    return json.loads(result.stdout)
