@@ -1,0 +1,94 @@
+# -*- coding: utf-8 -*-
+# Copyright: segura.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+
+class ModuleDocFragment(object):
+    # Where the appliance keeps its data; mirrors appliance_argument_spec() in plugins/module_utils/common_options.py.
+    DOCUMENTATION = r"""
+options:
+  appliance:
+    description:
+      - The Segura appliance on the managed host. The defaults match a real appliance; a lab or a
+        test appliance can live below another O(appliance.root).
+    type: dict
+    default: {}
+    suboptions:
+      name:
+        description:
+          - Name the snapshots are filed under on the target (C(<name>/snapshots/...)).
+          - Defaults to the short host name.
+        type: str
+      root:
+        description:
+          - Directory every appliance path below is relative to.
+        type: path
+        default: /
+      arz_dir:
+        description:
+          - Session recordings (one folder per day), relative to O(appliance.root).
+        type: str
+        default: var/senhasegura/arz
+      secrets_dir:
+        description:
+          - Staging folder of the break-the-glass secrets export, relative to O(appliance.root).
+        type: str
+        default: srv/cache/coba
+      config_paths:
+        description:
+          - Configuration files and folders to back up, relative to O(appliance.root).
+          - Each item is a path, or a dict with C(path) and C(optional) (a missing optional path is skipped,
+            a missing required one fails the run).
+          - Defaults to C(var/senhasegura/orbinibkp.conf) and, when present, C(etc/mysql/conf.d/galera.cnf)
+            and C(etc/senhasegura).
+        type: list
+        elements: raw
+      databases:
+        description:
+          - The MariaDB databases, dumped together in one consistent transaction.
+        type: list
+        elements: str
+        default: [mt4, senhasegura]
+      health_url:
+        description:
+          - Segura's health endpoint (C(https://<host>/flow/orbit/mntr)) used to tell a primary from a
+            contingency member. Without it the Galera configuration decides.
+        type: str
+      validate_certs:
+        description:
+          - Verify the TLS certificate of O(appliance.health_url).
+        type: bool
+        default: true
+  database:
+    description:
+      - How to reach the appliance's MariaDB. Credentials only ever travel in a defaults file,
+        never on a command line.
+      - With nothing set, C(/etc/mysql/debian.cnf) when it exists, else root over the local socket.
+    type: dict
+    default: {}
+    suboptions:
+      defaults_file:
+        description:
+          - A MariaDB client option file holding user and password (mode 0600).
+        type: path
+      socket:
+        description:
+          - Unix socket of the server.
+        type: path
+      host:
+        description:
+          - Server host, for TCP connections.
+        type: str
+      port:
+        description:
+          - Server port, for TCP connections.
+        type: int
+      user:
+        description:
+          - User name, when not in O(database.defaults_file).
+        type: str
+"""

@@ -1,0 +1,32 @@
+# -*- coding: utf-8 -*-
+# Copyright: segura.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+
+class ModuleDocFragment(object):
+    # How snapshots are opened; mirrors decryption_argument_spec() in plugins/module_utils/common_options.py.
+    DOCUMENTATION = r"""
+options:
+  decryption:
+    description:
+      - How to open encrypted snapshots. Give one of the suboptions; none is needed for unencrypted ones.
+    type: dict
+    suboptions:
+      identities:
+        description:
+          - age X25519 identities (C(AGE-SECRET-KEY-1...)). Never logged.
+        type: list
+        elements: str
+      identity_file:
+        description:
+          - A key file on the managed host as C(age-keygen) writes it.
+        type: path
+      passphrase:
+        description:
+          - The passphrase of snapshots taken with O(encryption.mode=passphrase). Never logged.
+        type: str
+"""

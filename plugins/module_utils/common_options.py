@@ -1,0 +1,135 @@
+# -*- coding: utf-8 -*-
+# Copyright: segura.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Option shapes shared by several modules (besides ``target``), and their translation into engine objects.
+
+Mirrored by doc_fragments/encryption.py, doc_fragments/decryption.py and doc_fragments/appliance.py.
+Plain data and plain Python: no Ansible import, so the engine tests can use them too.
+"""
+
+from __future__ import annotations
+
+import copy
+import socket
+from typing import Any, Dict, Optional
+
+from ansible_collections.segura.backup.plugins.module_utils.appliance import (
+    DEFAULT_CONFIG_PATHS,
+    DEFAULT_DATABASES,
+    ApplianceLayout,
+    DatabaseConnection,
+)
+from ansible_collections.segura.backup.plugins.module_utils.archive import Decryption, Encryption
+from ansible_collections.segura.backup.plugins.module_utils.errors import ConfigError
+
+_ENCRYPTION = {
+    "type": "dict",
+    "required": True,
+    "options": {
+        "mode": {"type": "str", "default": "recipients", "choices": ["recipients", "passphrase", "none"]},
+        "recipients": {"type": "list", "elements": "str"},
+        "recipients_file": {"type": "path"},
+        "passphrase": {"type": "str", "no_log": True},
+    },
+    "mutually_exclusive": [["recipients", "passphrase"], ["recipients_file", "passphrase"]],
+}
+
+_DECRYPTION = {
+    "type": "dict",
+    "options": {
+        "identities": {"type": "list", "elements": "str", "no_log": True},
+        "identity_file": {"type": "path"},
+        "passphrase": {"type": "str", "no_log": True},
+    },
+    "mutually_exclusive": [["identities", "identity_file", "passphrase"]],
+}
+
+_APPLIANCE = {
+    "type": "dict",
+    "default": {},
+    "options": {
+        "name": {"type": "str"},
+        "root": {"type": "path", "default": "/"},
+        "arz_dir": {"type": "str", "default": "var/senhasegura/arz"},
+        "secrets_dir": {"type": "str", "default": "srv/cache/coba"},
+        "config_paths": {"type": "list", "elements": "raw"},
+        "databases": {"type": "list", "elements": "str", "default": list(DEFAULT_DATABASES)},
+        "health_url": {"type": "str"},
+        "validate_certs": {"type": "bool", "default": True},
+    },
+}
+
+_DATABASE = {
+    "type": "dict",
+    "default": {},
+    "options": {
+        "defaults_file": {"type": "path"},
+        "socket": {"type": "path"},
+        "host": {"type": "str"},
+        "port": {"type": "int"},
+        "user": {"type": "str"},
+    },
+}
+
+
+def encryption_argument_spec() -> Dict[str, Any]:
+    return {"encryption": copy.deepcopy(_ENCRYPTION)}
+
+
+def decryption_argument_spec() -> Dict[str, Any]:
+    return {"decryption": copy.deepcopy(_DECRYPTION)}
+
+
+def appliance_argument_spec() -> Dict[str, Any]:
+    return {"appliance": copy.deepcopy(_APPLIANCE), "database": copy.deepcopy(_DATABASE)}
+
+
+def build_encryption(options: Dict[str, Any]) -> Encryption:
+    """Encryption from the ``encryption`` option; recipients may come from a list and/or a file."""
+    options = options or {}
+    mode = options.get("mode") or "recipients"
+    recipients = list(options.get("recipients") or [])
+    if options.get("recipients_file"):
+        path = options["recipients_file"]
+        try:
+            with open(path, "r", encoding="utf-8") as handle:
+                recipients.append(handle.read())
+        except OSError as exc:
+            raise ConfigError("cannot read recipients file %s: %s" % (path, exc.strerror))
+        except UnicodeDecodeError:
+            raise ConfigError("recipients file %s is not a text file" % path)
+    return Encryption.from_options(mode=mode, recipients=recipients or None,
+                                   passphrase=options.get("passphrase"))
+
+
+def build_decryption(options: Optional[Dict[str, Any]]) -> Decryption:
+    options = options or {}
+    return Decryption.from_options(identities=options.get("identities"),
+                                   identity_file=options.get("identity_file"),
+                                   passphrase=options.get("passphrase"))
+
+
+def build_layout(options: Optional[Dict[str, Any]]) -> ApplianceLayout:
+    options = options or {}
+    config_paths = options.get("config_paths")
+    return ApplianceLayout(
+        root=options.get("root") or "/",
+        arz_dir=options.get("arz_dir") or "var/senhasegura/arz",
+        secrets_dir=options.get("secrets_dir") or "srv/cache/coba",
+        config_paths=DEFAULT_CONFIG_PATHS if config_paths is None else config_paths,
+        databases=options.get("databases") or DEFAULT_DATABASES,
+    )
+
+
+def build_database(options: Optional[Dict[str, Any]]) -> DatabaseConnection:
+    """The database connection; with no option given, the appliance's own default."""
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    if not options:
+        return DatabaseConnection.appliance_default()
+    return DatabaseConnection(**options)
+
+
+def appliance_name(options: Optional[Dict[str, Any]]) -> str:
+    """The name snapshots are filed under on the target: given, or this host's short name."""
+    name = (options or {}).get("name")
+    return name if name else socket.gethostname().split(".")[0]

@@ -1,0 +1,340 @@
+# -*- coding: utf-8 -*-
+# Copyright: segura.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Taking one snapshot: appliance sources -> archive stream -> target, in one pass.
+
+Order of work, and why:
+1. lock the appliance on the target (two runs never interleave);
+2. read facts and check free space before moving any data;
+3. sync new session recordings first, so the manifest can reference every one of them;
+4. stream snapshot.json, the database dump, config and secrets into ``<object>.partial``;
+   the manifest goes last; close, check the size, rename to the final name;
+5. publish the sidecar last: its presence is what makes the snapshot complete.
+Any failure before step 5 leaves no sidecar, so nothing looks complete, and earlier snapshots are
+never touched (objects are created exclusively and never renamed over).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from ansible_collections.segura.backup.plugins.module_utils import appliance as appliance_mod
+from ansible_collections.segura.backup.plugins.module_utils import catalog
+from ansible_collections.segura.backup.plugins.module_utils.archive import ArchiveWriter, Encryption
+from ansible_collections.segura.backup.plugins.module_utils.errors import (
+    ApplianceError,
+    ConfigError,
+    LockBusy,
+    TargetError,
+    TargetFull,
+    TargetNotFound,
+)
+from ansible_collections.segura.backup.plugins.module_utils.locking import ApplianceLock
+from ansible_collections.segura.backup.plugins.module_utils.sessions import sync_sessions
+from ansible_collections.segura.backup.plugins.module_utils.targets.base import Target
+
+TOOL_VERSION = "0.1.0"
+DEFAULT_COMPONENTS = ("database", "config", "secrets")
+MiB = 1024 * 1024
+
+
+@dataclass
+class SnapshotRequest:
+    """What to back up and how. ``db`` may be None only when 'database' is not a component."""
+
+    appliance: str
+    layout: appliance_mod.ApplianceLayout
+    encryption: Encryption
+    db: Optional[appliance_mod.DatabaseConnection] = None
+    components: Sequence[str] = DEFAULT_COMPONENTS
+    zstd_level: int = 3
+    zstd_threads: int = 0
+    chunk_size: int = 16 * MiB
+    lock_ttl: timedelta = timedelta(minutes=15)
+    health_url: Optional[str] = None
+    #: free space the target must keep after the snapshot, on top of the estimate
+    free_space_margin: int = 0
+
+    def __post_init__(self):
+        self.appliance = catalog.validate_appliance(self.appliance)
+        components = list(self.components)
+        unknown = sorted(set(components) - set(appliance_mod.COMPONENTS))
+        if unknown:
+            raise ConfigError("unknown component(s): %s (known: %s)"
+                              % (", ".join(unknown), ", ".join(appliance_mod.COMPONENTS)))
+        if not components:
+            raise ConfigError("components must name at least one of: %s" % ", ".join(appliance_mod.COMPONENTS))
+        if len(set(components)) != len(components):
+            raise ConfigError("components lists a name twice: %s" % ", ".join(components))
+        self.components = tuple(c for c in appliance_mod.COMPONENTS if c in components)
+        if "database" in self.components and self.db is None:
+            raise ConfigError("the database component needs a database connection")
+        if not isinstance(self.chunk_size, int) or self.chunk_size < MiB or self.chunk_size > 256 * MiB:
+            raise ConfigError("chunk size must be between 1 and 256 MiB")
+
+    @property
+    def archived_components(self) -> List[str]:
+        """Components that go into the object itself (sessions live beside it)."""
+        return [c for c in self.components if c != "sessions"]
+
+
+@dataclass
+class _Counts:
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+
+    def add(self, kind: str) -> None:
+        setattr(self, kind + "s", getattr(self, kind + "s") + 1)
+
+
+class _LockRefreshingSink:
+    """Passes writes on to the upload and keeps the lock alive (refresh is rate-limited inside)."""
+
+    def __init__(self, upload: catalog.AtomicUpload, lock: ApplianceLock):
+        self._upload = upload
+        self._lock = lock
+
+    def write(self, data) -> int:
+        written = self._upload.write(data)
+        self._lock.refresh()
+        return written
+
+    def flush(self) -> None:
+        self._upload.flush()
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def _facts(request: SnapshotRequest) -> Dict[str, Any]:
+    db = request.db if "database" in request.components else None
+    return appliance_mod.facts(request.layout, db=db, health_url=request.health_url)
+
+
+def _check_free_space(target: Target, request: SnapshotRequest, facts: Dict[str, Any]) -> Dict[str, Any]:
+    """Compare the target's free space with what this snapshot may need (an upper bound)."""
+    estimate = appliance_mod.estimate_snapshot_size(facts)
+    need = estimate["snapshot_bytes"] + request.free_space_margin
+    if "sessions" in request.components:
+        need += estimate["sessions_bytes"]  # upper bound: only new recordings move
+    free = target.free_space()
+    report = {"estimate_bytes": need, "free_bytes": free, "ok": free is None or free >= need}
+    return report
+
+
+def _describe_bytes(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
+            return "%.1f %s" % (count, unit) if unit != "B" else "%d B" % count
+        count /= 1024.0
+    return "%d B" % count  # pragma: no cover
+
+
+def preflight(target: Target, request: SnapshotRequest) -> Dict[str, Any]:
+    """Check mode: everything a snapshot needs, changing nothing that stays.
+
+    Reachability and credentials (a listing), writability (a probe file written and removed), the
+    lock, free space against an estimate, the database (facts query) and the component paths.
+    Returns {"ok": bool, "checks": {...}, "problems": [...]}; raises only for bad configuration.
+    """
+    checks: Dict[str, Any] = {}
+    problems: List[str] = []
+
+    def check(name: str, func: Callable[[], Any]) -> Any:
+        try:
+            value = func()
+        except (TargetError, ApplianceError, LockBusy) as exc:
+            checks[name] = {"ok": False, "error": str(exc)}
+            problems.append(str(exc))
+            return None
+        checks[name] = value if isinstance(value, dict) else {"ok": True}
+        return value
+
+    reachable = check("target_reachable", lambda: {"ok": True, "entries": len(target.listdir(""))})
+    if reachable:
+        check("target_writable", lambda: _write_probe(target))
+        check("lock_free", lambda: _lock_state(target, request.appliance))
+    facts = check("appliance", lambda: {"ok": True, "facts": _facts(request)})
+    if facts and reachable:
+        space = check("free_space", lambda: _check_free_space(target, request, facts["facts"]))
+        if space and not space["ok"]:
+            problems.append("the target has %s free but the snapshot may need %s"
+                            % (_describe_bytes(space["free_bytes"]), _describe_bytes(space["estimate_bytes"])))
+    check("components", lambda: _check_components(request))
+    return {"ok": not problems, "checks": checks, "problems": problems}
+
+
+def _write_probe(target: Target) -> Dict[str, Any]:
+    """Write and remove a small file at the root: proves create, write and delete rights."""
+    probe = ".segura-backup-write-test-%s" % secrets.token_hex(4)
+    target.write_bytes(probe, b"segura.backup write test\n", exclusive=True)
+    target.remove(probe)
+    return {"ok": True}
+
+
+def _lock_state(target: Target, appliance: str) -> Dict[str, Any]:
+    relpath = catalog.lock_path(appliance)
+    try:
+        raw = target.read_bytes(relpath, limit=64 * 1024)
+    except TargetNotFound:
+        return {"ok": True, "held": False}
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+        expires = catalog.parse_utc(doc["expires"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return {"ok": True, "held": True, "note": "unreadable lock; it will be taken over once stale"}
+    if expires <= datetime.now(timezone.utc):
+        return {"ok": True, "held": False, "stale": True, "holder": doc.get("host")}
+    raise LockBusy("appliance %r is locked by host %s (pid %s) until %s"
+                   % (appliance, doc.get("host"), doc.get("pid"), doc.get("expires")))
+
+
+def _check_components(request: SnapshotRequest) -> Dict[str, Any]:
+    problems: List[appliance_mod.Problem] = []
+    count = 0
+    wanted = [c for c in request.components if c in ("config", "secrets")]
+    if wanted:
+        for _entry in appliance_mod.collect_files(request.layout, wanted, problems):
+            count += 1
+    if "sessions" in request.components and not os.path.isdir(request.layout.arz_path):
+        raise ApplianceError("session recordings folder %s does not exist" % request.layout.arz_path)
+    if problems:
+        raise ApplianceError(appliance_mod.problems_message(problems))
+    return {"ok": True, "entries": count}
+
+
+def take_snapshot(target: Target, request: SnapshotRequest,
+                  progress: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+    """Take one snapshot and publish it on ``target``; return what was done (see the module's RETURN)."""
+    started = time.monotonic()
+    target.makedirs(catalog.snapshots_dir(request.appliance))
+    with ApplianceLock(target, request.appliance, ttl=request.lock_ttl) as lock:
+        facts = _facts(request)
+        space = _check_free_space(target, request, facts)
+        if not space["ok"]:
+            raise TargetFull("%s has %s free but the snapshot of %s may need %s"
+                             % (target.describe(), _describe_bytes(space["free_bytes"]), request.appliance,
+                                _describe_bytes(space["estimate_bytes"])))
+
+        sessions = None
+        if "sessions" in request.components:
+            def on_file(event: Dict[str, Any]) -> None:
+                lock.refresh()
+                if progress is not None:
+                    progress(dict(event, phase="sessions"))
+
+            sessions = sync_sessions(target, request.appliance, request.layout, progress=on_file)
+            if sessions.problems:
+                raise ApplianceError(appliance_mod.problems_message(sessions.problems, what="session recordings"))
+
+        created = _utc_now()
+        snap_id = catalog.new_snapshot_id()
+        name = catalog.object_name(created, snap_id, request.encryption.encrypted)
+        header = {
+            "format": "segura.backup/1",
+            "id": snap_id,
+            "appliance": request.appliance,
+            "created": catalog.format_utc(created),
+            "components": list(request.components),
+            "tool_version": TOOL_VERSION,
+            "facts": facts,
+        }
+        counts = _Counts()
+        db_info = None
+        with catalog.AtomicUpload(target, catalog.object_path(request.appliance, name)) as upload:
+            writer = ArchiveWriter(_LockRefreshingSink(upload, lock), request.encryption,
+                                   zstd_level=request.zstd_level, zstd_threads=request.zstd_threads,
+                                   chunk_size=request.chunk_size)
+            try:
+                writer.add_json("snapshot.json", header)
+                if "database" in request.components:
+                    with appliance_mod.DatabaseDump(request.db, request.layout.databases) as dump:
+                        db_info = writer.add_stream("db/dump.sql", dump.stdout).as_dict()
+                _archive_files(writer, request, counts)
+                extra = {"facts": facts, "components": list(request.components),
+                         "sessions": sessions.referenced if sessions else []}
+                result = writer.finish(extra)
+            except BaseException:
+                writer.abort()
+                raise
+
+        sidecar = catalog.Sidecar(
+            id=snap_id,
+            appliance=request.appliance,
+            created=created,
+            object=name,
+            size=upload.size,
+            sha256=upload.sha256,
+            components=list(request.components),
+            counts={"files": counts.files, "dirs": counts.dirs, "symlinks": counts.symlinks,
+                    "db_chunks": db_info["chunks"] if db_info else 0, "members": result.members},
+            bytes_in=result.bytes_in,
+            versions={"appliance": facts.get("appliance_version"), "tool": TOOL_VERSION},
+            encryption={"mode": _encryption_mode(request.encryption),
+                        "recipients": request.encryption.recipient_strings()},
+            db=db_info,
+            sessions={"count": len(sessions.referenced) if sessions else 0,
+                      "bytes": sum(int(s["size"]) for s in sessions.referenced) if sessions else 0},
+            duration=round(time.monotonic() - started, 3),
+        )
+        sidecar_relpath = catalog.publish_sidecar(target, sidecar)
+
+    duration = time.monotonic() - started
+    return {
+        "id": snap_id,
+        "appliance": request.appliance,
+        "created": catalog.format_utc(created),
+        "object": catalog.object_path(request.appliance, name),
+        "sidecar": sidecar_relpath,
+        "location": target.describe_path(catalog.object_path(request.appliance, name)),
+        "size": upload.size,
+        "sha256": upload.sha256,
+        "duration": round(duration, 3),
+        "bytes_in": result.bytes_in,
+        "bytes_out": result.bytes_out,
+        "throughput_mb_s": round(result.bytes_in / MiB / duration, 1) if duration > 0 else None,
+        "components": list(request.components),
+        "counts": {
+            "db_chunks": db_info["chunks"] if db_info else 0,
+            "db_bytes": db_info["bytes"] if db_info else 0,
+            "files": counts.files,
+            "dirs": counts.dirs,
+            "symlinks": counts.symlinks,
+            "sessions_referenced": len(sessions.referenced) if sessions else 0,
+            "sessions_uploaded": sessions.uploaded_count if sessions else 0,
+            "sessions_uploaded_bytes": sessions.uploaded_bytes if sessions else 0,
+            "sessions_skipped": sessions.skipped_count if sessions else 0,
+        },
+        "encryption": sidecar.encryption,
+        "appliance_version": facts.get("appliance_version"),
+        "lock_taken_over": lock.took_over is not None,
+    }
+
+
+def _encryption_mode(encryption: Encryption) -> str:
+    return {"recipients": "x25519"}.get(encryption.mode, encryption.mode)
+
+
+def _archive_files(writer: ArchiveWriter, request: SnapshotRequest, counts: _Counts) -> None:
+    """Config and secrets into the archive; any unreadable or vanished file fails the snapshot."""
+    wanted = [c for c in request.components if c in ("config", "secrets")]
+    if not wanted:
+        return
+    problems: List[appliance_mod.Problem] = []
+    add = {"file": writer.add_file, "dir": writer.add_dir, "symlink": writer.add_symlink}
+    for entry in appliance_mod.collect_files(request.layout, wanted, problems):
+        # A file that changes or vanishes while read raises here and fails the snapshot at once:
+        # the tar stream is cut mid-member, so nothing more could be added anyway.
+        add[entry.kind](entry.archive_name, entry.abs_path)
+        counts.add(entry.kind)
+    if problems:
+        raise ApplianceError(appliance_mod.problems_message(problems))
+

@@ -1,0 +1,307 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: segura.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: snapshot
+short_description: Take a consistent, encrypted snapshot of a Segura appliance and publish it on a target
+version_added: 0.1.0
+description:
+  - Streams one snapshot of the Segura PAM appliance on the managed host to an SMB share, an NFS
+    export or a local directory, without staging it on the appliance's disk or holding it in memory.
+  - The object is C(<appliance>/snapshots/<UTC time>-<id>.tar.zst.age) on the target, an age-encrypted,
+    zstd-compressed tar holding C(snapshot.json), both databases in B(one) C(mariadb-dump --single-transaction)
+    run (cut into fixed-size C(db/dump.sql.NNNNNN) members), the configuration files and the secrets
+    staging folder, and C(manifest.json) last (every member with size and sha256).
+  - It is written under a temporary name, closed, size-checked and renamed; a small unencrypted sidecar
+    C(<same>.json) is written last, and its presence is what makes the snapshot complete. A failure at
+    any point leaves no complete-looking object, and earlier snapshots are never touched.
+  - Session recordings (component V(sessions)) are synced incrementally beside the snapshots to
+    C(<appliance>/sessions/YYYY/MMDD/) and referenced by the manifest; only new files move.
+  - One lock per appliance on the target keeps two runs from interleaving; a stale lock (its holder
+    died) is taken over once it expires.
+  - In a disaster, Debian's C(age -d -i KEY | zstd -d | tar -x) opens the object, and
+    C(cat db/dump.sql.* | mariadb) loads the databases.
+author:
+  - segura.backup maintainers
+extends_documentation_fragment:
+  - segura.backup.target
+  - segura.backup.encryption
+  - segura.backup.appliance
+attributes:
+  check_mode:
+    support: full
+    details:
+      - In check mode the module runs a real preflight and changes nothing that stays - it lists the
+        target, writes and removes a probe file, reads the lock, queries the database and walks the
+        component paths, and compares free space with an estimate.
+  diff_mode:
+    support: none
+  idempotent:
+    support: none
+    details:
+      - Every run takes a new snapshot. Session recordings already on the target are not uploaded again.
+  safe_file_operations:
+    support: full
+    details:
+      - Objects are written under a temporary name and renamed without replacing anything.
+options:
+  components:
+    description:
+      - What to back up. V(database), V(config) and V(secrets) go into the object; V(sessions) are synced
+        beside it. Segura's own session backup is opt-in too.
+    type: list
+    elements: str
+    choices: [database, config, secrets, sessions]
+    default: [database, config, secrets]
+  compression:
+    description:
+      - zstd settings.
+    type: dict
+    default: {}
+    suboptions:
+      level:
+        description:
+          - zstd level, 1 (fast) to 19 (small).
+        type: int
+        default: 3
+      threads:
+        description:
+          - zstd worker threads; V(0) compresses in the calling thread, V(-1) uses one per CPU.
+        type: int
+        default: 0
+  chunk_size_mb:
+    description:
+      - Size of the database dump members in MiB (1 to 256). One chunk is the most the dump ever
+        occupies in memory.
+    type: int
+    default: 16
+  lock_ttl:
+    description:
+      - Seconds after which a lock whose holder stopped refreshing it counts as stale. The run refreshes
+        its lock while it works.
+    type: int
+    default: 900
+requirements:
+  - python >= 3.9
+  - zstandard
+  - cryptography
+  - smbprotocol (for SMB targets)
+  - nfs-rs (for NFS targets)
+  - mariadb-dump (MariaDB client) on the appliance
+notes:
+  - The P(segura.backup.runtime#role) role installs the Python requirements into a dedicated virtualenv.
+  - Run it on the primary member of a cluster; the P(segura.backup.backup#role) role skips the others.
+seealso:
+  - module: segura.backup.verify
+  - module: segura.backup.backup_info
+  - module: segura.backup.prune
+  - module: segura.backup.restore
+"""
+
+EXAMPLES = r"""
+- name: Snapshot the appliance to an encrypted SMB share
+  segura.backup.snapshot:
+    target:
+      type: smb
+      server: backup.example.com
+      share: segura
+      path: backups
+      username: svc-segura-backup
+      password: "{{ vault_smb_password }}"
+    encryption:
+      recipients:
+        - age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p
+  register: snap
+
+- name: Include session recordings, to an NFSv4.1 export
+  segura.backup.snapshot:
+    target:
+      type: nfs
+      server: nfs.example.com
+      export: /exports/segura
+      version: "4.1"
+    components: [database, config, secrets, sessions]
+    encryption:
+      recipients_file: /etc/segura-backup/recipients.txt
+
+- name: Preflight only (check mode), to a kernel mount made by the mount role
+  segura.backup.snapshot:
+    target:
+      type: path
+      path: /srv/backup_remoto
+    encryption:
+      mode: passphrase
+      passphrase: "{{ vault_backup_passphrase }}"
+  check_mode: true
+  register: preflight
+"""
+
+RETURN = r"""
+snapshot:
+  description: The snapshot that was published.
+  returned: success, not in check mode
+  type: dict
+  contains:
+    id:
+      description: Short random id of the snapshot.
+      type: str
+      sample: 1a2b3c4d
+    appliance:
+      description: Name the snapshot is filed under.
+      type: str
+      sample: segura-primary
+    created:
+      description: UTC time of the snapshot.
+      type: str
+      sample: "2026-11-27T05:00:12Z"
+    object:
+      description: Target-relative path of the object.
+      type: str
+      sample: segura-primary/snapshots/20261127T050012Z-1a2b3c4d.tar.zst.age
+    sidecar:
+      description: Target-relative path of the sidecar that marks the snapshot complete.
+      type: str
+    location:
+      description: Where the object is, as a URL-like string (no credentials).
+      type: str
+      sample: smb://backup.example.com:445/segura/backups/segura-primary/snapshots/20261127T050012Z-1a2b3c4d.tar.zst.age
+    size:
+      description: Bytes of the stored object.
+      type: int
+    sha256:
+      description: sha256 of the stored object, as written and recorded in the sidecar.
+      type: str
+    duration:
+      description: Seconds the snapshot took, session sync included.
+      type: float
+    bytes_in:
+      description: Bytes read from the appliance into the object (dump, files, manifest).
+      type: int
+    bytes_out:
+      description: Bytes written to the target for the object (after compression and encryption).
+      type: int
+    throughput_mb_s:
+      description: O(snapshot.bytes_in) per second, in MiB/s.
+      type: float
+    components:
+      description: Components taken.
+      type: list
+      elements: str
+    counts:
+      description: Per-component counts.
+      type: dict
+      sample:
+        db_chunks: 3
+        db_bytes: 41234567
+        files: 12
+        dirs: 4
+        symlinks: 1
+        sessions_referenced: 840
+        sessions_uploaded: 12
+        sessions_uploaded_bytes: 96468992
+        sessions_skipped: 828
+    encryption:
+      description: Encryption mode and the public keys of the recipients.
+      type: dict
+    appliance_version:
+      description: Segura version of the appliance, as recorded with the snapshot.
+      type: str
+    lock_taken_over:
+      description: Whether a stale lock of a dead run had to be taken over.
+      type: bool
+preflight:
+  description: Result of the preflight checks.
+  returned: check mode
+  type: dict
+  contains:
+    ok:
+      description: Whether every check passed.
+      type: bool
+    checks:
+      description: One entry per check (target_reachable, target_writable, lock_free, appliance, free_space, components).
+      type: dict
+    problems:
+      description: What failed, one message each.
+      type: list
+      elements: str
+"""
+
+from datetime import timedelta
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.segura.backup.plugins.module_utils import deps
+from ansible_collections.segura.backup.plugins.module_utils.common_options import (
+    appliance_argument_spec,
+    appliance_name,
+    build_database,
+    build_encryption,
+    build_layout,
+    encryption_argument_spec,
+)
+from ansible_collections.segura.backup.plugins.module_utils.errors import BackupError
+from ansible_collections.segura.backup.plugins.module_utils.snapshot import SnapshotRequest, preflight, take_snapshot
+from ansible_collections.segura.backup.plugins.module_utils.target_options import target_argument_spec
+from ansible_collections.segura.backup.plugins.module_utils.targets import open_target
+
+COMPONENTS = ["database", "config", "secrets", "sessions"]
+
+
+def argument_spec():
+    spec = dict(
+        components=dict(type="list", elements="str", choices=COMPONENTS, default=["database", "config", "secrets"]),
+        compression=dict(type="dict", default={}, options=dict(
+            level=dict(type="int", default=3),
+            threads=dict(type="int", default=0),
+        )),
+        chunk_size_mb=dict(type="int", default=16),
+        lock_ttl=dict(type="int", default=900),
+    )
+    spec.update(target_argument_spec())
+    spec.update(encryption_argument_spec())
+    spec.update(appliance_argument_spec())
+    return spec
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    absent = deps.missing(list(deps.CORE) + deps.for_target(module.params["target"]["type"]))
+    if absent:
+        module.fail_json(msg=missing_required_lib(", ".join(absent)))
+
+    params = module.params
+    try:
+        components = params["components"]
+        request = SnapshotRequest(
+            appliance=appliance_name(params["appliance"]),
+            layout=build_layout(params["appliance"]),
+            encryption=build_encryption(params["encryption"]),
+            db=build_database(params["database"]) if "database" in components else None,
+            components=components,
+            zstd_level=params["compression"]["level"],
+            zstd_threads=params["compression"]["threads"],
+            chunk_size=params["chunk_size_mb"] * 1024 * 1024,
+            lock_ttl=timedelta(seconds=params["lock_ttl"]),
+            health_url=params["appliance"].get("health_url"),
+        )
+        with open_target(params["target"]) as target:
+            if module.check_mode:
+                report = preflight(target, request)
+                if not report["ok"]:
+                    module.fail_json(msg="preflight failed: %s" % "; ".join(report["problems"]), preflight=report)
+                module.exit_json(changed=True, preflight=report)
+            result = take_snapshot(target, request)
+    except BackupError as exc:
+        module.fail_json(msg=str(exc), error=type(exc).__name__)
+    module.exit_json(changed=True, snapshot=result)
+
+
+if __name__ == "__main__":
+    main()
