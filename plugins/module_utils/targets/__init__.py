@@ -1,0 +1,107 @@
+# -*- coding: utf-8 -*-
+# Copyright: segura.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Backup targets: ``open_target(options)`` turns the shared ``target`` option into a Target.
+
+    with open_target(module.params['target']) as target:
+        target.write_bytes('x/hello', b'hi')
+"""
+
+from __future__ import annotations
+
+from ansible_collections.segura.backup.plugins.module_utils.errors import ConfigError
+from ansible_collections.segura.backup.plugins.module_utils.target_options import (
+    NFS_VERSIONS,
+    REQUIRED_BY_TYPE,
+    SMB_DEFAULT_PORT,
+    TARGET_TYPES,
+    target_defaults,
+)
+from ansible_collections.segura.backup.plugins.module_utils.targets.base import Entry, Target, clean_relpath
+
+__all__ = ["Entry", "Target", "clean_relpath", "open_target", "validate_target_options"]
+
+
+def _parse_mode(value, key: str) -> int:
+    """'0640', '640' or an int (YAML 0640 arrives as 416) -> int permission bits."""
+    try:
+        mode = value if isinstance(value, int) else int(str(value), 8)
+    except ValueError:
+        raise ConfigError("target option '%s' must be an octal mode such as '0640', got %r" % (key, value)) from None
+    if not 0 <= mode <= 0o7777:
+        raise ConfigError("target option '%s' is out of range: %r" % (key, value))
+    return mode
+
+
+def validate_target_options(options: dict) -> dict:
+    """Defaults filled in and every rule of the argument spec checked; ConfigError names the bad key."""
+    if not isinstance(options, dict):
+        raise ConfigError("the target option must be a dictionary")
+    merged = target_defaults()
+    unknown = sorted(set(options) - set(merged))
+    if unknown:
+        raise ConfigError("unknown target option(s): %s" % ", ".join(unknown))
+    merged.update({key: value for key, value in options.items() if value is not None})
+
+    kind = merged["type"]
+    if kind not in TARGET_TYPES:
+        raise ConfigError("target option 'type' must be one of %s, got %r" % (", ".join(TARGET_TYPES), kind))
+    for key in REQUIRED_BY_TYPE[kind]:
+        if merged.get(key) in (None, ""):
+            raise ConfigError("target option '%s' is required when type is %s" % (key, kind))
+
+    merged["version"] = str(merged["version"])
+    if merged["version"] not in NFS_VERSIONS:
+        raise ConfigError("target option 'version' must be one of %s, got %r" % (", ".join(NFS_VERSIONS), merged["version"]))
+    if merged["port"] is None and kind == "smb":
+        merged["port"] = SMB_DEFAULT_PORT
+    for key in ("port", "uid", "gid", "timeout"):
+        if merged[key] is not None and (isinstance(merged[key], bool) or not isinstance(merged[key], int)):
+            raise ConfigError("target option '%s' must be an integer, got %r" % (key, merged[key]))
+    if merged["port"] is not None and not 0 < merged["port"] < 65536:
+        raise ConfigError("target option 'port' must be between 1 and 65535, got %r" % (merged["port"],))
+    if merged["timeout"] <= 0:
+        raise ConfigError("target option 'timeout' must be a positive number of seconds")
+    merged["mode"] = _parse_mode(merged["mode"], "mode")
+    merged["directory_mode"] = _parse_mode(merged["directory_mode"], "directory_mode")
+    if merged["path"] is None:
+        merged["path"] = ""
+    return merged
+
+
+def open_target(options: dict) -> Target:
+    """Validate the ``target`` option and return the matching Target (connected for smb and nfs)."""
+    opts = validate_target_options(options)
+    kind = opts["type"]
+    if kind == "path":
+        from ansible_collections.segura.backup.plugins.module_utils.targets.path import PathTarget
+
+        return PathTarget(opts["path"], file_mode=opts["mode"], dir_mode=opts["directory_mode"])
+    if kind == "smb":
+        from ansible_collections.segura.backup.plugins.module_utils.targets.smb import SmbTarget
+
+        return SmbTarget(
+            server=opts["server"],
+            share=opts["share"],
+            path=opts["path"],
+            username=opts["username"],
+            password=opts["password"],
+            domain=opts["domain"],
+            port=opts["port"],
+            encrypt=opts["encrypt"],
+            timeout=opts["timeout"],
+        )
+    from ansible_collections.segura.backup.plugins.module_utils.targets.nfs import NfsTarget
+
+    return NfsTarget(
+        server=opts["server"],
+        export=opts["export"],
+        path=opts["path"],
+        version=opts["version"],
+        port=opts["port"],
+        uid=opts["uid"],
+        gid=opts["gid"],
+        timeout=opts["timeout"],
+        file_mode=opts["mode"],
+        dir_mode=opts["directory_mode"],
+    )
