@@ -1,0 +1,309 @@
+# -*- coding: utf-8 -*-
+# Copyright: segura.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One lock per appliance on the target, so two runs (snapshot, prune, restore) never interleave.
+
+The lock is the file ``<appliance>/lock``, created exclusively, holding JSON
+{run_id, host, pid, started, expires, token}. A holder extends ``expires`` with ``refresh()`` (a
+heartbeat, rate-limited so a writer loop can call it for every chunk). A lock whose ``expires`` has
+passed belongs to a run that died; the next run takes it over.
+
+Why the takeover is safe against several takers at once (the target offers exclusive create and
+rename, but no compare-and-swap):
+1. Each taker reads the lock (content S) and judges it expired.
+2. Each tries to create, exclusively, a takeover marker named after S: ``lock.takeover-<sha256(S)>-0``.
+   Exclusive create succeeds for exactly one of them; the others report the lock busy.
+3. The marker's owner reads the lock again. Only if it is still S does it replace it with its own
+   lock in one rename (written beside, so the lock file is never absent or half written); otherwise
+   the lock changed meanwhile (released, or already taken over) and it starts again.
+4. It then removes its marker. A late taker that still holds the old S can now create the marker,
+   but its re-read (step 3) finds a lock that is no longer S, so it does nothing.
+A holder whose own lock has expired never touches the lock file again (no refresh, no release), so
+while the file holds an expired S only the marker's owner may change it. A marker whose owner died
+mid-takeover expires like a lock; the next taker then uses the next number (``-1``, ``-2``...),
+because a marker is never removed while the takeover it guards may still happen: each number is
+created once, which keeps exclusive create a one-time decision.
+Ownership is a random ``token`` (not the run_id, which a caller may reuse), checked by ``refresh()``
+and ``release()``: a run never refreshes or removes a lock that is not its own.
+
+Limits, by design: expiry compares the writer's clock (written into the file) with the reader's
+clock, so hosts need roughly synchronised clocks (ttl is minutes, skew should be seconds), and a
+taker must not stall for longer than the ttl between steps 2 and 3.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import socket
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from ansible_collections.segura.backup.plugins.module_utils.catalog import format_utc, lock_path, parse_utc
+from ansible_collections.segura.backup.plugins.module_utils.errors import (
+    ConfigError,
+    LockBusy,
+    TargetExists,
+    TargetNotFound,
+)
+from ansible_collections.segura.backup.plugins.module_utils.targets.base import Target
+
+DEFAULT_TTL = timedelta(minutes=30)
+_LOCK_LIMIT = 64 * 1024
+_MAX_ATTEMPTS = 4  # create / judge / take over rounds before giving up on a lock that keeps changing
+_MAX_MARKERS = 8  # takeovers of one stale lock that may die midway before we ask for a person
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class ApplianceLock:
+    """The lock of one appliance on one target. Use as a context manager, or acquire()/release().
+
+    ``owner`` may give ``run_id``, ``host`` and ``pid`` (defaults: a random id, this host, this pid).
+    ``refresh()`` rewrites the lock at most once per ``refresh_interval`` (default ttl / 6) unless
+    forced, so calling it for every chunk written costs nothing.
+    """
+
+    def __init__(
+        self,
+        target: Target,
+        appliance: str,
+        owner: Optional[Dict[str, Any]] = None,
+        ttl: timedelta = DEFAULT_TTL,
+        refresh_interval: Optional[timedelta] = None,
+        clock: Callable[[], datetime] = _utc_now,
+    ):
+        if not isinstance(ttl, timedelta) or ttl <= timedelta(0):
+            raise ConfigError("lock ttl must be a positive duration, got %r" % (ttl,))
+        self.target = target
+        self.appliance = appliance
+        self.relpath = lock_path(appliance)
+        owner = dict(owner or {})
+        self.run_id = str(owner.get("run_id") or uuid.uuid4().hex)
+        self.host = str(owner.get("host") or socket.gethostname())
+        self.pid = int(owner.get("pid") or os.getpid())
+        self.ttl = ttl
+        self.refresh_interval = refresh_interval if refresh_interval is not None else ttl / 6
+        self.token = secrets.token_hex(16)
+        self.held = False
+        self.started: Optional[datetime] = None
+        self.took_over: Optional[Dict[str, Any]] = None  # the stale lock we replaced, for reporting
+        self._clock = clock
+        self._last_write = 0.0
+
+    # -- the lock file --------------------------------------------------------------------------
+
+    def _content(self) -> bytes:
+        now = self._clock()
+        doc = {
+            "appliance": self.appliance,
+            "run_id": self.run_id,
+            "host": self.host,
+            "pid": self.pid,
+            "started": format_utc(self.started or now),
+            "refreshed": format_utc(now),
+            "expires": format_utc(now + self.ttl),
+            "token": self.token,
+        }
+        return (json.dumps(doc, sort_keys=True) + "\n").encode("utf-8")
+
+    def _read(self, relpath: str) -> Tuple[bytes, Optional[Dict[str, Any]]]:
+        """Raw content and parsed document (None if unreadable); TargetNotFound if absent."""
+        raw = self.target.read_bytes(relpath, limit=_LOCK_LIMIT)
+        try:
+            doc = json.loads(raw.decode("utf-8"))
+            parse_utc(doc["expires"])
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+            return raw, None
+        return raw, doc if isinstance(doc, dict) else None
+
+    def _is_ours(self, doc: Optional[Dict[str, Any]]) -> bool:
+        return bool(doc) and doc.get("token") == self.token
+
+    def _is_expired(self, doc: Optional[Dict[str, Any]], relpath: str) -> bool:
+        if doc is not None:
+            return self._clock() >= parse_utc(doc["expires"])
+        # Unreadable: possibly being written this instant. Judge by age instead (server's mtime).
+        try:
+            age = self._clock().timestamp() - self.target.stat(relpath).mtime
+        except TargetNotFound:
+            return False
+        return age > self.ttl.total_seconds()
+
+    def _busy(self, doc: Optional[Dict[str, Any]], prefix: str = "") -> LockBusy:
+        where = self.target.describe_path(self.relpath)
+        if doc is None:
+            return LockBusy("%sappliance %r is locked (%s exists but cannot be read; it is not older than %s)"
+                            % (prefix, self.appliance, where, self.ttl))
+        return LockBusy(
+            "%sappliance %r is locked by host %s (pid %s, run %s) since %s, until %s (%s)"
+            % (prefix, self.appliance, doc.get("host"), doc.get("pid"), doc.get("run_id"),
+               doc.get("started"), doc.get("expires"), where)
+        )
+
+    # -- acquire / refresh / release ------------------------------------------------------------
+
+    def acquire(self) -> "ApplianceLock":
+        """Take the lock, taking over an expired one; LockBusy if another run holds it."""
+        if self.held:
+            return self
+        self.started = self._clock()
+        for _ in range(_MAX_ATTEMPTS):
+            if self._create():
+                self.held = True
+                self._last_write = time.monotonic()
+                return self
+            try:
+                raw, doc = self._read(self.relpath)
+            except TargetNotFound:
+                continue  # released between our create and our read: try again
+            if not self._is_expired(doc, self.relpath):
+                raise self._busy(doc)
+            if self._take_over(raw, doc):
+                self.held = True
+                self._last_write = time.monotonic()
+                return self
+        raise LockBusy("appliance %r: the lock %s kept changing; gave up after %d attempts"
+                       % (self.appliance, self.target.describe_path(self.relpath), _MAX_ATTEMPTS))
+
+    def _create(self) -> bool:
+        """Create the lock exclusively: True if we made it, False if it exists."""
+        return self._create_exclusive(self.relpath, self._content())
+
+    def _create_exclusive(self, relpath: str, content: bytes) -> bool:
+        try:
+            handle = self.target.open_write(relpath, exclusive=True)
+        except TargetExists:
+            return False
+        try:
+            with handle:
+                handle.write(content)
+        except BaseException:
+            # We created the file, so removing it cannot hurt anyone else.
+            try:
+                self.target.remove(relpath)
+            except Exception:
+                pass
+            raise
+        return True
+
+    def _take_over(self, stale_raw: bytes, stale_doc: Optional[Dict[str, Any]]) -> bool:
+        """Replace an expired lock whose content is ``stale_raw`` (see the module docstring).
+
+        Returns True if the lock is now ours, False if it changed meanwhile (acquire() looks again),
+        and raises LockBusy if another run is taking it over right now.
+        """
+        digest = hashlib.sha256(stale_raw).hexdigest()[:32]
+        dead_markers = []
+        for number in range(_MAX_MARKERS):
+            marker = "%s.takeover-%s-%d" % (self.relpath, digest, number)
+            if self._create_exclusive(marker, self._content()):
+                break
+            try:
+                _, marker_doc = self._read(marker)
+            except TargetNotFound:
+                return False  # its owner finished and cleaned up: the lock has changed, look again
+            if not self._is_expired(marker_doc, marker):
+                raise self._busy(stale_doc, prefix="host %s is taking over an expired lock: "
+                                 % (marker_doc or {}).get("host", "?"))
+            dead_markers.append(marker)
+        else:
+            raise LockBusy("appliance %r: %d takeovers of the expired lock %s died midway; remove %s.takeover-* by hand"
+                           % (self.appliance, _MAX_MARKERS, self.target.describe_path(self.relpath), self.relpath))
+        try:
+            try:
+                current = self.target.read_bytes(self.relpath, limit=_LOCK_LIMIT)
+            except TargetNotFound:
+                return False  # removed meanwhile: acquire() creates it normally
+            if current != stale_raw:
+                return False
+            self._replace_lock()
+            self.took_over = stale_doc or {"unreadable": True}
+            return True
+        finally:
+            for leftover in [marker] + dead_markers:
+                try:
+                    self.target.remove(leftover)
+                except Exception:
+                    pass
+
+    def _replace_lock(self) -> None:
+        """Write our lock beside, then rename it over the lock file in one step."""
+        fresh = "%s.%s.new" % (self.relpath, self.token[:16])
+        try:
+            self.target.write_bytes(fresh, self._content())
+            self.target.rename(fresh, self.relpath, replace=True)
+        except BaseException:
+            try:
+                self.target.remove(fresh)
+            except Exception:
+                pass
+            raise
+
+    def refresh(self, force: bool = False) -> bool:
+        """Extend the expiry (heartbeat). Returns True if the lock was rewritten.
+
+        Raises LockBusy if the lock is no longer ours (removed, or taken over after we stalled past
+        the ttl): the caller must stop, because another run may be writing.
+        """
+        if not self.held:
+            raise LockBusy("appliance %r: refresh() on a lock that is not held" % self.appliance)
+        if not force and time.monotonic() - self._last_write < self.refresh_interval.total_seconds():
+            return False
+        try:
+            _, doc = self._read(self.relpath)
+        except TargetNotFound:
+            self.held = False
+            raise LockBusy("appliance %r: our lock %s was removed by someone else"
+                           % (self.appliance, self.target.describe_path(self.relpath))) from None
+        if not self._is_ours(doc):
+            self.held = False
+            raise self._busy(doc, prefix="our lock was taken over: ")
+        if self._is_expired(doc, self.relpath):
+            # Another run may be taking it over right now; an expired lock is not ours to touch.
+            self.held = False
+            raise LockBusy("appliance %r: our lock expired at %s before it was refreshed; stopping"
+                           % (self.appliance, doc.get("expires")))
+        self._replace_lock()
+        self._last_write = time.monotonic()
+        return True
+
+    def release(self) -> bool:
+        """Remove the lock if it is still ours. Returns True if removed; never removes another run's lock."""
+        if not self.held:
+            return False
+        self.held = False
+        try:
+            _, doc = self._read(self.relpath)
+        except TargetNotFound:
+            return False
+        if not self._is_ours(doc) or self._is_expired(doc, self.relpath):
+            return False  # not ours, or expired and possibly being taken over: leave it alone
+        try:
+            self.target.remove(self.relpath)
+        except TargetNotFound:
+            return False
+        return True
+
+    def __enter__(self) -> "ApplianceLock":
+        return self.acquire()
+
+    def __exit__(self, exc_type, exc, traceback) -> bool:
+        if exc_type is None:
+            self.release()
+        else:
+            try:
+                self.release()
+            except Exception:
+                pass  # never mask the error that ended the run; the lock expires by itself
+        return False
+
+
+# The name used in the design brief.
+AppliancesLock = ApplianceLock

@@ -1,0 +1,259 @@
+"""The appliance lock on a real local directory target: exclusion, heartbeat, stale takeover, release."""
+
+import hashlib
+import json
+import os
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from ansible_collections.segura.backup.plugins.module_utils.errors import ConfigError, LockBusy
+from ansible_collections.segura.backup.plugins.module_utils.locking import AppliancesLock, ApplianceLock
+from ansible_collections.segura.backup.plugins.module_utils.targets.path import PathTarget
+
+UTC = timezone.utc
+
+
+class Clock:
+    """A clock the test moves by hand (the lock takes ``clock=``; no sleeping in tests)."""
+
+    def __init__(self, start=None):
+        self.now = start or datetime.now(UTC)
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def target(tmp_path):
+    with PathTarget(str(tmp_path)) as opened:
+        yield opened
+
+
+def read_lock(tmp_path, appliance="pam1"):
+    return json.loads((tmp_path / appliance / "lock").read_text())
+
+
+def write_foreign_lock(tmp_path, expires, host="old-host", pid=4242, appliance="pam1", started="2026-01-01T00:00:00Z"):
+    (tmp_path / appliance).mkdir(exist_ok=True)
+    doc = {"run_id": "r-old", "host": host, "pid": pid, "started": started,
+           "expires": expires.strftime("%Y-%m-%dT%H:%M:%SZ"), "token": "f" * 32}
+    (tmp_path / appliance / "lock").write_text(json.dumps(doc))
+    return doc
+
+
+def test_acquire_writes_owner_and_expiry(target, tmp_path):
+    clock = Clock(datetime(2026, 11, 27, 10, 0, tzinfo=UTC))
+    lock = ApplianceLock(target, "pam1", {"run_id": "job-17", "host": "ctl1", "pid": 99}, ttl=timedelta(minutes=10), clock=clock)
+    lock.acquire()
+    doc = read_lock(tmp_path)
+    assert doc["run_id"] == "job-17" and doc["host"] == "ctl1" and doc["pid"] == 99
+    assert doc["started"] == "2026-11-27T10:00:00Z" and doc["expires"] == "2026-11-27T10:10:00Z"
+    assert doc["token"] == lock.token
+    assert lock.release() is True
+    assert not (tmp_path / "pam1" / "lock").exists()
+
+
+def test_defaults_for_owner(target, tmp_path):
+    with ApplianceLock(target, "pam1") as lock:
+        doc = read_lock(tmp_path)
+        assert doc["pid"] == os.getpid() and doc["host"] and len(doc["run_id"]) == 32
+        assert lock.held
+    assert AppliancesLock is ApplianceLock
+
+
+def test_second_lock_is_busy_and_names_the_holder(target, tmp_path):
+    first = ApplianceLock(target, "pam1", {"host": "node-a", "pid": 1111})
+    second = ApplianceLock(PathTarget(str(tmp_path)), "pam1", {"host": "node-b", "pid": 2222})
+    first.acquire()
+    with pytest.raises(LockBusy) as caught:
+        second.acquire()
+    message = str(caught.value)
+    assert "node-a" in message and "1111" in message and "since " + read_lock(tmp_path)["started"] in message
+    assert read_lock(tmp_path)["host"] == "node-a"
+    assert not second.held and second.release() is False
+    first.release()
+    second.acquire()
+    assert read_lock(tmp_path)["host"] == "node-b"
+
+
+def test_locks_of_different_appliances_are_independent(target):
+    with ApplianceLock(target, "pam1"), ApplianceLock(target, "pam2"):
+        pass
+
+
+def test_expired_lock_is_taken_over(target, tmp_path):
+    old = write_foreign_lock(tmp_path, datetime.now(UTC) - timedelta(minutes=1))
+    lock = ApplianceLock(target, "pam1", {"host": "new-host"})
+    lock.acquire()
+    assert lock.took_over["host"] == "old-host" and lock.took_over["token"] == old["token"]
+    assert read_lock(tmp_path)["host"] == "new-host"
+    assert sorted(os.listdir(tmp_path / "pam1")) == ["lock"]  # the stale lock moved aside was removed
+
+
+def test_lock_not_yet_expired_is_busy(target, tmp_path):
+    write_foreign_lock(tmp_path, datetime.now(UTC) + timedelta(minutes=5))
+    with pytest.raises(LockBusy, match="old-host"):
+        ApplianceLock(target, "pam1").acquire()
+    assert read_lock(tmp_path)["host"] == "old-host"
+
+
+def test_takeover_after_holder_stalled_then_holder_finds_out(target, tmp_path):
+    clock = Clock()
+    stalled = ApplianceLock(target, "pam1", {"host": "slow"}, ttl=timedelta(minutes=1), clock=clock)
+    stalled.acquire()
+    clock.now += timedelta(minutes=2)  # the holder stopped refreshing for longer than its ttl
+    taker = ApplianceLock(PathTarget(str(tmp_path)), "pam1", {"host": "fast"}, ttl=timedelta(minutes=1), clock=clock)
+    taker.acquire()
+    with pytest.raises(LockBusy, match="taken over.*fast"):
+        stalled.refresh(force=True)
+    assert stalled.release() is False  # someone else's lock is never removed
+    assert read_lock(tmp_path)["host"] == "fast"
+    assert taker.release() is True
+
+
+def test_release_never_removes_a_lock_that_is_not_ours(target, tmp_path):
+    lock = ApplianceLock(target, "pam1")
+    lock.acquire()
+    write_foreign_lock(tmp_path, datetime.now(UTC) + timedelta(hours=1), host="intruder")
+    assert lock.release() is False
+    assert read_lock(tmp_path)["host"] == "intruder"
+
+
+def test_late_taker_of_an_already_replaced_lock_does_nothing(target, tmp_path):
+    """B and C both judged the same lock stale; B took over first. C, continuing from its stale view,
+    must neither replace B's fresh lock nor leave markers behind."""
+    write_foreign_lock(tmp_path, datetime.now(UTC) - timedelta(minutes=1))
+    stale_raw = (tmp_path / "pam1" / "lock").read_bytes()
+    b = ApplianceLock(target, "pam1", {"host": "taker-b"})
+    c = ApplianceLock(PathTarget(str(tmp_path)), "pam1", {"host": "taker-c"})
+    b.acquire()
+    assert c._take_over(stale_raw, json.loads(stale_raw)) is False  # C continues from where it judged
+    assert read_lock(tmp_path)["token"] == b.token
+    assert sorted(os.listdir(tmp_path / "pam1")) == ["lock"]
+    with pytest.raises(LockBusy, match="taker-b"):
+        c.acquire()
+    assert b.refresh(force=True) is True
+
+
+def _marker(tmp_path, number, expires, host="taker-x"):
+    digest = hashlib.sha256((tmp_path / "pam1" / "lock").read_bytes()).hexdigest()[:32]
+    path = tmp_path / "pam1" / ("lock.takeover-%s-%d" % (digest, number))
+    path.write_text(json.dumps({"host": host, "pid": 7, "token": "e" * 32,
+                                "expires": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}))
+    return path
+
+
+def test_takeover_in_progress_elsewhere_is_busy(target, tmp_path):
+    write_foreign_lock(tmp_path, datetime.now(UTC) - timedelta(minutes=1))
+    _marker(tmp_path, 0, datetime.now(UTC) + timedelta(minutes=5), host="taker-x")
+    with pytest.raises(LockBusy, match="taker-x is taking over"):
+        ApplianceLock(target, "pam1").acquire()
+    assert read_lock(tmp_path)["host"] == "old-host"
+
+
+def test_takeover_whose_taker_died_is_finished_by_the_next(target, tmp_path):
+    write_foreign_lock(tmp_path, datetime.now(UTC) - timedelta(minutes=10))
+    _marker(tmp_path, 0, datetime.now(UTC) - timedelta(minutes=1))
+    _marker(tmp_path, 1, datetime.now(UTC) - timedelta(minutes=1))
+    lock = ApplianceLock(target, "pam1", {"host": "survivor"})
+    lock.acquire()
+    assert read_lock(tmp_path)["host"] == "survivor" and lock.took_over["host"] == "old-host"
+    assert sorted(os.listdir(tmp_path / "pam1")) == ["lock"]
+
+
+def test_expired_holder_neither_refreshes_nor_releases(target, tmp_path):
+    clock = Clock()
+    lock = ApplianceLock(target, "pam1", ttl=timedelta(minutes=1), clock=clock)
+    lock.acquire()
+    clock.now += timedelta(minutes=2)
+    with pytest.raises(LockBusy, match="expired"):
+        lock.refresh(force=True)
+    late = ApplianceLock(target, "pam1", ttl=timedelta(minutes=1), clock=clock)
+    late.acquire()
+    clock.now += timedelta(minutes=2)
+    assert late.release() is False  # expired: somebody may be taking it over; leave it
+    assert (tmp_path / "pam1" / "lock").exists()
+
+
+def test_many_takers_at_once_exactly_one_wins(tmp_path):
+    rounds, takers = 15, 8
+    for round_number in range(rounds):
+        appliance = "pam%d" % round_number
+        write_foreign_lock(tmp_path, datetime.now(UTC) - timedelta(minutes=1), appliance=appliance)
+        barrier = threading.Barrier(takers, timeout=20)
+        outcomes = []
+
+        def take(number):
+            lock = ApplianceLock(PathTarget(str(tmp_path)), appliance, {"host": "taker-%d" % number})
+            barrier.wait()
+            try:
+                lock.acquire()
+                outcomes.append(("won", lock.token))
+            except LockBusy:
+                outcomes.append(("busy", None))
+
+        threads = [threading.Thread(target=take, args=(n,)) for n in range(takers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert not any(thread.is_alive() for thread in threads)
+        winners = [token for outcome, token in outcomes if outcome == "won"]
+        assert len(outcomes) == takers and len(winners) == 1, outcomes
+        assert read_lock(tmp_path, appliance)["token"] == winners[0]
+        assert sorted(os.listdir(tmp_path / appliance)) == ["lock"]
+
+
+def test_refresh_is_rate_limited_and_extends_expiry(target, tmp_path):
+    clock = Clock(datetime(2026, 11, 27, 10, 0, tzinfo=UTC))
+    lock = ApplianceLock(target, "pam1", ttl=timedelta(minutes=30), clock=clock)
+    lock.acquire()
+    clock.now += timedelta(minutes=20)
+    assert lock.refresh() is False  # just written (monotonic time): nothing to do
+    assert read_lock(tmp_path)["expires"] == "2026-11-27T10:30:00Z"
+    assert lock.refresh(force=True) is True
+    doc = read_lock(tmp_path)
+    assert doc["expires"] == "2026-11-27T10:50:00Z" and doc["started"] == "2026-11-27T10:00:00Z"
+    assert sorted(os.listdir(tmp_path / "pam1")) == ["lock"]
+    eager = ApplianceLock(target, "pam2", refresh_interval=timedelta(0))
+    eager.acquire()
+    assert eager.refresh() is True
+
+
+def test_refresh_after_lock_removed_raises(target, tmp_path):
+    lock = ApplianceLock(target, "pam1")
+    lock.acquire()
+    os.remove(tmp_path / "pam1" / "lock")
+    with pytest.raises(LockBusy, match="removed"):
+        lock.refresh(force=True)
+    with pytest.raises(LockBusy, match="not held"):
+        lock.refresh(force=True)
+
+
+def test_unreadable_lock_is_busy_until_older_than_ttl(target, tmp_path):
+    (tmp_path / "pam1").mkdir()
+    (tmp_path / "pam1" / "lock").write_bytes(b"")  # a lock being written right now looks like this
+    with pytest.raises(LockBusy, match="cannot be read"):
+        ApplianceLock(target, "pam1", ttl=timedelta(minutes=5)).acquire()
+    old = (datetime.now(UTC) - timedelta(minutes=10)).timestamp()
+    os.utime(tmp_path / "pam1" / "lock", (old, old))
+    lock = ApplianceLock(target, "pam1", ttl=timedelta(minutes=5))
+    lock.acquire()
+    assert lock.took_over == {"unreadable": True}
+
+
+def test_context_manager_releases_on_error_and_keeps_the_error(target, tmp_path):
+    with pytest.raises(RuntimeError, match="boom"):
+        with ApplianceLock(target, "pam1"):
+            assert (tmp_path / "pam1" / "lock").exists()
+            raise RuntimeError("boom")
+    assert not (tmp_path / "pam1" / "lock").exists()
+
+
+def test_bad_arguments(target):
+    with pytest.raises(ConfigError, match="ttl"):
+        ApplianceLock(target, "pam1", ttl=timedelta(0))
+    with pytest.raises(ConfigError, match="appliance name"):
+        ApplianceLock(target, "../pam1")
