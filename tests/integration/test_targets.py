@@ -17,11 +17,15 @@ import uuid
 
 import pytest
 
+if __name__ == "__main__":  # run as a script (--measure): make the collection importable as pytest does
+    import tests.conftest  # noqa: F401
+
 from ansible_collections.segura.backup.plugins.module_utils.errors import (
     ConfigError,
     TargetAuthError,
     TargetError,
     TargetExists,
+    TargetFull,
     TargetNotFound,
 )
 from ansible_collections.segura.backup.plugins.module_utils.targets import open_target
@@ -271,8 +275,11 @@ def test_two_smb_targets_do_not_share_sessions(lab):
 
 
 @pytest.fixture(scope="module")
-def smbd_without_encryption(lab):
-    """A private smbd limited to SMB 2.1 (no encryption), on a free port, stopped by PID afterwards."""
+def private_smbd(lab):
+    """A private smbd limited to SMB 2.1 (no encryption), on a free port, stopped by PID afterwards.
+
+    Share `plain` is a normal folder, share `full` a 1 MiB tmpfs (for the disk-full error).
+    """
     base = tempfile.mkdtemp(prefix="segura-smb21-")
     share = os.path.join(base, "share")
     for folder in ("share", "private", "lock", "state", "cache", "pid", "ncalrpc"):
@@ -281,6 +288,10 @@ def smbd_without_encryption(lab):
     os.chmod(base, 0o755)
     account = pwd.getpwnam(lab["smb_username"])
     os.chown(share, account.pw_uid, account.pw_gid)
+    full = os.path.join(base, "full")
+    os.makedirs(full)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755,uid=%d" % account.pw_uid, "tmpfs", full],
+                   check=True)
     port = _unused_port()
     conf = os.path.join(base, "smb.conf")
     with open(conf, "w") as handle:
@@ -293,6 +304,7 @@ def smbd_without_encryption(lab):
                       ("private dir", "lock directory", "state directory", "cache directory", "pid directory",
                        "ncalrpc dir", "log file"))
             + "[plain]\npath = %s\nread only = no\n" % share
+            + "[full]\npath = %s\nread only = no\n" % full
         )
     password = lab["smb_password"] + "-21"
     subprocess.run(["smbpasswd", "-c", conf, "-s", "-a", lab["smb_username"]], input="%s\n%s\n" % (password, password),
@@ -312,6 +324,7 @@ def smbd_without_encryption(lab):
         server.terminate()
         server.wait(timeout=10)
         _stop_processes_mentioning(conf)
+        subprocess.run(["umount", full], check=False)
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -328,10 +341,10 @@ def _stop_processes_mentioning(conf):
             pass
 
 
-def test_smb_refuses_server_without_encryption(lab, smbd_without_encryption):
+def test_smb_refuses_server_without_encryption(lab, private_smbd):
     options = target_options("smb_signed", lab, "")
-    options.update(port=smbd_without_encryption["port"], share=smbd_without_encryption["share"],
-                   password=smbd_without_encryption["password"], encrypt=True)
+    options.update(port=private_smbd["port"], share=private_smbd["share"],
+                   password=private_smbd["password"], encrypt=True)
     with pytest.raises(TargetError, match="cannot encrypt") as caught:
         open_target(options)
     assert options["password"] not in str(caught.value)
@@ -341,6 +354,18 @@ def test_smb_refuses_server_without_encryption(lab, smbd_without_encryption):
         target.write_bytes("probe", b"ok")
         assert target.read_bytes("probe") == b"ok"
         target.remove("probe")
+
+
+def test_smb_disk_full(lab, private_smbd):
+    options = target_options("smb_signed", lab, "")
+    options.update(port=private_smbd["port"], share="full", password=private_smbd["password"], encrypt=False)
+    with open_target(options) as target:
+        assert 0 < target.free_space() <= 1024 * 1024
+        with pytest.raises(TargetFull, match="no space left on smb://127.0.0.1:%d/full/big" % private_smbd["port"]):
+            with target.open_write("big") as handle:
+                for _ in range(4):
+                    handle.write(b"\0" * 1024 * 1024)
+        target.remove("big")
 
 
 # -- throughput (not a test) ----------------------------------------------------------------------------

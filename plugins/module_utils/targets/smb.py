@@ -41,7 +41,7 @@ except ImportError:  # reported by SmbTarget() so modules can fail with a clear 
 # Bytes per WRITE request and how many may be in flight; bounded further by max_write_size and by
 # the credits the server grants (Samba grants 64 x 64 KiB at first, more as the session is used).
 WRITE_CHUNK = 1024 * 1024
-WRITES_IN_FLIGHT = 4
+WRITES_IN_FLIGHT = 8
 
 _AUTH_STATUSES = (
     "STATUS_LOGON_FAILURE",
@@ -106,7 +106,9 @@ class _SmbWriter:
         self._offset = 0
         self._buffer = bytearray()
         self._pending = collections.deque()  # (request, receive_function, length)
-        self._chunk = max(64 * 1024, min(WRITE_CHUNK, self._connection.max_write_size))
+        # A request may not cost more credits (64 KiB each) than the server granted: half the window.
+        credit_bytes = max(1, self._credits_available() // 2) * 65536
+        self._chunk = max(64 * 1024, min(WRITE_CHUNK, self._connection.max_write_size, credit_bytes))
         self.closed = False
 
     def write(self, data) -> int:
