@@ -181,3 +181,54 @@ def test_full_filesystem_raises_target_full():
     finally:
         subprocess.run(["umount", mount_point], check=True)
         os.rmdir(mount_point)
+
+
+# -- the shared `target` option and open_target() ------------------------------------------------------
+
+from ansible_collections.segura.backup.plugins.module_utils.target_options import target_argument_spec  # noqa: E402
+from ansible_collections.segura.backup.plugins.module_utils.targets import (  # noqa: E402
+    open_target,
+    validate_target_options,
+)
+
+
+def test_open_target_path_with_modes(tmp_path):
+    target = open_target({"type": "path", "path": str(tmp_path), "mode": "0600", "directory_mode": 0o700})
+    assert isinstance(target, PathTarget)
+    assert (target.file_mode, target.dir_mode) == (0o600, 0o700)
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"type": "smb", "server": "h", "share": "s", "username": "u"}, "'password' is required when type is smb"),
+        ({"type": "nfs", "server": "h"}, "'export' is required when type is nfs"),
+        ({"type": "path"}, "'path' is required when type is path"),
+        ({"type": "ftp"}, "'type' must be one of smb, nfs, path"),
+        ({"type": "nfs", "server": "h", "export": "/e", "version": "4.2"}, "'version' must be one of 3, 4.1"),
+        ({"type": "path", "path": "/x", "sharename": "s"}, "unknown target option"),
+        ({"type": "path", "path": "/x", "mode": "rw-r"}, "'mode' must be an octal mode"),
+        ({"type": "smb", "server": "h", "share": "s", "username": "u", "password": "p", "port": 0}, "'port'"),
+    ],
+)
+def test_validation_names_the_key(options, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_target_options(options)
+
+
+def test_validation_defaults():
+    smb = validate_target_options({"type": "smb", "server": "h", "share": "s", "username": "u", "password": "p"})
+    assert (smb["port"], smb["encrypt"], smb["timeout"], smb["path"]) == (445, True, 30, "")
+    nfs = validate_target_options({"type": "nfs", "server": "h", "export": "/e", "version": 3})
+    assert (nfs["port"], nfs["version"], nfs["uid"], nfs["gid"]) == (None, "3", 0, 0)
+
+
+def test_argument_spec_shape():
+    spec = target_argument_spec()
+    target = spec["target"]
+    assert target["type"] == "dict" and target["required"] is True
+    assert target["options"]["password"]["no_log"] is True
+    assert ["type", "smb", ["server", "share", "username", "password"]] in target["required_if"]
+    assert target_argument_spec(required=False)["target"]["required"] is False
+    spec["target"]["options"]["port"]["default"] = 1  # callers get a copy
+    assert target_argument_spec()["target"]["options"]["port"].get("default") is None
