@@ -611,7 +611,7 @@ def _records_of(target: Target, listing: Listing, appliance: str, entries: List[
 
 def _record(target: Target, listing: Listing, appliance: str, stem: str, files: Dict[str, Any]) -> SnapshotRecord:
     directory = snapshots_dir(appliance)
-    created, snap_id, _ = parse_object_name(stem + OBJECT_SUFFIX)
+    created, snap_id, dummy = parse_object_name(stem + OBJECT_SUFFIX)
     objects = {kind: entry for kind, entry in files.items() if kind.startswith(".tar.zst")}
     # Prefer a finished object over a partial one, and the encrypted name when (oddly) both exist.
     best_kind = sorted(objects, key=lambda k: (k.endswith(PARTIAL_SUFFIX), not k.startswith(ENCRYPTED_SUFFIX)))

@@ -154,7 +154,7 @@ class ApplianceLock:
         if self.held:
             return self
         self.started = self._clock()
-        for _ in range(_MAX_ATTEMPTS):
+        for dummy in range(_MAX_ATTEMPTS):
             if self._create():
                 self.held = True
                 self._last_write = time.monotonic()
@@ -206,7 +206,7 @@ class ApplianceLock:
             if self._create_exclusive(marker, self._content()):
                 break
             try:
-                _, marker_doc = self._read(marker)
+                marker_doc = self._read(marker)[1]
             except TargetNotFound:
                 return False  # its owner finished and cleaned up: the lock has changed, look again
             if not self._is_expired(marker_doc, marker):
@@ -257,7 +257,7 @@ class ApplianceLock:
         if not force and time.monotonic() - self._last_write < self.refresh_interval.total_seconds():
             return False
         try:
-            _, doc = self._read(self.relpath)
+            doc = self._read(self.relpath)[1]
         except TargetNotFound:
             self.held = False
             raise LockBusy("appliance %r: our lock %s was removed by someone else"
@@ -280,7 +280,7 @@ class ApplianceLock:
             return False
         self.held = False
         try:
-            _, doc = self._read(self.relpath)
+            doc = self._read(self.relpath)[1]
         except TargetNotFound:
             return False
         if not self._is_ours(doc) or self._is_expired(doc, self.relpath):

@@ -190,7 +190,7 @@ def plan(
     for snap in snapshots:
         _aware_utc(snap.created, "creation time of snapshot %s" % snap.id)
     ordered = sorted(snapshots, key=lambda s: (s.created, s.id), reverse=True)
-    reasons: List[List[str]] = [[] for _ in ordered]  # parallel to ``ordered``
+    reasons: List[List[str]] = [[] for dummy in ordered]  # parallel to ``ordered``
     eligible: List[int] = []  # complete and not in the future: the snapshots the rules apply to
     for index, snap in enumerate(ordered):
         if not snap.complete:

@@ -107,7 +107,7 @@ def test_object_name_refuses_bad_input():
 
 
 def test_new_snapshot_id():
-    ids = {new_snapshot_id() for _ in range(50)}
+    ids = {new_snapshot_id() for dummy in range(50)}
     assert len(ids) == 50
     assert all(len(i) == 8 and int(i, 16) >= 0 and i == i.lower() for i in ids)
 
@@ -237,7 +237,7 @@ def test_atomic_upload_cleanup_failure_never_masks_the_error(target, tmp_path):
 
 
 def test_atomic_upload_never_overwrites(target, tmp_path):
-    name, _ = put_snapshot(target, CREATED, b"the good one", snap_id="1a2b3c4d")
+    name = put_snapshot(target, CREATED, b"the good one", snap_id="1a2b3c4d")[0]
     final = "pam1/snapshots/" + name
     with pytest.raises(TargetExists, match="never overwritten"):
         with AtomicUpload(target, final) as upload:
@@ -301,16 +301,16 @@ def test_publish_sidecar_checks_object_and_never_overwrites(target, tmp_path):
 def test_listing_statuses_order_and_calls(tmp_path):
     target = CountingTarget(str(tmp_path))
     directory = tmp_path / "pam1" / "snapshots"
-    old_name, _ = put_snapshot(target, CREATED - timedelta(days=2), b"old", snap_id="00000001")
+    old_name = put_snapshot(target, CREATED - timedelta(days=2), b"old", snap_id="00000001")[0]
     new_name, sidecar = put_snapshot(target, CREATED, b"newest", snap_id="00000005", encrypted=False)
     # a partial upload, an object without sidecar, an orphaned sidecar, two damaged snapshots
     target.write_bytes("pam1/snapshots/" + object_name(CREATED - timedelta(hours=1), "00000004", True) + ".partial", b"par")
     target.write_bytes("pam1/snapshots/" + object_name(CREATED - timedelta(hours=2), "00000003", True), b"unsealed")
-    orphan_name, _ = put_snapshot(target, CREATED - timedelta(hours=3), b"orphan", snap_id="00000002")
+    orphan_name = put_snapshot(target, CREATED - timedelta(hours=3), b"orphan", snap_id="00000002")[0]
     os.remove(directory / orphan_name)
-    garbled_name, _ = put_snapshot(target, CREATED - timedelta(days=3), b"garbled", snap_id="0000000a")
+    garbled_name = put_snapshot(target, CREATED - timedelta(days=3), b"garbled", snap_id="0000000a")[0]
     (directory / garbled_name.replace(".tar.zst.age", ".json")).write_bytes(b"{not json")
-    grown_name, _ = put_snapshot(target, CREATED - timedelta(days=4), b"grown", snap_id="0000000b")
+    grown_name = put_snapshot(target, CREATED - timedelta(days=4), b"grown", snap_id="0000000b")[0]
     with open(directory / grown_name, "ab") as handle:
         handle.write(b"!")
     # noise that is not ours
@@ -344,7 +344,7 @@ def test_listing_statuses_order_and_calls(tmp_path):
     assert "does not exist" in records[3].problem
     assert "not JSON" in records[5].problem
     assert "6 bytes on the target, the sidecar says 5" in records[6].problem
-    assert records[4].ref().complete and not records[1].ref().complete
+    assert records[4].object == old_name and records[4].ref().complete and not records[1].ref().complete
     document = json.loads(json.dumps(listing.to_dict()))
     assert [s["id"] for s in document["snapshots"][:2]] == ["000000ff", "00000005"]  # same time: by id
     pam1 = [s for s in document["snapshots"] if s["appliance"] == "pam1"][0]

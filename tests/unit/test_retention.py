@@ -207,7 +207,10 @@ def _independent_demands(snapshots, policy, now, tz):
     if not eligible:
         return demanded
     demanded.add(eligible[0].id)
-    local = lambda s: s.created.astimezone(tz)  # noqa: E731
+
+    def local(snap):
+        return snap.created.astimezone(tz)
+
     bucket_keys = {
         "keep_last": lambda s: (s.created, s.id),
         "keep_hourly": lambda s: local(s).strftime("%Y-%m-%d %H"),
