@@ -18,7 +18,9 @@ import uuid
 import pytest
 
 if __name__ == "__main__":  # run as a script (--measure): make the collection importable as pytest does
-    import tests.conftest  # noqa: F401
+    import importlib
+
+    importlib.import_module("tests.conftest")
 
 from ansible_collections.segura.backup.plugins.module_utils.errors import (
     ConfigError,
@@ -363,7 +365,7 @@ def test_smb_disk_full(lab, private_smbd):
         assert 0 < target.free_space() <= 1024 * 1024
         with pytest.raises(TargetFull, match="no space left on smb://127.0.0.1:%d/full/big" % private_smbd["port"]):
             with target.open_write("big") as handle:
-                for _ in range(4):
+                for dummy in range(4):
                     handle.write(b"\0" * 1024 * 1024)
         target.remove("big")
 
@@ -384,7 +386,7 @@ def measure(total=200 * MiB, piece=4 * MiB):
             with open_target(target_options(kind, lab, subdir, local)) as target:
                 started = time.monotonic()
                 with target.open_write("big.bin") as handle:
-                    for _ in range(total // piece):
+                    for dummy in range(total // piece):
                         handle.write(data)
                 seconds = time.monotonic() - started
                 started = time.monotonic()

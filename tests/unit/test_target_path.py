@@ -176,7 +176,7 @@ def test_full_filesystem_raises_target_full():
         assert 0 < full.free_space() <= 1024 * 1024
         with pytest.raises(TargetFull, match="no space left on %s/big" % mount_point):
             with full.open_write("big") as handle:
-                for _ in range(8):
+                for dummy in range(8):
                     handle.write(b"\0" * 256 * 1024)
     finally:
         subprocess.run(["umount", mount_point], check=True)
