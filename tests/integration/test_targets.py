@@ -78,8 +78,17 @@ def target(request, lab, tmp_path):
     try:
         yield opened
     finally:
-        _remove_tree(opened, "")
         opened.close()
+        _remove_test_root(request.param, lab, subdir, str(tmp_path))
+
+
+def _remove_test_root(kind, lab, subdir, local_root):
+    """Remove a test's own folder through a target opened one level up (a target cannot rmdir its root)."""
+    parent, name = subdir.rsplit("/", 1)
+    with open_target(target_options(kind, lab, parent, local_root)) as target:
+        if target.exists(name):  # tests that write nothing never create it
+            _remove_tree(target, name)
+            target.rmdir(name)
 
 
 def _remove_tree(target, relpath):
@@ -396,6 +405,7 @@ def measure(total=200 * MiB, piece=4 * MiB):
                 read_seconds = time.monotonic() - started
                 print("%-14s write %7.1f MB/s   read %7.1f MB/s" % (kind, total / seconds / 1e6, total / read_seconds / 1e6))
                 target.remove("big.bin")
+            _remove_test_root(kind, lab, subdir, local)
 
 
 if __name__ == "__main__" and "--measure" in sys.argv:
