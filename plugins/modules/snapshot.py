@@ -29,8 +29,9 @@ description:
   - In a disaster, Debian's C(age -d -i KEY | zstd -d | tar -x) opens the object, and
     C(cat db/dump.sql.* | mariadb) loads the databases.
 author:
-  - segura.backup maintainers
+  - segura.backup maintainers (@segura-backup)
 extends_documentation_fragment:
+  - segura.backup.attributes
   - segura.backup.target
   - segura.backup.encryption
   - segura.backup.appliance
@@ -188,7 +189,7 @@ snapshot:
       description: Bytes written to the target for the object (after compression and encryption).
       type: int
     throughput_mb_s:
-      description: O(snapshot.bytes_in) per second, in MiB/s.
+      description: RV(snapshot.bytes_in) per second, in MiB/s.
       type: float
     components:
       description: Components taken.
