@@ -2,9 +2,11 @@
 that survives `mariadb-dump` + reload into a fresh server (what restore checks will rely on)."""
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
+import sys
 
 import pytest
 
@@ -143,3 +145,20 @@ def test_fingerprint_survives_a_server_restart(servers):
     assert not fresh.status()["running"]
     fresh.up()
     assert reference.fingerprint_databases(_conn(fresh)) == before
+
+
+def test_cli_seeds_and_prints_the_same_fingerprint(servers, tmp_path):
+    source = servers["source"]
+    root = str(tmp_path / "appliance")
+
+    def cli(*args):
+        result = subprocess.run([sys.executable, "-m", "tests.lab.reference"] + list(args)
+                                + ["--root", root, "--defaults-file", source.defaults_file],
+                                cwd=core.REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr.decode()
+        return json.loads(result.stdout)
+
+    summary = cli("seed", "--size", "3MB", "--seed", "4")
+    assert summary["size_bytes"] == 3 * MB and summary["databases"]["rows"]["mt4.users"] > 0
+    assert cli("fingerprint") == reference.fingerprint(root, _conn(source))

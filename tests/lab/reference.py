@@ -293,7 +293,7 @@ def fingerprint_files(root: str, include_mtime: bool = False) -> dict:
             entry.update(type="file", size=info.st_size, sha256=_sha256_file(path))
         else:
             entry["type"] = "other"
-        if include_mtime and entry["type"] != "dir":
+        if include_mtime:
             entry["mtime"] = int(info.st_mtime)
         result[relative] = entry
     return result
@@ -318,7 +318,7 @@ def client_command(db_conn_args: Optional[dict], tool: str = "mariadb") -> List[
         command.append("--protocol=socket")
     elif args.get("host"):
         command += ["--host=%s" % args["host"], "--port=%s" % args.get("port", 3306), "--protocol=tcp"]
-    if args.get("user") and not args.get("defaults_file"):
+    if args.get("user"):
         command.append("--user=%s" % args["user"])
     command.append("--default-character-set=utf8mb4")
     return command
