@@ -39,3 +39,180 @@ def lab():
         remaining = core.release_lease(state_dir, lease)
         if not was_up and remaining == 0 and not os.environ.get("SEGURA_LAB_KEEP"):
             lab_cli("down", state_dir=state_dir, check=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# Fixtures of the snapshot module's integration tests (test_snapshot_*.py).
+
+import contextlib  # noqa: E402
+import hashlib  # noqa: E402
+import shutil  # noqa: E402
+import socket  # noqa: E402
+import uuid  # noqa: E402
+
+from tests.lab import reference  # noqa: E402
+
+APPLIANCE_NAME = "ref-appliance"
+SNAPSHOT_TARGET_KINDS = ["smb_signed", "smb_encrypted", "nfs_v3", "nfs_v41", "path"]
+
+
+def sha256_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def free_tcp_port():
+    with contextlib.closing(socket.socket()) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def reference_appliance(lab, tmp_path_factory):
+    """A ~20 MB reference appliance (seed 1) in a temporary root, its databases in the lab MariaDB.
+
+    Seeding drops and recreates mt4 + senhasegura in the lab server; seed 1 at 20MB is what
+    scripts/demo.sh seeds too, so a concurrent demo leaves identical content behind.
+    Tests must not change this root: use `appliance_copy` for that.
+    """
+    root = str(tmp_path_factory.mktemp("reference-appliance"))
+    conn = {"defaults_file": lab["mysql_defaults_file"]}
+    reference.seed(root, reference.parse_size("20MB"), 1, conn)
+    yield {"root": root, "defaults_file": lab["mysql_defaults_file"], "name": APPLIANCE_NAME,
+           "fingerprint": reference.fingerprint(root, conn)}
+
+
+@pytest.fixture
+def appliance_copy(reference_appliance, tmp_path):
+    """A private copy of the reference appliance's files (same databases), free to change."""
+    root = str(tmp_path / "appliance")
+    shutil.copytree(reference_appliance["root"], root, symlinks=True)
+    return dict(reference_appliance, root=root)
+
+
+@pytest.fixture(scope="session")
+def age_identity(tmp_path_factory):
+    """An age X25519 key pair made by `age-keygen`: {identity_file, recipient, secret}."""
+    folder = tmp_path_factory.mktemp("age-key")
+    os.chmod(str(folder), 0o700)
+    identity_file = str(folder / "key.txt")
+    subprocess.run(["age-keygen", "-o", identity_file], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=30)
+    recipient = subprocess.run(["age-keygen", "-y", identity_file], check=True, stdout=subprocess.PIPE,
+                               text=True, timeout=30).stdout.strip()
+    with open(identity_file, encoding="utf-8") as handle:
+        secret = [line.strip() for line in handle if line.startswith("AGE-SECRET-KEY-")][0]
+    assert recipient.startswith("age1")
+    return {"identity_file": identity_file, "recipient": recipient, "secret": secret}
+
+
+class LabTarget:
+    """One target of the lab under a fresh sub-path: the module's `target` option and the folder
+    behind the server (`server_dir`) where tests read what the module wrote."""
+
+    def __init__(self, kind, options, server_dir):
+        self.kind = kind
+        self.options = options
+        self.server_dir = server_dir
+
+    def appliance_dir(self, appliance=APPLIANCE_NAME):
+        return os.path.join(self.server_dir, appliance)
+
+    def listing(self):
+        """{relative path: (size, mtime_ns, sha256)} of every file behind the server, dirs as None."""
+        result = {}
+        if not os.path.isdir(self.server_dir):
+            return result
+        for folder, dirs, files in os.walk(self.server_dir):
+            for name in dirs:
+                result[os.path.relpath(os.path.join(folder, name), self.server_dir) + "/"] = None
+            for name in files:
+                path = os.path.join(folder, name)
+                info = os.stat(path)
+                result[os.path.relpath(path, self.server_dir)] = (info.st_size, info.st_mtime_ns, sha256_file(path))
+        return result
+
+    def snapshot_files(self, appliance=APPLIANCE_NAME):
+        folder = os.path.join(self.appliance_dir(appliance), "snapshots")
+        return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+
+def make_lab_target(kind, lab, local_dir, subdir=None):
+    """The `target` option of one lab target kind, rooted at a fresh sub-path."""
+    subdir = subdir or "test-%s" % uuid.uuid4().hex[:12]
+    if kind == "path":
+        os.makedirs(local_dir, exist_ok=True)
+        return LabTarget(kind, {"type": "path", "path": local_dir}, local_dir)
+    if kind.startswith("smb"):
+        encrypted = kind == "smb_encrypted"
+        options = {
+            "type": "smb", "server": lab["smb_server"], "port": int(lab["smb_port"]),
+            "share": lab["smb_share_encrypted"] if encrypted else lab["smb_share_signed"],
+            "path": subdir, "username": lab["smb_username"], "password": lab["smb_password"],
+            "encrypt": encrypted, "timeout": 15,
+        }
+        return LabTarget(kind, options, os.path.join(lab["smb_dir_encrypted" if encrypted else "smb_dir_signed"], subdir))
+    options = {"type": "nfs", "server": lab["nfs_server"], "export": lab["nfs_export"], "path": subdir,
+               "version": "3" if kind == "nfs_v3" else "4.1", "timeout": 15}
+    return LabTarget(kind, options, os.path.join(lab["nfs_dir"], subdir))
+
+
+def _remove_lab_target(target):
+    """Clean up a test's sub-path: behind smbd directly; NFS through a client (never behind ganesha)."""
+    if target.kind == "path" or target.kind.startswith("smb"):
+        shutil.rmtree(target.server_dir, ignore_errors=True)
+        return
+    from ansible_collections.segura.backup.plugins.module_utils.targets import open_target
+
+    base = dict(target.options, path="")
+    try:
+        with open_target(base) as client:
+            def remove_tree(relpath):
+                for entry in client.listdir(relpath):
+                    child = relpath + "/" + entry.name
+                    if entry.is_dir:
+                        remove_tree(child)
+                        client.rmdir(child)
+                    else:
+                        client.remove(child)
+            remove_tree(target.options["path"])
+            client.rmdir(target.options["path"])
+    except Exception:  # best effort: a leftover folder with a random name harms nobody
+        pass
+
+
+@pytest.fixture
+def lab_target_factory(lab, tmp_path):
+    """make(kind) -> LabTarget on a fresh sub-path; every sub-path is removed after the test."""
+    made = []
+
+    def make(kind, subdir=None):
+        target = make_lab_target(kind, lab, str(tmp_path / ("target-%d" % len(made))), subdir)
+        made.append(target)
+        return target
+
+    yield make
+    for target in made:
+        _remove_lab_target(target)
+
+
+@pytest.fixture(params=SNAPSHOT_TARGET_KINDS)
+def lab_target(request, lab_target_factory):
+    """Each of the five targets (smb signed, smb encrypted, nfs v3, nfs v4.1, path), on a fresh sub-path."""
+    return lab_target_factory(request.param)
+
+
+def snapshot_args(appliance, target, encryption, components=("database", "config", "secrets"), **extra):
+    """Arguments of segura.backup.snapshot for the (reference) appliance dict and a LabTarget."""
+    args = {
+        "target": target.options if isinstance(target, LabTarget) else target,
+        "encryption": encryption,
+        "components": list(components),
+        "appliance": {"name": appliance.get("name", APPLIANCE_NAME), "root": appliance["root"]},
+        "database": {"defaults_file": appliance["defaults_file"]},
+    }
+    args.update(extra)
+    return args

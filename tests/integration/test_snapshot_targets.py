@@ -1,0 +1,220 @@
+"""segura.backup.snapshot, run by ansible-playbook, publishes snapshots on every lab target.
+
+Each test uses a fresh sub-path of the share/export, and reads what landed there from behind the
+server (the lab's share folders), which is where a person would look too.
+
+Run: .venv/bin/pytest tests/integration/test_snapshot_targets.py
+"""
+
+import json
+import os
+import threading
+import time
+
+import pytest
+
+from tests.integration.conftest import sha256_file, snapshot_args
+from tests.integration.playbook import run_task
+from tests.lab.samba import smbstatus_json
+
+MODULE = "segura.backup.snapshot"
+ALL_COMPONENTS = ("database", "config", "secrets", "sessions")
+
+
+def _recipients(age_identity):
+    return {"recipients": [age_identity["recipient"]]}
+
+
+def _session_files(target):
+    """{path below sessions/: (size, mtime_ns, sha256)} of the recordings on the server."""
+    top = os.path.join(target.appliance_dir(), "sessions")
+    found = {}
+    for folder, _dirs, files in os.walk(top):
+        for name in files:
+            if name.endswith(".arz"):
+                path = os.path.join(folder, name)
+                info = os.stat(path)
+                found[os.path.relpath(path, top)] = (info.st_size, info.st_mtime_ns, sha256_file(path))
+    return found
+
+
+def _recordings(root):
+    top = os.path.join(root, "var/senhasegura/arz")
+    return {os.path.relpath(os.path.join(folder, name), top): sha256_file(os.path.join(folder, name))
+            for folder, _dirs, files in os.walk(top) for name in files}
+
+
+# ------------------------------------------------------------------ watching smbd while the module runs
+def _client_ports_of(marker, server_port):
+    """Local TCP ports of connections to `server_port` held by processes whose command line holds
+    `marker` (the module's AnsiballZ file lives in a remote-temp folder only this test uses)."""
+    ports = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as handle:
+                if marker.encode() not in handle.read():
+                    continue
+            inodes = set()
+            for fd in os.listdir("/proc/%s/fd" % pid):
+                link = os.readlink("/proc/%s/fd/%s" % (pid, fd))
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+            for table in ("tcp", "tcp6"):
+                with open("/proc/%s/net/%s" % (pid, table)) as handle:
+                    for line in handle.readlines()[1:]:
+                        fields = line.split()
+                        local, remote, inode = fields[1], fields[2], fields[9]
+                        if inode in inodes and int(remote.rsplit(":", 1)[1], 16) == server_port:
+                            ports.add(str(int(local.rsplit(":", 1)[1], 16)))
+        except OSError:
+            continue  # the process ended while we looked
+    return ports
+
+
+class SmbSessionWatcher(threading.Thread):
+    """Polls `smbstatus --json` while the module runs and keeps what smbd reports about OUR session.
+
+    Why this way: the SMB session ends when the module exits, so encryption can only be seen while it
+    runs. Other engineers' clients use the same lab smbd, so a session is ours only when its client
+    port is a port the module's own process holds (from /proc). The sessions component (11 MB of
+    recordings) keeps the module connected long enough for several polls; a test that never sees the
+    session fails rather than passing quietly.
+    """
+
+    def __init__(self, lab, marker):
+        super().__init__(daemon=True)
+        self.lab = lab
+        self.marker = marker
+        self.stop = threading.Event()
+        self.seen = []  # (session, tcon) pairs of our connection
+        self.polls = 0
+
+    def run(self):
+        deadline = time.monotonic() + 300  # bounded, whatever happens to the module
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            ports = _client_ports_of(self.marker, int(self.lab["smb_port"]))
+            if ports:
+                self.polls += 1
+                status = smbstatus_json(self.lab["lab_state"])
+                for tcon in status.get("tcons", {}).values():
+                    session = status.get("sessions", {}).get(tcon.get("session_id"))
+                    if session and session.get("hostname", "").rsplit(":", 1)[-1] in ports:
+                        self.seen.append((session, tcon))
+            self.stop.wait(0.1)
+
+
+def _run_watched(lab, tmp_path, args):
+    """run_task with a watcher on smbd; returns (TaskResult, watcher)."""
+    remote_tmp = str(tmp_path / "ansible-remote-tmp")
+    os.makedirs(remote_tmp)
+    watcher = SmbSessionWatcher(lab, remote_tmp)
+    watcher.start()
+    try:
+        run = run_task(MODULE, args, extra_env={"ANSIBLE_REMOTE_TEMP": remote_tmp})
+    finally:
+        watcher.stop.set()
+        watcher.join(timeout=60)
+    return run, watcher
+
+
+# ------------------------------------------------------------------ tests
+def test_snapshot_is_published_with_a_matching_sidecar(lab, lab_target, reference_appliance, age_identity, tmp_path):
+    args = snapshot_args(reference_appliance, lab_target, _recipients(age_identity), components=ALL_COMPONENTS)
+    if lab_target.kind.startswith("smb"):
+        run, watcher = _run_watched(lab, tmp_path, args)
+    else:
+        run, watcher = run_task(MODULE, args), None
+    assert run.rc == 0, run.output
+    snap = run.result["snapshot"]
+    assert run.result["changed"] is True
+
+    object_path = os.path.join(lab_target.server_dir, snap["object"])
+    sidecar_path = os.path.join(lab_target.server_dir, snap["sidecar"])
+    assert os.path.isfile(object_path) and os.path.isfile(sidecar_path)
+    assert snap["object"].endswith(".tar.zst.age")
+    with open(sidecar_path, encoding="utf-8") as handle:
+        sidecar = json.load(handle)
+    stored_sha256 = sha256_file(object_path)
+    assert sidecar["size"] == os.path.getsize(object_path) == snap["size"]
+    assert sidecar["sha256"] == stored_sha256 == snap["sha256"]
+    assert sidecar["object"] == os.path.basename(object_path)
+    assert sidecar["encryption"] == {"mode": "x25519", "recipients": [age_identity["recipient"]]}
+    with open(object_path, "rb") as handle:
+        assert handle.read(22) == b"age-encryption.org/v1\n"
+
+    # Exactly one object and one sidecar, no partial upload, the lock released.
+    assert lab_target.snapshot_files() == sorted([os.path.basename(object_path), os.path.basename(sidecar_path)])
+    assert not os.path.exists(os.path.join(lab_target.appliance_dir(), "lock"))
+    # Every recording is on the target, byte for byte.
+    uploaded = {path: entry[2] for path, entry in _session_files(lab_target).items()}
+    assert uploaded == _recordings(reference_appliance["root"])
+    assert snap["counts"]["sessions_uploaded"] == len(uploaded) == 49
+
+    if lab_target.kind.startswith("smb"):
+        assert watcher.seen, "smbstatus never showed the module's session (%d polls)" % watcher.polls
+        shares = {tcon["service"] for _session, tcon in watcher.seen}
+        assert shares == {lab_target.options["share"]}
+        for session, tcon in watcher.seen:
+            assert session["username"] == lab["smb_username"]
+            assert tcon["signing"]["degree"] == "full"  # signing is always required
+            if lab_target.kind == "smb_encrypted":
+                assert tcon["encryption"]["degree"] == "full"
+                assert tcon["encryption"]["cipher"].startswith("AES-")
+
+
+def test_check_mode_changes_nothing_and_reports_preflight_ok(lab_target, reference_appliance, age_identity):
+    args = snapshot_args(reference_appliance, lab_target, _recipients(age_identity), components=ALL_COMPONENTS)
+    first = run_task(MODULE, args)
+    assert first.rc == 0, first.output
+    before = lab_target.listing()
+
+    check = run_task(MODULE, args, check=True)
+    assert check.rc == 0, check.output
+    preflight = check.result["preflight"]
+    assert preflight["ok"] is True and preflight["problems"] == []
+    assert {"target_reachable", "target_writable", "lock_free", "appliance", "free_space",
+            "components"} <= set(preflight["checks"])
+    assert all(entry["ok"] for entry in preflight["checks"].values())
+    assert "snapshot" not in check.result
+    assert lab_target.listing() == before
+
+
+def test_check_mode_on_a_target_path_never_used_before(lab_target, reference_appliance, age_identity):
+    """A first run's preflight: the sub-path does not exist yet (a real run creates it)."""
+    args = snapshot_args(reference_appliance, lab_target, _recipients(age_identity))
+    before = lab_target.listing()
+    check = run_task(MODULE, args, check=True)
+    assert check.rc == 0, check.output
+    assert check.result["preflight"]["ok"] is True
+    assert lab_target.listing() == before
+
+
+def test_sessions_are_synced_incrementally(lab_target, appliance_copy, age_identity):
+    args = snapshot_args(appliance_copy, lab_target, _recipients(age_identity), components=ALL_COMPONENTS)
+    first = run_task(MODULE, args)
+    assert first.rc == 0, first.output
+    assert first.result["snapshot"]["counts"]["sessions_uploaded"] == 49
+    after_first = _session_files(lab_target)
+    assert len(after_first) == 49
+
+    second = run_task(MODULE, args)
+    assert second.rc == 0, second.output
+    counts = second.result["snapshot"]["counts"]
+    assert (counts["sessions_uploaded"], counts["sessions_skipped"], counts["sessions_referenced"]) == (0, 49, 49)
+    assert _session_files(lab_target) == after_first  # not one file rewritten (mtimes included)
+
+    new_relpath = "2025/0104/061500-000050-ssh.arz"
+    new_file = os.path.join(appliance_copy["root"], "var/senhasegura/arz", new_relpath)
+    os.makedirs(os.path.dirname(new_file))
+    with open(new_file, "wb") as handle:
+        handle.write(os.urandom(300 * 1024))
+    third = run_task(MODULE, args)
+    assert third.rc == 0, third.output
+    counts = third.result["snapshot"]["counts"]
+    assert (counts["sessions_uploaded"], counts["sessions_skipped"], counts["sessions_referenced"]) == (1, 49, 50)
+    assert counts["sessions_uploaded_bytes"] == 300 * 1024
+    after_third = _session_files(lab_target)
+    assert set(after_third) - set(after_first) == {new_relpath}
+    assert after_third[new_relpath][2] == sha256_file(new_file)
+    assert {path: after_third[path] for path in after_first} == after_first
+    assert len(lab_target.snapshot_files()) == 6  # three snapshots, each object + sidecar
