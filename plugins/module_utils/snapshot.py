@@ -158,10 +158,14 @@ def preflight(target: Target, request: SnapshotRequest) -> Dict[str, Any]:
         checks[name] = value if isinstance(value, dict) else {"ok": True}
         return value
 
-    reachable = check("target_reachable", lambda: {"ok": True, "entries": len(target.listdir(""))})
-    if reachable:
+    reachable = check("target_reachable", lambda: _list_base(target))
+    if reachable and reachable.get("exists", True):
         check("target_writable", lambda: _write_probe(target))
         check("lock_free", lambda: _lock_state(target, request.appliance))
+    elif reachable:
+        # A first run creates the base path; probing it here would create it, which check mode must not.
+        checks["target_writable"] = {"ok": True, "probed": False, "note": reachable["note"]}
+        checks["lock_free"] = {"ok": True, "held": False}
     facts = check("appliance", lambda: {"ok": True, "facts": _facts(request)})
     if facts and reachable:
         space = check("free_space", lambda: _check_free_space(target, request, facts["facts"]))
@@ -170,6 +174,15 @@ def preflight(target: Target, request: SnapshotRequest) -> Dict[str, Any]:
                             % (_describe_bytes(space["free_bytes"]), _describe_bytes(space["estimate_bytes"])))
     check("components", lambda: _check_components(request))
     return {"ok": not problems, "checks": checks, "problems": problems}
+
+
+def _list_base(target: Target) -> Dict[str, Any]:
+    """The server answered and the base path is listable, or it does not exist yet (first run)."""
+    try:
+        return {"ok": True, "entries": len(target.listdir(""))}
+    except TargetNotFound:
+        return {"ok": True, "entries": 0, "exists": False,
+                "note": "%s does not exist yet; the first snapshot creates it" % target.describe()}
 
 
 def _write_probe(target: Target) -> Dict[str, Any]:

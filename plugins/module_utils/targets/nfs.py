@@ -46,18 +46,22 @@ _NO_LINK_CODES = ("NFS3ERR_NOTSUPP", "NFS4ERR_NOTSUPP", "NFS3ERR_MLINK", "NFS4ER
 _RETRIES = 3
 
 
-def _retrying(function, *args, **kwargs):
+def _retrying(function, *args, _idempotent=False, **kwargs):
     """Call an nfs-rs function, repeating it when the library says that is safe.
 
     ganesha sometimes answers an NFSv4.1 request with NFS4ERR_RETRY_UNCACHED_REP (measured in the
     lab, a few times per hundred operations); nfs-rs reports it as NfsRetryableError with outcome
-    SAFE_TO_RETRY, meaning the server did nothing.
+    SAFE_TO_RETRY, meaning the server did nothing. For a replay-sensitive operation (mkdir) it says
+    UNCERTAIN: the server may or may not have done it. ``_idempotent=True`` callers (mkdir with
+    exist_ok) retry that too, because doing it twice has the same effect as once.
     """
     for attempt in range(_RETRIES):
         try:
             return function(*args, **kwargs)
         except nfs_rs.NfsRetryableError as exc:
-            if attempt + 1 == _RETRIES or exc.outcome != nfs_rs.OperationOutcome.SAFE_TO_RETRY:
+            retry_safe = exc.outcome == nfs_rs.OperationOutcome.SAFE_TO_RETRY or (
+                _idempotent and exc.outcome == nfs_rs.OperationOutcome.UNCERTAIN)
+            if attempt + 1 == _RETRIES or not retry_safe:
                 raise
             time.sleep(0.05 * (attempt + 1))
     raise AssertionError("unreachable")
@@ -379,7 +383,7 @@ class NfsTarget(Target):
             return
         where = "nfs://%s%s/%s" % (self.server, self.export, inside)
         try:
-            _retrying(self._client.mkdir, inside, self.dir_mode, parents=True, exist_ok=True)
+            _retrying(self._client.mkdir, inside, self.dir_mode, parents=True, exist_ok=True, _idempotent=True)
         except BaseException as exc:
             mapped = self.map_error(exc, where)
             if isinstance(mapped, TargetExists):
