@@ -32,8 +32,8 @@ import tempfile
 import threading
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Union
 
 from ansible_collections.segura.backup.plugins.module_utils.errors import ApplianceError, ConfigError
 
@@ -209,9 +209,13 @@ class DatabaseConnection:
 
     def describe(self) -> str:
         """Where we connect, for messages (never the password)."""
-        where = self.socket or ("%s:%s" % (self.host or "localhost", self.port or 3306))
-        who = self.user or ("from %s" % self.defaults_file if self.defaults_file else "default user")
-        return "MariaDB at %s (%s)" % (where, who)
+        if self.socket:
+            where = "socket " + self.socket
+        elif self.host or self.port:
+            where = "%s:%s" % (self.host or "localhost", self.port or 3306)
+        else:
+            where = "the default socket" if not self.defaults_file else "the server named in " + self.defaults_file
+        return "MariaDB (%s%s)" % (where, ", user " + self.user if self.user else "")
 
 
 @contextlib.contextmanager
@@ -260,7 +264,7 @@ def run_query(db: DatabaseConnection, sql: str, timeout: float = 60) -> List[Lis
     try:
         result = subprocess.run(
             [tool] + db.client_args() + ["--batch", "--skip-column-names", "--raw"],
-            input=sql.encode("utf-8"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+            input=sql.encode("utf-8"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         raise ApplianceError("query on %s did not finish within %d s" % (db.describe(), timeout)) from None
     if result.returncode != 0:
@@ -712,7 +716,7 @@ def _galera_enabled(galera_cnf: str) -> Optional[bool]:
         line = line.strip()
         if not line or line[0] in "#;[!":
             continue
-        key, _, value = line.partition("=")
+        key, _sep, value = line.partition("=")
         key = key.strip().replace("-", "_").lower()
         value = value.split("#", 1)[0].strip().strip("'\"").lower()
         if key == "wsrep_on":
@@ -741,7 +745,9 @@ def cluster_role(layout: ApplianceLayout, health_url: Optional[str] = None, veri
         request = urllib.request.Request(health_url, method="GET",
                                          headers={"User-Agent": "segura.backup"})
         try:
-            with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+            # Plain urllib on purpose: the engine has no Ansible imports (see DESIGN.md).
+            opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context))
+            with opener.open(request, timeout=timeout) as response:
                 status = response.status
         except urllib.error.HTTPError as exc:
             status = exc.code
@@ -764,7 +770,7 @@ def appliance_version(layout: ApplianceLayout, orbit: Optional[str] = None) -> D
     if orbit:
         try:
             result = subprocess.run([orbit, "version"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, timeout=60)
+                                    stderr=subprocess.PIPE, timeout=60, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise ApplianceError("'orbit version' could not run: %s" % exc) from None
         if result.returncode != 0:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from ansible_collections.segura.backup.plugins.module_utils.appliance import ApplianceLayout, Problem
+from ansible_collections.segura.backup.plugins.module_utils.catalog import sessions_dir
 from ansible_collections.segura.backup.plugins.module_utils.errors import (
     ApplianceError,
     ConfigError,
@@ -51,17 +52,6 @@ class SessionSyncResult:
     skipped_count: int = 0
     hashed_count: int = 0  # local files read only to compute their sha256
     problems: List[Problem] = field(default_factory=list)
-
-
-def sessions_dir(appliance: str) -> str:
-    """Target-relative folder of an appliance's recordings.
-
-    Private stand-in until catalog.py offers an appliance path helper.
-    """
-    if (not isinstance(appliance, str) or not appliance or appliance in (".", "..")
-            or "/" in appliance or "\\" in appliance or "\x00" in appliance):
-        raise ConfigError("invalid appliance name %r (one path component expected)" % (appliance,))
-    return appliance + "/sessions"
 
 
 def _local_files(top: str, problems: List[Problem]) -> Iterator[Tuple[str, List[str]]]:

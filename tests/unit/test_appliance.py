@@ -355,7 +355,8 @@ def test_appliance_version_sources(tmp_path):
     if shutil.which("orbit") is None:
         assert appliance.appliance_version(layout) == {"version": "unknown", "source": "none"}
     (tmp_path / "etc/senhasegura/version").write_text("3.32.0.12\n")
-    assert appliance.appliance_version(layout, orbit="") ["version"] in ("3.32.0.12",)
+    assert appliance.appliance_version(layout, orbit="") == {
+        "version": "3.32.0.12", "source": str(tmp_path / "etc/senhasegura/version")}
     # TEST DOUBLE of the proprietary orbit CLI.
     orbit = tmp_path / "orbit"
     orbit.write_text("#!/bin/sh\n[ \"$1\" = version ] && echo 'Segura 4.0.1' && exit 0\nexit 3\n")
