@@ -378,7 +378,11 @@ class DatabaseDump:
                 ...
         # leaving the block checks exit code and trailer; ApplianceError on failure
 
-    If the body raises, the dump is terminated (by its PID) and reaped.
+    If the body raises, the dump is terminated (by its PID) and reaped. If this process dies, the
+    kernel kills the dump too (PR_SET_PDEATHSIG), so a killed run leaves no dump behind.
+
+    The account needs, on each database: SELECT, SHOW VIEW, TRIGGER, EVENT, LOCK TABLES; and SELECT
+    on mysql.proc for the routines. On an appliance, root over the unix socket has all of it.
     """
 
     def __init__(self, connection: DatabaseConnection, databases: Sequence[str] = DEFAULT_DATABASES,
