@@ -8,6 +8,7 @@ Layout (see the format notes)::
     <appliance>/snapshots/<YYYYmmddTHHMMSSZ>-<id>.tar.zst[.age]   the object
     <appliance>/snapshots/<same>.partial                           the object while it is uploaded
     <appliance>/snapshots/<YYYYmmddTHHMMSSZ>-<id>.json             the sidecar, written last
+    <appliance>/snapshots/<YYYYmmddTHHMMSSZ>-<id>.sessions.json    session files it references (if any)
     <appliance>/snapshots/<YYYYmmddTHHMMSSZ>-<id>.verify.json      the last verification result
     <appliance>/sessions/YYYY/MMDD/<file>                          session recordings
     <appliance>/lock                                               the appliance lock (locking.py)
@@ -15,6 +16,12 @@ Layout (see the format notes)::
 A snapshot is complete when its object and its sidecar both exist and agree on the size. Every
 write goes to a ``.partial`` name first and is renamed into place, so a crash at any point leaves
 nothing that looks complete.
+
+Why ``<stem>.sessions.json`` exists (unencrypted, beside the sidecar): prune must know which session
+recordings the kept snapshots reference, but the manifest inside the object is encrypted to keys that
+appliances and controllers do not hold. The recording names and sizes are visible on the share
+anyway, so the list reveals nothing new. It is written before the sidecar; deep verification checks
+that it equals the manifest's session list.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from ansible_collections.segura.backup.plugins.module_utils.errors import (
     TargetNotFound,
 )
 from ansible_collections.segura.backup.plugins.module_utils.retention import SnapshotRef
-from ansible_collections.segura.backup.plugins.module_utils.targets.base import Target
+from ansible_collections.segura.backup.plugins.module_utils.targets.base import Target, clean_relpath
 
 FORMAT = "segura.backup/1"
 OBJECT_SUFFIX = ".tar.zst"
@@ -44,8 +51,10 @@ ENCRYPTED_SUFFIX = ".tar.zst.age"
 PARTIAL_SUFFIX = ".partial"
 SIDECAR_SUFFIX = ".json"
 VERIFY_SUFFIX = ".verify.json"
+SESSIONS_SUFFIX = ".sessions.json"
 ENCRYPTION_MODES = ("x25519", "passphrase", "none")
 SIDECAR_LIMIT = 1024 * 1024  # sidecars are a few KiB; anything larger is not ours
+SESSIONS_LIST_LIMIT = 256 * 1024 * 1024  # ~150 bytes per recording: room for a million and more
 
 STATUS_COMPLETE = "complete"
 STATUS_PARTIAL = "partial"
@@ -58,7 +67,8 @@ _STEM = r"(?P<stem>(?P<time>\d{8}T\d{6}Z)-(?P<id>[0-9a-f]{8}))"
 _OBJECT_NAME = re.compile(_STEM + r"\.tar\.zst(?P<age>\.age)?")
 # Every file name that belongs to a snapshot, and what it is.
 _SNAPSHOT_FILE = re.compile(
-    _STEM + r"(?P<kind>\.tar\.zst(?:\.age)?(?:\.partial)?|\.verify\.json(?:\.partial)?|\.json(?:\.partial)?)"
+    _STEM + r"(?P<kind>\.tar\.zst(?:\.age)?(?:\.partial)?|\.verify\.json(?:\.partial)?"
+    r"|\.sessions\.json(?:\.partial)?|\.json(?:\.partial)?)"
 )
 _APPLIANCE_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -156,6 +166,11 @@ def sidecar_name(name: str) -> str:
 def verification_name(name: str) -> str:
     """'<stem>.verify.json' for object name '<stem>.tar.zst[.age]'."""
     return _stem(name) + VERIFY_SUFFIX
+
+
+def sessions_list_name(name: str) -> str:
+    """'<stem>.sessions.json' for object name '<stem>.tar.zst[.age]'."""
+    return _stem(name) + SESSIONS_SUFFIX
 
 
 def partial_name(name: str) -> str:
@@ -474,6 +489,69 @@ def record_verification(target: Target, snapshot: Any, result: Dict[str, Any]) -
 
 
 # ---------------------------------------------------------------------------------------------
+# Session list: which recordings a snapshot references, readable without the decryption key
+
+
+def _session_entry(item: Any, appliance: str, source: str, index: int) -> Dict[str, Any]:
+    where = "sessions[%d]." % index
+    if not isinstance(item, dict):
+        raise IntegrityError("session list %s is invalid: sessions[%d] is not an object" % (source, index))
+    try:
+        path = clean_relpath(_need(item, "path", str, source, where))
+    except ConfigError as exc:
+        raise IntegrityError("session list %s is invalid: %s" % (source, exc)) from None
+    if not path.startswith(sessions_dir(appliance) + "/"):
+        raise IntegrityError("session list %s is invalid: %s is not below %s/" % (source, path, sessions_dir(appliance)))
+    return {"path": path, "size": _need(item, "size", int, source, where),
+            "sha256": _sha256_field(item, "sha256", source, where)}
+
+
+def write_sessions_list(target: Target, appliance: str, name: str, sessions: List[Dict[str, Any]]) -> str:
+    """Write ``<stem>.sessions.json`` (via partial + rename, never replacing); returns its relative path.
+
+    ``sessions`` is the manifest's list: [{"path" (target-relative), "size", "sha256"}]. Call it
+    after the object is in place and BEFORE publish_sidecar, so a complete snapshot always has it.
+    """
+    parsed = parse_object_name(name)
+    if parsed is None:
+        raise ConfigError("%r is not a snapshot object name" % (name,))
+    source = "for snapshot %s" % parsed[1]
+    entries = [_session_entry(item, appliance, source, index) for index, item in enumerate(sessions)]
+    doc = {"format": FORMAT, "id": parsed[1], "appliance": validate_appliance(appliance), "sessions": entries}
+    relpath = "%s/%s" % (snapshots_dir(appliance), sessions_list_name(name))
+    data = (json.dumps(doc, separators=(",", ":"), sort_keys=True) + "\n").encode("utf-8")
+    _write_via_partial(target, relpath, data, replace=False)
+    return relpath
+
+
+def parse_sessions_list(data: bytes, source: str, snap_id: str, appliance: str) -> List[Dict[str, Any]]:
+    """The validated entries of a session list; IntegrityError naming ``source`` on any problem."""
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise IntegrityError("session list %s is invalid: not JSON (%s)" % (source, exc)) from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise IntegrityError("session list %s is invalid: not a %s document" % (source, FORMAT))
+    if doc.get("id") != snap_id or doc.get("appliance") != appliance:
+        raise IntegrityError("session list %s describes %r/%r, not %s/%s"
+                             % (source, doc.get("appliance"), doc.get("id"), appliance, snap_id))
+    items = doc.get("sessions")
+    if not isinstance(items, list):
+        raise IntegrityError("session list %s is invalid: 'sessions' must be a list" % source)
+    return [_session_entry(item, appliance, source, index) for index, item in enumerate(items)]
+
+
+def read_sessions_list(target: Target, record: Any) -> List[Dict[str, Any]]:
+    """The session list of a snapshot (a SnapshotRecord or Sidecar); TargetNotFound if it has none."""
+    parsed = parse_object_name(record.object)
+    if parsed is None:
+        raise ConfigError("%r is not a snapshot object name" % (record.object,))
+    relpath = "%s/%s" % (snapshots_dir(record.appliance), sessions_list_name(record.object))
+    data = target.read_bytes(relpath, limit=SESSIONS_LIST_LIMIT)
+    return parse_sessions_list(data, target.describe_path(relpath), parsed[1], record.appliance)
+
+
+# ---------------------------------------------------------------------------------------------
 # Listing
 
 
@@ -494,20 +572,41 @@ class SnapshotRecord:
     verification: Optional[Dict[str, Any]] = None
     problem: Optional[str] = None  # why it is damaged
     files: List[str] = field(default_factory=list)  # target-relative paths of every file of this snapshot
+    stored_bytes: int = 0  # listed sizes of all those files together (what removing it frees)
+    #: False until the sidecar was read and checked (a listing with read_sidecars=False judges
+    #: completeness by which files exist; see list_snapshots)
+    checked: bool = False
+    _entries: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # kind -> Entry
 
     @property
     def complete(self) -> bool:
         return self.status == STATUS_COMPLETE
 
     @property
+    def stem(self) -> str:
+        return _stem(self.object)
+
+    @property
     def object_relpath(self) -> str:
         return "%s/%s" % (snapshots_dir(self.appliance), self.object)
+
+    @property
+    def has_sessions_list(self) -> bool:
+        return SESSIONS_SUFFIX in self._entries
+
+    @property
+    def took_sessions(self) -> Optional[bool]:
+        """Whether the snapshot took the sessions component; None when its sidecar was not read."""
+        return None if self.sidecar is None else "sessions" in self.sidecar.components
 
     def ref(self) -> SnapshotRef:
         return SnapshotRef(self.id, self.created, self.complete)
 
-    def to_dict(self) -> Dict[str, Any]:
-        """JSON-friendly: core fields, then the sidecar's fields, then the last verification."""
+    def to_dict(self, now: Optional[datetime] = None) -> Dict[str, Any]:
+        """JSON-friendly: core fields, then the sidecar's fields, then the last verification.
+
+        With ``now``, also ``age_seconds`` (whole seconds since the snapshot was created).
+        """
         result: Dict[str, Any] = {}
         if self.sidecar is not None:
             result.update(self.sidecar.to_dict())
@@ -525,57 +624,78 @@ class SnapshotRecord:
                 "problem": self.problem,
                 "verification": self.verification,
                 "files": list(self.files),
+                "stored_bytes": self.stored_bytes,
+                "sessions_list": self.has_sessions_list,
             }
         )
+        if now is not None:
+            result["age_seconds"] = int((_utc(now, "now") - self.created).total_seconds())
         return result
 
 
 @dataclass
 class Listing:
-    """What ``list_snapshots`` found. ``complete`` is False when any directory could not be listed."""
+    """What ``list_snapshots`` found. ``complete`` is False when any directory or sidecar could not be read."""
 
     snapshots: List[SnapshotRecord]
     appliances: List[str]
     complete: bool = True
     errors: List[str] = field(default_factory=list)
+    sidecars_read: bool = True
 
     def for_appliance(self, appliance: str) -> List[SnapshotRecord]:
         return [record for record in self.snapshots if record.appliance == appliance]
+
+    def find(self, snap_id: str, appliance: Optional[str] = None) -> List[SnapshotRecord]:
+        """Every record with this id (of one appliance, when given)."""
+        return [r for r in self.snapshots if r.id == snap_id and (appliance is None or r.appliance == appliance)]
 
     def require_complete(self) -> None:
         """Raise TargetError unless every directory was listed (prune must not act on half a picture)."""
         if not self.complete:
             raise TargetError("the snapshot listing is incomplete: %s" % "; ".join(self.errors))
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self, now: Optional[datetime] = None) -> Dict[str, Any]:
         return {
-            "snapshots": [record.to_dict() for record in self.snapshots],
+            "snapshots": [record.to_dict(now) for record in self.snapshots],
             "appliances": list(self.appliances),
             "complete": self.complete,
             "errors": list(self.errors),
         }
 
 
-def list_snapshots(target: Target, appliance: Optional[str] = None) -> Listing:
+def list_appliances(target: Target) -> Tuple[List[str], Optional[str]]:
+    """(appliance directory names below the root, error or None). A missing root means none."""
+    try:
+        entries = target.listdir("")
+    except TargetNotFound:
+        return [], None
+    except TargetError as exc:
+        return [], str(exc)
+    return sorted(e.name for e in entries if e.is_dir and _is_appliance_name(e.name)), None
+
+
+def list_snapshots(target: Target, appliance: Optional[str] = None, read_sidecars: bool = True) -> Listing:
     """List the snapshots of one appliance, or of every appliance below the root. Newest first.
 
     One ``listdir`` of the root (only when ``appliance`` is None) and one of each appliance's
-    ``snapshots/`` directory; sizes come from the listing, no per-snapshot stat. Sidecars and
-    verification records (small) are read. A missing directory means no snapshots, not an error.
+    ``snapshots/`` directory; sizes come from the listing, no per-snapshot stat. A missing directory
+    means no snapshots, not an error.
+
+    ``read_sidecars=True`` reads every sidecar and verification record (small files, but one round
+    trip each on a share) and checks each sidecar against its object's listed size.
+    ``read_sidecars=False`` reads nothing but the directories: a snapshot whose object and sidecar
+    both exist is taken as complete, unchecked (``checked`` False); ``load_sidecar`` checks one
+    later. Prune decides on such a listing and checks only the snapshots it keeps.
     """
-    listing = Listing(snapshots=[], appliances=[])
+    listing = Listing(snapshots=[], appliances=[], sidecars_read=read_sidecars)
     if appliance is not None:
         names = [validate_appliance(appliance)]
     else:
-        try:
-            entries = target.listdir("")
-        except TargetNotFound:
-            entries = []
-        except TargetError as exc:
+        names, error = list_appliances(target)
+        if error:
             listing.complete = False
-            listing.errors.append(str(exc))
-            entries = []
-        names = sorted(e.name for e in entries if e.is_dir and _is_appliance_name(e.name))
+            listing.errors.append(error)
     listing.appliances = names
     for name in names:
         directory = snapshots_dir(name)
@@ -587,7 +707,10 @@ def list_snapshots(target: Target, appliance: Optional[str] = None) -> Listing:
             listing.complete = False
             listing.errors.append(str(exc))
             continue
-        listing.snapshots.extend(_records_of(target, listing, name, entries))
+        for record in records_from_entries(name, entries):
+            if read_sidecars:
+                _read_details(target, listing, record)
+            listing.snapshots.append(record)
     listing.snapshots.sort(key=lambda r: (r.created, r.id, r.appliance), reverse=True)
     return listing
 
@@ -600,16 +723,17 @@ def _is_appliance_name(name: str) -> bool:
     return True
 
 
-def _records_of(target: Target, listing: Listing, appliance: str, entries: List[Any]) -> List[SnapshotRecord]:
+def records_from_entries(appliance: str, entries: List[Any]) -> List[SnapshotRecord]:
+    """Group one ``snapshots/`` directory listing into records, status judged by which files exist."""
     groups: Dict[str, Dict[str, Any]] = {}
     for entry in entries:
         match = _SNAPSHOT_FILE.fullmatch(entry.name)
-        if match and parse_object_name(match.group("stem") + OBJECT_SUFFIX) is not None:
+        if match and not entry.is_dir and parse_object_name(match.group("stem") + OBJECT_SUFFIX) is not None:
             groups.setdefault(match.group("stem"), {})[match.group("kind")] = entry
-    return [_record(target, listing, appliance, stem, files) for stem, files in groups.items()]
+    return [_record_by_presence(appliance, stem, files) for stem, files in groups.items()]
 
 
-def _record(target: Target, listing: Listing, appliance: str, stem: str, files: Dict[str, Any]) -> SnapshotRecord:
+def _record_by_presence(appliance: str, stem: str, files: Dict[str, Any]) -> SnapshotRecord:
     directory = snapshots_dir(appliance)
     created, snap_id, dummy = parse_object_name(stem + OBJECT_SUFFIX)
     objects = {kind: entry for kind, entry in files.items() if kind.startswith(".tar.zst")}
@@ -628,48 +752,83 @@ def _record(target: Target, listing: Listing, appliance: str, stem: str, files: 
         sha256=None,
         mtime=max(entry.mtime for entry in files.values()),
         files=sorted("%s/%s" % (directory, entry.name) for entry in files.values()),
+        stored_bytes=sum(entry.size for entry in files.values()),
+        _entries=dict(files),
     )
-
-    if VERIFY_SUFFIX in files:
-        record.verification = _read_verification(target, "%s/%s%s" % (directory, stem, VERIFY_SUFFIX))
-
-    sidecar_entry = files.get(SIDECAR_SUFFIX)
-    if sidecar_entry is None:
+    if SIDECAR_SUFFIX not in files:
         return record  # no sidecar: an upload that did not finish (or a removal that did not)
+    final = [kind for kind in (ENCRYPTED_SUFFIX, OBJECT_SUFFIX) if kind in files]
+    if not final:
+        record.status = STATUS_ORPHANED
+        record.size = None
+        record.problem = "the object does not exist (its sidecar does)"
+        return record
+    record.object = stem + final[0]
+    record.encrypted = final[0] == ENCRYPTED_SUFFIX
+    record.size = files[final[0]].size
+    record.status = STATUS_COMPLETE  # by presence; load_sidecar() checks it
+    return record
 
-    sidecar_relpath = "%s/%s" % (directory, sidecar_entry.name)
+
+def _read_details(target: Target, listing: Listing, record: SnapshotRecord) -> None:
+    if VERIFY_SUFFIX in record._entries:
+        record.verification = _read_verification(target, "%s/%s%s" % (snapshots_dir(record.appliance), record.stem,
+                                                                        VERIFY_SUFFIX))
     try:
-        sidecar = Sidecar.from_json(target.read_bytes(sidecar_relpath, limit=SIDECAR_LIMIT), target.describe_path(sidecar_relpath))
-    except TargetNotFound:
-        return record  # removed after we listed it: no longer complete
-    except IntegrityError as exc:
-        return _damaged(record, str(exc))
+        load_sidecar(target, record)
     except TargetError as exc:
         listing.complete = False
         listing.errors.append(str(exc))
-        return _damaged(record, "sidecar could not be read: %s" % exc)
+
+
+def load_sidecar(target: Target, record: SnapshotRecord) -> SnapshotRecord:
+    """Read and check the sidecar of a record listed by presence; sets status, sidecar and sha256.
+
+    complete: the sidecar is valid, describes this snapshot and the object has its size;
+    damaged: it is not valid, or disagrees with the object; orphaned: the object is missing;
+    partial: the sidecar vanished since the listing. Raises TargetError when the sidecar exists
+    but cannot be read (the record is then marked damaged with that reason): the picture is incomplete.
+    """
+    entries = record._entries
+    if SIDECAR_SUFFIX not in entries or record.checked:
+        return record
+    record.checked = True
+    directory = snapshots_dir(record.appliance)
+    stem = record.stem
+    sidecar_relpath = "%s/%s%s" % (directory, stem, SIDECAR_SUFFIX)
+    try:
+        sidecar = Sidecar.from_json(target.read_bytes(sidecar_relpath, limit=SIDECAR_LIMIT),
+                                    target.describe_path(sidecar_relpath))
+    except TargetNotFound:
+        record.status = STATUS_PARTIAL  # removed after we listed it: no longer complete
+        return record
+    except IntegrityError as exc:
+        return _damaged(record, str(exc))
+    except TargetError as exc:
+        _damaged(record, "sidecar could not be read: %s" % exc)
+        raise
 
     record.sidecar = sidecar
     record.sha256 = sidecar.sha256
-    if sidecar.id != snap_id or sidecar.appliance != appliance or _stem(sidecar.object) != stem:
+    if sidecar.id != record.id or sidecar.appliance != record.appliance or _stem(sidecar.object) != stem:
         return _damaged(
-            record, "sidecar describes %s/%s, not %s/%s" % (sidecar.appliance, sidecar.object, appliance, stem)
+            record, "sidecar describes %s/%s, not %s/%s" % (sidecar.appliance, sidecar.object, record.appliance, stem)
         )
     record.object = sidecar.object
     record.encrypted = sidecar.encrypted
-    final_kind = sidecar.object[len(stem):]
-    listed = files.get(final_kind)
+    listed = entries.get(sidecar.object[len(stem):])
     if listed is None:
         record.status = STATUS_ORPHANED
         record.size = None
         record.problem = "the object %s does not exist (its sidecar does)" % sidecar.object
         return record
     record.size = listed.size
-    if listed.is_dir or listed.size != sidecar.size:
+    if listed.size != sidecar.size:
         return _damaged(
             record, "object %s is %d bytes on the target, the sidecar says %d" % (sidecar.object, listed.size, sidecar.size)
         )
     record.status = STATUS_COMPLETE
+    record.problem = None
     return record
 
 
@@ -689,21 +848,24 @@ def _read_verification(target: Target, relpath: str) -> Optional[Dict[str, Any]]
     return doc if isinstance(doc, dict) else {"status": "unreadable", "error": "not a JSON object"}
 
 
+def _removal_order(relpath: str) -> int:
+    """Sidecar first (the snapshot stops being complete), then the object, then the rest."""
+    match = _SNAPSHOT_FILE.fullmatch(posixpath.basename(relpath))
+    kind = match.group("kind") if match else ""
+    if kind == SIDECAR_SUFFIX:
+        return 0
+    if kind.startswith(".tar.zst"):
+        return 1
+    return 2
+
+
 def remove_snapshot(target: Target, record: SnapshotRecord) -> List[str]:
     """Remove every file of a snapshot, sidecar FIRST so it stops being complete before anything else goes.
 
     Files already gone are skipped. Returns the relative paths removed.
     """
-    def order(relpath: str) -> int:
-        name = posixpath.basename(relpath)
-        if name.endswith(SIDECAR_SUFFIX) and not name.endswith(VERIFY_SUFFIX):
-            return 0
-        if ".tar.zst" in name:
-            return 1
-        return 2
-
     removed = []
-    for relpath in sorted(record.files, key=order):
+    for relpath in sorted(record.files, key=_removal_order):
         try:
             target.remove(relpath)
         except TargetNotFound:

@@ -298,6 +298,9 @@ def take_snapshot(target: Target, request: SnapshotRequest,
                       "bytes": sum(int(s["size"]) for s in sessions.referenced) if sessions else 0},
             duration=round(time.monotonic() - started, 3),
         )
+        if sessions is not None:
+            # Before the sidecar: prune reads this list, as it cannot open the encrypted manifest.
+            catalog.write_sessions_list(target, request.appliance, name, sessions.referenced)
         sidecar_relpath = catalog.publish_sidecar(target, sidecar)
 
     duration = time.monotonic() - started
