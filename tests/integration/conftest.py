@@ -211,8 +211,10 @@ def snapshot_args(appliance, target, encryption, components=("database", "config
         "target": target.options if isinstance(target, LabTarget) else target,
         "encryption": encryption,
         "components": list(components),
-        "appliance": {"name": appliance.get("name", APPLIANCE_NAME), "root": appliance["root"]},
+        "appliance": {"name": appliance.get("name", APPLIANCE_NAME), "root": appliance["root"]},  # + config_paths
         "database": {"defaults_file": appliance["defaults_file"]},
     }
+    if appliance.get("config_paths") is not None:
+        args["appliance"]["config_paths"] = list(appliance["config_paths"])
     args.update(extra)
     return args

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tests.integration.conftest import sha256_file, snapshot_args
-from tests.integration.playbook import run_task
+from tests.integration.playbook import PYTHON, REPO, run_playbook, run_task
 from tests.lab.samba import smbstatus_json
 
 MODULE = "segura.backup.snapshot"
@@ -218,3 +218,22 @@ def test_sessions_are_synced_incrementally(lab_target, appliance_copy, age_ident
     assert after_third[new_relpath][2] == sha256_file(new_file)
     assert {path: after_third[path] for path in after_first} == after_first
     assert len(lab_target.snapshot_files()) == 6  # three snapshots, each object + sidecar
+
+
+def test_backup_playbook_publishes_a_snapshot(lab_target_factory, reference_appliance, age_identity):
+    """playbooks/backup.yml through run_playbook, with an inventory like the demo's."""
+    target = lab_target_factory("smb_encrypted")
+    host = {
+        "ansible_connection": "local",
+        "ansible_python_interpreter": PYTHON,
+        "backup_appliance": {"name": "ref-appliance", "root": reference_appliance["root"]},
+        "backup_database": {"defaults_file": reference_appliance["defaults_file"]},
+        "backup_encryption": {"recipients": [age_identity["recipient"]]},
+        "backup_target": target.options,
+    }
+    run = run_playbook(os.path.join(REPO, "playbooks", "backup.yml"),
+                       {"segura_appliances": {"hosts": {"lab-appliance": host}}})
+    assert run.rc == 0, run.output
+    files = target.snapshot_files()
+    assert len(files) == 2 and files[0].endswith(".json") and files[1].endswith(".tar.zst.age")
+    assert target.options["password"] not in run.output
