@@ -1,0 +1,350 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: segura.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: restore
+short_description: Restore a snapshot onto a Segura appliance, verified before and after
+version_added: 0.1.0
+description:
+  - Brings a snapshot taken by M(segura.backup.snapshot) back onto the appliance on the managed host -
+    both databases, the configuration files and the secrets staging folder, and optionally the session
+    recordings - after proving that the snapshot is whole.
+  - "Nothing is touched before the whole object has been verified: pass 1 streams the object once,
+    checks its size and sha256 against the sidecar and every member against C(manifest.json) (which is
+    the last member). Pass 2 streams it again and restores, re-checking every member against that
+    manifest before it is used."
+  - The database dump is fed to B(one) C(mariadb) client; it recreates C(mt4) before C(senhasegura),
+    which the module checks before it starts (Segura's restore order). Credentials only ever travel in
+    a defaults file.
+  - Files are written to a temporary name in their folder, hashed, compared with the manifest, then
+    renamed into place with their mode, owner and mtime. Inside the restored paths a symbolic link is
+    never followed. Members outside the appliance's configured paths, symbolic links pointing out of
+    them, path traversal, devices and hard links are refused before anything is written.
+  - A snapshot of another appliance is refused unless O(allow_other_appliance=true); a snapshot taken on
+    another application version is refused unless O(force_version_mismatch=true).
+  - After the restore every file is compared with the manifest again and the databases are dumped and
+    compared with the dump inside the snapshot.
+author:
+  - segura.backup maintainers (@segura-backup)
+extends_documentation_fragment:
+  - segura.backup.target
+  - segura.backup.decryption
+  - segura.backup.appliance
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details:
+      - Check mode runs the whole preflight, including the full deep verification of the object, and
+        reports what would be restored and which existing files would be overwritten. It writes nothing
+        and runs neither O(pre_commands) nor O(post_commands).
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+  idempotent:
+    description: When run twice in a row with the same arguments, the second run reports no change.
+    support: partial
+    details:
+      - Files, directories and links that already match the snapshot are left alone. Restoring the
+        V(database) component always reloads the databases, so it always reports a change.
+  safe_file_operations:
+    description: Uses Ansible's strict file operation functions to ensure proper permissions and avoid data corruption.
+    support: full
+    details:
+      - Every file is written under a temporary name, checked and renamed into place.
+options:
+  snapshot:
+    description:
+      - V(latest) for the newest complete snapshot, or the 8-hex-digit id of one.
+    type: str
+    default: latest
+  source_appliance:
+    description:
+      - Take the snapshot from this appliance's folder on the target instead of the restored
+        appliance's own (O(appliance.name)). Needs O(allow_other_appliance=true) when the names differ.
+    type: str
+  allow_other_appliance:
+    description:
+      - Allow restoring a snapshot that another appliance made, for example onto a replacement machine
+        with another name.
+    type: bool
+    default: false
+  components:
+    description:
+      - What to restore. Defaults to every one of V(database), V(config) and V(secrets) that the
+        snapshot holds.
+    type: list
+    elements: str
+    choices: [database, config, secrets]
+  restore_sessions:
+    description:
+      - Copy the session recordings the snapshot references from the target back into
+        O(appliance.arz_dir), each verified by size and sha256. Recordings already present are skipped.
+    type: bool
+    default: false
+  force_version_mismatch:
+    description:
+      - Restore even when the snapshot was taken on another Segura version than the appliance runs.
+        Segura supports restores only onto the same version; use this only with support's advice.
+    type: bool
+    default: false
+  pre_commands:
+    description:
+      - Commands run before anything is written, for example to stop Segura's services. Each is a list
+        of arguments, run without a shell. A failing command aborts the restore.
+    type: list
+    elements: list
+    default: []
+  post_commands:
+    description:
+      - Commands run after a successful restore and its verification, for example to start the
+        services again. Not run when the restore fails.
+    type: list
+    elements: list
+    default: []
+  command_timeout:
+    description:
+      - Seconds each of O(pre_commands) and O(post_commands) may take.
+    type: int
+    default: 600
+  post_verify:
+    description:
+      - Verify the result - restored files against the manifest, and a fresh dump of the databases
+        against the dump in the snapshot.
+    type: bool
+    default: true
+requirements:
+  - python >= 3.9
+  - zstandard
+  - cryptography
+  - smbprotocol (for SMB targets)
+  - nfs-rs (for NFS targets)
+  - mariadb and mariadb-dump (MariaDB client) on the appliance
+notes:
+  - Stop Segura before a restore (O(pre_commands)) so nothing writes to the databases meanwhile.
+  - Files present on the appliance but not in the snapshot are left in place.
+  - The manifest records no mode or owner for session recordings; restored ones get mode 0640 in
+    folders of mode 0750, owned by the user running the module.
+seealso:
+  - module: segura.backup.snapshot
+  - module: segura.backup.verify
+  - module: segura.backup.backup_info
+"""
+
+EXAMPLES = r"""
+- name: What would a restore of the latest snapshot do? (deep-verifies, writes nothing)
+  segura.backup.restore:
+    target:
+      type: smb
+      server: backup.example.com
+      share: segura
+      username: svc-segura-backup
+      password: "{{ vault_smb_password }}"
+    decryption:
+      identity_file: /root/segura-backup-key.txt
+  check_mode: true
+  register: drill
+
+- name: Restore a given snapshot with Segura stopped meanwhile
+  segura.backup.restore:
+    target:
+      type: nfs
+      server: nfs.example.com
+      export: /exports/segura
+    decryption:
+      identity_file: /root/segura-backup-key.txt
+    snapshot: 1a2b3c4d
+    pre_commands:
+      - [systemctl, stop, senhasegura]
+    post_commands:
+      - [systemctl, start, senhasegura]
+
+- name: Rebuild a replacement appliance from the old primary's snapshots, recordings included
+  segura.backup.restore:
+    target:
+      type: path
+      path: /srv/backup_remoto
+    decryption:
+      passphrase: "{{ vault_backup_passphrase }}"
+    appliance:
+      name: segura-dr
+    source_appliance: segura-primary
+    allow_other_appliance: true
+    restore_sessions: true
+"""
+
+RETURN = r"""
+plan:
+  description: What the preflight found, and what a restore would do.
+  returned: always
+  type: dict
+  contains:
+    snapshot:
+      description: The selected snapshot (id, appliance, created, object, size, sha256, appliance_version).
+      type: dict
+    components:
+      description: Components restored.
+      type: list
+      elements: str
+    databases:
+      description: Databases the dump recreates, in its order (C(mt4) before C(senhasegura)).
+      type: list
+      elements: str
+    database_bytes:
+      description: Bytes of SQL fed to the database.
+      type: int
+    files:
+      description: Regular files in the restored components (also V(dirs), V(symlinks), V(file_bytes)).
+      type: int
+    overwrite:
+      description: Existing paths that differ from the snapshot and are (or would be) replaced (first 50).
+      type: list
+      elements: str
+    overwrite_count:
+      description: How many existing paths differ.
+      type: int
+    unchanged:
+      description: Paths that already match the snapshot.
+      type: int
+    sessions_to_copy:
+      description: Session recordings that would be copied back.
+      type: int
+    checks:
+      description: Each preflight check (quick, deep, version, database_order, database_reachable, free_space).
+      type: dict
+    problems:
+      description: Why the restore is refused, if it is.
+      type: list
+      elements: str
+restore:
+  description: What was done.
+  returned: success, not in check mode
+  type: dict
+  contains:
+    written:
+      description: Counts of files, dirs and symlinks written, entries whose metadata was fixed, and unchanged ones.
+      type: dict
+    overwritten:
+      description: Existing paths that were replaced (first 50).
+      type: list
+      elements: str
+    sessions:
+      description: Recordings restored and skipped, and bytes copied.
+      type: dict
+    verification:
+      description: Post-restore checks of files, sessions and databases.
+      type: dict
+    durations:
+      description: Seconds per phase (fetch_verify is pass 1), database, files, sessions, post_verify, total.
+      type: dict
+      sample: {fetch_verify: 1.2, database: 6.8, files: 0.3, sessions: 0.0, post_verify: 1.9, total: 10.4}
+    pre_commands:
+      description: The pre commands run, with exit code and captured output.
+      type: list
+      elements: dict
+    post_commands:
+      description: The post commands run, with exit code and captured output.
+      type: list
+      elements: dict
+    warnings:
+      description: Things a person should know that did not fail the restore.
+      type: list
+      elements: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.segura.backup.plugins.module_utils import deps
+from ansible_collections.segura.backup.plugins.module_utils.common_options import (
+    appliance_argument_spec,
+    appliance_name,
+    build_database,
+    build_decryption,
+    build_layout,
+    decryption_argument_spec,
+)
+from ansible_collections.segura.backup.plugins.module_utils.errors import BackupError
+from ansible_collections.segura.backup.plugins.module_utils.restore import (
+    RESTORABLE_COMPONENTS,
+    RestoreRequest,
+    plan_restore,
+    restore,
+)
+from ansible_collections.segura.backup.plugins.module_utils.target_options import target_argument_spec
+from ansible_collections.segura.backup.plugins.module_utils.targets import open_target
+
+
+def argument_spec():
+    spec = dict(
+        snapshot=dict(type="str", default="latest"),
+        source_appliance=dict(type="str"),
+        allow_other_appliance=dict(type="bool", default=False),
+        components=dict(type="list", elements="str", choices=list(RESTORABLE_COMPONENTS)),
+        restore_sessions=dict(type="bool", default=False),
+        force_version_mismatch=dict(type="bool", default=False),
+        pre_commands=dict(type="list", elements="list", default=[]),
+        post_commands=dict(type="list", elements="list", default=[]),
+        command_timeout=dict(type="int", default=600),
+        post_verify=dict(type="bool", default=True),
+    )
+    spec.update(target_argument_spec())
+    spec.update(decryption_argument_spec())
+    spec.update(appliance_argument_spec())
+    return spec
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    params = module.params
+    absent = deps.missing(list(deps.CORE) + deps.for_target(params["target"]["type"]))
+    if absent:
+        module.fail_json(msg=missing_required_lib(", ".join(absent)))
+
+    plan = None
+    try:
+        components = params["components"]
+        wants_database = components is None or "database" in components
+        request = RestoreRequest(
+            appliance=appliance_name(params["appliance"]),
+            layout=build_layout(params["appliance"]),
+            decryption=build_decryption(params["decryption"]),
+            db=build_database(params["database"]) if wants_database else None,
+            snapshot=params["snapshot"],
+            source_appliance=params["source_appliance"],
+            allow_other_appliance=params["allow_other_appliance"],
+            components=components,
+            restore_sessions=params["restore_sessions"],
+            force_version_mismatch=params["force_version_mismatch"],
+            pre_commands=[[str(arg) for arg in command] for command in params["pre_commands"]],
+            post_commands=[[str(arg) for arg in command] for command in params["post_commands"]],
+            command_timeout=params["command_timeout"],
+            post_verify=params["post_verify"],
+        )
+        with open_target(params["target"]) as target:
+            plan = plan_restore(target, request)
+            summary = plan.summary()
+            if not plan.ok:
+                module.fail_json(msg="restore refused, nothing was written: %s" % "; ".join(plan.problems),
+                                 plan=summary)
+            if module.check_mode:
+                module.exit_json(changed=plan.would_write(), plan=summary)
+            result = restore(target, request, plan=plan)
+    except BackupError as exc:
+        extra = {"plan": plan.summary()} if plan is not None else {}
+        commands = getattr(exc, "results", None)
+        if commands is not None:
+            extra["commands"] = commands
+        module.fail_json(msg=str(exc), error=type(exc).__name__, **extra)
+    changed = result.pop("changed")
+    module.exit_json(changed=changed, plan=summary, restore=result)
+
+
+if __name__ == "__main__":
+    main()
