@@ -664,6 +664,29 @@ class Listing:
         }
 
 
+def appliance_summaries(listing: Listing, now: datetime) -> List[Dict[str, Any]]:
+    """Per appliance: counts by status, bytes stored, the latest snapshot and the latest complete one.
+
+    ``latest_complete`` (a record as ``to_dict(now)`` gives it, or None) is what "is this appliance
+    backed up?" questions need, e.g. a JMESPath query for appliances whose latest complete snapshot
+    is older than 26 hours.
+    """
+    names = sorted(set(listing.appliances) | {r.appliance for r in listing.snapshots})
+    summaries = []
+    for name in names:
+        records = listing.for_appliance(name)  # newest first
+        complete = [r for r in records if r.complete]
+        verified = [r.verification for r in records if isinstance((r.verification or {}).get("recorded"), str)]
+        summary: Dict[str, Any] = {"name": name, "snapshots": len(records), "stored_bytes": sum(r.stored_bytes for r in records)}
+        for status in (STATUS_COMPLETE, STATUS_PARTIAL, STATUS_ORPHANED, STATUS_DAMAGED):
+            summary[status] = sum(1 for r in records if r.status == status)
+        summary["latest"] = records[0].to_dict(now) if records else None
+        summary["latest_complete"] = complete[0].to_dict(now) if complete else None
+        summary["last_verification"] = max(verified, key=lambda v: v["recorded"]) if verified else None
+        summaries.append(summary)
+    return summaries
+
+
 def list_appliances(target: Target) -> Tuple[List[str], Optional[str]]:
     """(appliance directory names below the root, error or None). A missing root means none."""
     try:

@@ -1,0 +1,407 @@
+# -*- coding: utf-8 -*-
+# Copyright: segura.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Verifying snapshots on a target.
+
+quick: stream the stored object once; its size and sha256 must equal the sidecar's. Needs no key,
+       catches every change of the stored bytes (a flipped bit, truncation, a tampered sidecar).
+deep:  stream it once, decrypt, decompress and check every member against manifest.json
+       (archive.verify); then the manifest against the sidecar, and the session recordings the
+       manifest references: each must exist with its size (and sha256 with ``check_session_hashes``),
+       and ``<stem>.sessions.json`` (what prune trusts) must equal the manifest's list.
+
+A verification result can be stored beside the snapshot (catalog.record_verification) so that
+backup_info shows when each snapshot was last proven good, and ``select='sample'`` can rotate
+through the history by verifying the least recently verified snapshots first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from ansible_collections.segura.backup.plugins.module_utils import catalog
+from ansible_collections.segura.backup.plugins.module_utils.errors import (
+    ArchiveError,
+    BackupError,
+    ConfigError,
+    IntegrityError,
+    TargetError,
+    TargetNotFound,
+)
+from ansible_collections.segura.backup.plugins.module_utils.targets.base import Target, clean_relpath
+
+MODES = ("quick", "deep")
+SELECTIONS = ("latest", "all", "ids", "sample")
+READ_BLOCK = 4 * 1024 * 1024  # nfs-rs and smbprotocol are latency bound on small reads
+_MAX_LISTED = 10  # file names quoted in one problem message
+
+
+@dataclass
+class VerifyResult:
+    """Outcome of verifying one snapshot. ``ok`` is True only when ``problems`` is empty."""
+
+    id: str
+    appliance: str
+    object: str
+    mode: str
+    problems: List[str] = field(default_factory=list)
+    size: Optional[int] = None  # bytes of the object that were read
+    sha256: Optional[str] = None  # sha256 of those bytes
+    duration: float = 0.0
+    checks: Dict[str, Any] = field(default_factory=dict)
+    recorded: bool = False
+    record_error: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_record(self) -> Dict[str, Any]:
+        """What is stored in ``<stem>.verify.json`` (catalog adds id, object and 'recorded')."""
+        return {"mode": self.mode, "ok": self.ok, "problems": list(self.problems), "size": self.size,
+                "sha256": self.sha256, "duration": self.duration, "checks": dict(self.checks)}
+
+    def to_dict(self) -> Dict[str, Any]:
+        result = self.to_record()
+        result.update({"id": self.id, "appliance": self.appliance, "object": self.object,
+                       "recorded": self.recorded})
+        if self.record_error:
+            result["record_error"] = self.record_error
+        return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Which snapshots
+
+
+def _published(record: catalog.SnapshotRecord) -> bool:
+    """Has a sidecar (complete, or claims to be and is damaged/orphaned): worth verifying."""
+    return record.status != catalog.STATUS_PARTIAL
+
+
+def _last_verified(record: catalog.SnapshotRecord) -> str:
+    recorded = (record.verification or {}).get("recorded")
+    return recorded if isinstance(recorded, str) else ""  # never verified sorts first
+
+
+def select_snapshots(
+    listing: catalog.Listing,
+    select: str = "latest",
+    ids: Optional[Sequence[str]] = None,
+    sample_size: int = 1,
+    rng: Optional[random.Random] = None,
+) -> Tuple[List[catalog.SnapshotRecord], List[str]]:
+    """(records to verify, newest first; requested ids that were not found).
+
+    latest: per appliance, the newest snapshot that has a sidecar, even if the listing already
+            found it damaged (an older good one must not hide a broken newest one).
+    all:    every snapshot that has a sidecar (partial uploads are not snapshots yet).
+    ids:    the snapshots with these ids, whatever their status.
+    sample: per appliance, ``sample_size`` snapshots that have a sidecar, least recently verified
+            first (never verified before anything), ties in random order: nightly samples rotate
+            through the whole history.
+    """
+    if select not in SELECTIONS:
+        raise ConfigError("select must be one of %s, not %r" % (", ".join(SELECTIONS), select))
+    published = [r for r in listing.snapshots if _published(r)]
+    missing: List[str] = []
+    if select == "ids":
+        if not ids:
+            raise ConfigError("select=ids needs the ids of the snapshots to verify")
+        chosen = []
+        for snap_id in ids:
+            found = listing.find(snap_id)
+            if not found:
+                missing.append(snap_id)
+            chosen.extend(r for r in found if r not in chosen)
+    elif select == "all":
+        chosen = published
+    elif select == "latest":
+        chosen = []
+        seen = set()
+        for record in published:  # newest first
+            if record.appliance not in seen:
+                seen.add(record.appliance)
+                chosen.append(record)
+    else:
+        if not isinstance(sample_size, int) or isinstance(sample_size, bool) or sample_size < 1:
+            raise ConfigError("sample_size must be 1 or more, not %r" % (sample_size,))
+        rng = rng or random.SystemRandom()
+        chosen = []
+        for appliance in sorted({r.appliance for r in published}):
+            mine = [r for r in published if r.appliance == appliance]
+            rng.shuffle(mine)
+            mine.sort(key=_last_verified)  # stable: shuffled order breaks the ties
+            chosen.extend(mine[:sample_size])
+    chosen.sort(key=lambda r: (r.created, r.id, r.appliance), reverse=True)
+    return chosen, missing
+
+
+# ---------------------------------------------------------------------------------------------
+# Verifying one snapshot
+
+
+class _HashingReader:
+    """Counts and hashes what the archive reader pulls from the target."""
+
+    def __init__(self, handle):
+        self._handle = handle
+        self.bytes = 0
+        self.sha256 = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._handle.read(size if size and size > 0 else READ_BLOCK)
+        self.bytes += len(data)
+        self.sha256.update(data)
+        return data
+
+
+def _stream_digest(target: Target, relpath: str) -> Tuple[int, str]:
+    digest = hashlib.sha256()
+    total = 0
+    with target.open_read(relpath) as handle:
+        while True:
+            data = handle.read(READ_BLOCK)
+            if not data:
+                break
+            total += len(data)
+            digest.update(data)
+    return total, digest.hexdigest()
+
+
+class SessionFiles:
+    """Session recordings on the target, listed one directory at a time and remembered for a run
+    (many snapshots reference the same recordings). Hashes, when asked for, are remembered too."""
+
+    def __init__(self, target: Target):
+        self.target = target
+        self._dirs: Dict[str, Optional[Dict[str, Any]]] = {}
+        self._hashes: Dict[str, str] = {}
+
+    def entry(self, relpath: str):
+        """The listing entry of a file, or None when it does not exist. TargetError if unlistable."""
+        directory, name = posixpath.split(relpath)
+        if directory not in self._dirs:
+            try:
+                self._dirs[directory] = {e.name: e for e in self.target.listdir(directory) if not e.is_dir}
+            except TargetNotFound:
+                self._dirs[directory] = None
+        files = self._dirs[directory]
+        return files.get(name) if files is not None else None
+
+    def sha256(self, relpath: str) -> str:
+        if relpath not in self._hashes:
+            self._hashes[relpath] = _stream_digest(self.target, relpath)[1]
+        return self._hashes[relpath]
+
+
+def _quoted(paths: List[str]) -> str:
+    shown = ", ".join(paths[:_MAX_LISTED])
+    return shown + (" and %d more" % (len(paths) - _MAX_LISTED) if len(paths) > _MAX_LISTED else "")
+
+
+def _normalised_sessions(items: Any) -> Optional[List[Tuple[str, int, str]]]:
+    if not isinstance(items, list):
+        return None
+    out = []
+    for item in items:
+        if not isinstance(item, dict):
+            return None
+        out.append((item.get("path"), item.get("size"), item.get("sha256")))
+    return out
+
+
+def _check_sessions(target: Target, record: catalog.SnapshotRecord, manifest: Dict[str, Any],
+                    session_files: SessionFiles, check_hashes: bool, result: VerifyResult) -> None:
+    sidecar = record.sidecar
+    listed = _normalised_sessions(manifest.get("sessions", []))
+    if listed is None:
+        result.problems.append("manifest.json has no valid session list")
+        return
+    took_sessions = "sessions" in sidecar.components
+    check: Dict[str, Any] = {"referenced": len(listed), "missing": 0, "wrong_size": 0, "hashed": 0,
+                             "wrong_sha256": 0}
+    result.checks["sessions"] = check
+    if (sidecar.sessions.get("count"), sidecar.sessions.get("bytes")) != (
+            len(listed), sum(s[1] for s in listed if isinstance(s[1], int))):
+        result.problems.append("the sidecar's session count/bytes (%s/%s) differ from the manifest's (%d/%d)"
+                               % (sidecar.sessions.get("count"), sidecar.sessions.get("bytes"), len(listed),
+                                  sum(s[1] for s in listed if isinstance(s[1], int))))
+    if took_sessions:
+        try:
+            stored = [(s["path"], s["size"], s["sha256"]) for s in catalog.read_sessions_list(target, record)]
+        except TargetNotFound:
+            result.problems.append("%s is missing (prune relies on it)" % catalog.sessions_list_name(record.object))
+        except IntegrityError as exc:
+            result.problems.append(str(exc))
+        else:
+            if stored != listed:
+                result.problems.append("%s differs from the manifest's session list (%d entries vs %d)"
+                                       % (catalog.sessions_list_name(record.object), len(stored), len(listed)))
+    elif listed:
+        result.problems.append("manifest.json references %d session files but the snapshot did not take sessions"
+                               % len(listed))
+    missing, wrong_size, wrong_hash = [], [], []
+    for path, size, sha256 in listed:
+        try:
+            entry = session_files.entry(clean_relpath(path))
+        except ConfigError:
+            result.problems.append("manifest.json references an invalid session path %r" % (path,))
+            continue
+        if entry is None:
+            missing.append(path)
+        elif entry.size != size:
+            wrong_size.append("%s (%d bytes, expected %s)" % (path, entry.size, size))
+        elif check_hashes:
+            check["hashed"] += 1
+            if session_files.sha256(path) != sha256:
+                wrong_hash.append(path)
+    check.update(missing=len(missing), wrong_size=len(wrong_size), wrong_sha256=len(wrong_hash))
+    if missing:
+        result.problems.append("%d referenced session file(s) missing: %s" % (len(missing), _quoted(missing)))
+    if wrong_size:
+        result.problems.append("%d session file(s) with the wrong size: %s" % (len(wrong_size), _quoted(wrong_size)))
+    if wrong_hash:
+        result.problems.append("%d session file(s) with the wrong sha256: %s" % (len(wrong_hash), _quoted(wrong_hash)))
+
+
+def _compare(result: VerifyResult, what: str, found: Any, expected: Any) -> None:
+    if found != expected:
+        result.problems.append("%s: the object has %r, the sidecar says %r" % (what, found, expected))
+
+
+def _check_documents(record: catalog.SnapshotRecord, report: Any, result: VerifyResult) -> None:
+    """snapshot.json and manifest.json (inside the object) against the sidecar (outside)."""
+    sidecar = record.sidecar
+    header = report.snapshot or {}
+    manifest = report.manifest or {}
+    for key in ("id", "appliance"):
+        _compare(result, "snapshot.json %s" % key, header.get(key), getattr(sidecar, key))
+        _compare(result, "manifest.json %s" % key, manifest.get(key), getattr(sidecar, key))
+    _compare(result, "snapshot.json created", header.get("created"), catalog.format_utc(sidecar.created))
+    _compare(result, "snapshot.json components", header.get("components"), sidecar.components)
+    if sidecar.db is not None or manifest.get("db") is not None:
+        _compare(result, "database dump (chunks, bytes, sha256)", manifest.get("db"), sidecar.db)
+    if "members" in sidecar.counts:
+        _compare(result, "member count", report.members, sidecar.counts["members"])
+    _compare(result, "content bytes", report.bytes, sidecar.bytes_in)
+
+
+def verify_snapshot(
+    target: Target,
+    record: catalog.SnapshotRecord,
+    mode: str = "quick",
+    decryption: Any = None,
+    check_session_hashes: bool = False,
+    session_files: Optional[SessionFiles] = None,
+) -> VerifyResult:
+    """Verify one snapshot; every finding lands in ``problems`` (nothing is raised for bad data).
+
+    ``decryption`` is an archive.Decryption (deep mode; None means the object must be unencrypted).
+    Raises only ConfigError for a bad mode.
+    """
+    if mode not in MODES:
+        raise ConfigError("mode must be one of %s, not %r" % (", ".join(MODES), mode))
+    started = time.monotonic()
+    result = VerifyResult(record.id, record.appliance, record.object, mode)
+    try:
+        _verify_into(target, record, mode, decryption, check_session_hashes,
+                     session_files or SessionFiles(target), result)
+    except TargetNotFound as exc:
+        result.problems.append("vanished while being verified: %s" % exc)
+    except BackupError as exc:
+        result.problems.append(str(exc))
+    result.duration = round(time.monotonic() - started, 3)
+    return result
+
+
+def _verify_into(target: Target, record: catalog.SnapshotRecord, mode: str, decryption: Any,
+                 check_session_hashes: bool, session_files: SessionFiles, result: VerifyResult) -> None:
+    if record.status == catalog.STATUS_PARTIAL:
+        result.problems.append("the snapshot is not complete: it has no sidecar (an upload that did not finish)")
+        return
+    if not record.checked and record.status == catalog.STATUS_COMPLETE:
+        catalog.load_sidecar(target, record)  # a listing by presence: check the sidecar now
+    if record.problem:
+        result.problems.append(record.problem)
+    if record.sidecar is None or record.status == catalog.STATUS_ORPHANED:
+        return  # nothing to compare with, or nothing to read
+    sidecar = record.sidecar
+
+    if mode == "quick":
+        result.size, result.sha256 = _stream_digest(target, record.object_relpath)
+    else:
+        from ansible_collections.segura.backup.plugins.module_utils import archive
+
+        if decryption is None:
+            decryption = archive.Decryption.none()
+        with target.open_read(record.object_relpath) as handle:
+            source = _HashingReader(handle)
+            try:
+                report = archive.verify(source, decryption)
+            except IntegrityError as exc:
+                result.problems.append("the object is corrupt: %s" % exc)
+                return
+            except ArchiveError as exc:
+                result.problems.append("the object cannot be opened: %s" % exc)
+                return
+        result.size, result.sha256 = source.bytes, source.sha256.hexdigest()
+        result.checks["archive"] = {"members": report.members, "bytes": report.bytes, "ok": report.ok}
+        result.problems.extend(report.problems)
+        if report.manifest is not None:
+            _check_documents(record, report, result)
+            _check_sessions(target, record, report.manifest, session_files, check_session_hashes, result)
+
+    result.checks["object"] = {"size": result.size, "sha256": result.sha256,
+                               "ok": (result.size, result.sha256) == (sidecar.size, sidecar.sha256)}
+    if result.size != sidecar.size:
+        result.problems.append("the object is %d bytes, the sidecar says %d" % (result.size, sidecar.size))
+    elif result.sha256 != sidecar.sha256:
+        result.problems.append("the object's sha256 is %s, the sidecar says %s" % (result.sha256, sidecar.sha256))
+
+
+# ---------------------------------------------------------------------------------------------
+# A run
+
+
+def verify_snapshots(
+    target: Target,
+    records: Iterable[catalog.SnapshotRecord],
+    mode: str = "quick",
+    decryption: Any = None,
+    check_session_hashes: bool = False,
+    record_results: bool = True,
+) -> List[VerifyResult]:
+    """Verify each record and, with ``record_results``, store each result beside its snapshot.
+
+    A result that cannot be stored keeps its verdict; ``record_error`` says why it was not stored.
+    Partial uploads are never given a verification record (their files belong to a running upload).
+    """
+    session_files = SessionFiles(target)
+    results = []
+    for record in records:
+        result = verify_snapshot(target, record, mode, decryption, check_session_hashes, session_files)
+        if record_results and record.status != catalog.STATUS_PARTIAL:
+            try:
+                stored = catalog.record_verification(target, record, result.to_record())
+                result.recorded = True
+                record.verification = stored
+            except BackupError as exc:
+                result.record_error = str(exc)
+        results.append(result)
+    return results
+
+
+def summary(results: List[VerifyResult]) -> str:
+    """One line naming every failed snapshot and its first problem, for the task's message."""
+    failed = [r for r in results if not r.ok]
+    if not failed:
+        return "%d snapshot(s) verified" % len(results)
+    parts = ["%s/%s: %s" % (r.appliance, r.id, r.problems[0]) for r in failed[:_MAX_LISTED]]
+    more = " (and %d more)" % (len(failed) - _MAX_LISTED) if len(failed) > _MAX_LISTED else ""
+    return "%d of %d snapshot(s) failed verification: %s%s" % (len(failed), len(results), "; ".join(parts), more)
