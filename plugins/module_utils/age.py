@@ -23,19 +23,33 @@ import os
 import re
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-from cryptography.hazmat.primitives.serialization import Encoding, PrivateFormat, PublicFormat, NoEncryption
-
 from ansible_collections.segura.backup.plugins.module_utils.errors import (
     ArchiveError,
     ConfigError,
     IntegrityError,
 )
+
+try:
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+    HAS_CRYPTOGRAPHY = True
+except ImportError:  # reported by require_cryptography() so modules fail with a clear message
+    HAS_CRYPTOGRAPHY = False
+
+    class InvalidTag(Exception):  # type: ignore[no-redef]
+        """Stand-in so the module imports; never raised."""
+
+
+def require_cryptography() -> None:
+    if not HAS_CRYPTOGRAPHY:
+        raise ArchiveError("the Python package 'cryptography' is missing on this host "
+                           "(the segura.backup.runtime role installs it)")
 
 INTRO = b"age-encryption.org/v1\n"
 FOOTER_PREFIX = b"---"
@@ -204,6 +218,7 @@ class Identity:
     __slots__ = ("_private", "recipient")
 
     def __init__(self, secret_bytes: bytes):
+        require_cryptography()
         if len(secret_bytes) != 32:
             raise ConfigError("an X25519 identity must be 32 bytes")
         self._private = X25519PrivateKey.from_private_bytes(bytes(secret_bytes))
@@ -469,6 +484,7 @@ class Encryptor:
 
     def __init__(self, sink, recipients: Optional[Sequence[Union[Recipient, str]]] = None,
                  passphrase: Optional[Union[str, bytes]] = None, work_factor: int = DEFAULT_WORK_FACTOR):
+        require_cryptography()
         if (recipients is None) == (passphrase is None):
             raise ConfigError("age encryption needs either recipients or a passphrase (not both)")
         self._sink = sink
@@ -576,6 +592,7 @@ class Decryptor:
     def __init__(self, source, identities: Optional[Sequence[Union[Identity, str]]] = None,
                  passphrase: Optional[Union[str, bytes]] = None,
                  max_work_factor: int = DEFAULT_MAX_WORK_FACTOR):
+        require_cryptography()
         if (identities is None) == (passphrase is None):
             raise ConfigError("age decryption needs either identities or a passphrase (not both)")
         self._src = _BufferedSource(source)

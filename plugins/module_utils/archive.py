@@ -24,8 +24,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-import zstandard
-
 from ansible_collections.segura.backup.plugins.module_utils import age
 from ansible_collections.segura.backup.plugins.module_utils.errors import (
     ApplianceError,
@@ -33,6 +31,21 @@ from ansible_collections.segura.backup.plugins.module_utils.errors import (
     ConfigError,
     IntegrityError,
 )
+
+try:
+    import zstandard
+
+    HAS_ZSTANDARD = True
+    _ZSTD_ERRORS: Tuple[type, ...] = (zstandard.ZstdError, EOFError)
+except ImportError:  # reported by _require_zstandard() so modules fail with a clear message
+    HAS_ZSTANDARD = False
+    _ZSTD_ERRORS = (EOFError,)
+
+
+def _require_zstandard() -> None:
+    if not HAS_ZSTANDARD:
+        raise ArchiveError("the Python package 'zstandard' is missing on this host "
+                           "(the segura.backup.runtime role installs it)")
 
 FORMAT = "segura.backup/1"
 SNAPSHOT_MEMBER = "snapshot.json"
@@ -381,6 +394,7 @@ class ArchiveWriter:
             raise ConfigError("encryption must be an Encryption (use Encryption.none() explicitly)")
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ConfigError("chunk_size must be a positive integer")
+        _require_zstandard()
         try:
             params = zstandard.ZstdCompressor(level=zstd_level, threads=zstd_threads)
         except zstandard.ZstdError as exc:
@@ -677,7 +691,7 @@ class _MemberReader:
             return b""
         try:
             data = self._fileobj.read(size)
-        except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
+        except (tarfile.TarError,) + _ZSTD_ERRORS as exc:
             raise IntegrityError("archive is corrupt: %s" % exc)
         self.sha256.update(data)
         if self._also is not None:
@@ -733,6 +747,7 @@ class ArchiveReader:
     def __init__(self, source, decryption: Decryption):
         if not isinstance(decryption, Decryption):
             raise ConfigError("decryption must be a Decryption (use Decryption.none() for plain archives)")
+        _require_zstandard()
         self._raw = _HashingSource(source)
         head = self._raw.read(len(age.INTRO))
         while len(head) < len(age.INTRO):
@@ -757,7 +772,7 @@ class ArchiveReader:
                                                                 read_across_frames=True, closefd=False)
         try:
             self._tar = tarfile.open(fileobj=self._zstd, mode="r|", bufsize=_COPY_BLOCK)
-        except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
+        except (tarfile.TarError,) + _ZSTD_ERRORS as exc:
             raise IntegrityError("archive is corrupt: %s" % exc)
         self.snapshot: Optional[Dict[str, Any]] = None
         self.manifest: Optional[Dict[str, Any]] = None
@@ -780,7 +795,7 @@ class ArchiveReader:
         while True:
             try:
                 tarinfo = self._tar.next()
-            except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
+            except (tarfile.TarError,) + _ZSTD_ERRORS as exc:
                 raise IntegrityError("archive is corrupt: %s" % exc)
             if tarinfo is None:
                 break
@@ -834,7 +849,7 @@ class ArchiveReader:
                     self._trailing = True
             while self._raw.read(_COPY_BLOCK):
                 pass
-        except (zstandard.ZstdError, EOFError) as exc:
+        except _ZSTD_ERRORS as exc:
             raise IntegrityError("archive is corrupt after the last member: %s" % exc)
 
     def problems(self) -> List[str]:
