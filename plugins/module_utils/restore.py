@@ -1092,6 +1092,10 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
     started = time.monotonic()
     if plan is None:
         plan = plan_restore(target, request)
+        preflight_outside = 0.0  # the preflight ran here: already inside the total
+    else:
+        # The caller planned (the module does): count the preflight's pass 1 into the total (RTO).
+        preflight_outside = plan.fetch_seconds
     if not plan.ok:
         raise ConfigError("restore refused, nothing was written: %s" % "; ".join(plan.problems))
     durations = {"fetch_verify": round(plan.fetch_seconds, 3), "database": 0.0, "files": 0.0, "sessions": 0.0,
@@ -1186,7 +1190,7 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
                                  % "; ".join(verification["problems"][:10]))
 
     result["post_commands"] = run_commands(request.post_commands, "post", request.command_timeout)
-    durations["total"] = round(time.monotonic() - started + plan.fetch_seconds, 3)
+    durations["total"] = round(time.monotonic() - started + preflight_outside, 3)
     result.update({
         "databases": list(plan.databases) if plan.restores_database else [],
         "database_bytes": loader.bytes if loader else 0,
