@@ -27,6 +27,6 @@ options:
         type: path
       passphrase:
         description:
-          - The passphrase of snapshots taken with O(encryption.mode=passphrase). Never logged.
+          - The passphrase of snapshots encrypted with a passphrase. Never logged.
         type: str
 """
