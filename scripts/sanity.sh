@@ -17,8 +17,11 @@ for key in cert index-url extra-index-url trusted-host; do
 done
 cp scripts/get_pip_standin.py ~/.ansible/test/cache/get_pip_${pip_version//./_}.py
 
-dest=.build/sanity/ansible_collections/segura/backup
-rm -rf .build/sanity
+# A private copy per run, so two runs at once do not trip over each other.
+mkdir -p .build
+copy=$(mktemp -d "$root/.build/sanity.XXXXXX")
+trap 'rm -rf "$copy"' EXIT
+dest=$copy/ansible_collections/segura/backup
 mkdir -p "$dest"
 # The files git tracks or would track, as they are in the work tree.
 git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$dest"
