@@ -58,6 +58,8 @@ SUFFIX_PLAIN = ".tar.zst"
 _COPY_BLOCK = 256 * 1024  # tar copy buffer and stream-mode record buffer
 _MAX_JSON_BYTES = 256 * 1024 * 1024  # snapshot.json / manifest.json are parsed in memory
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_ZSTD_JOB_SIZE = 4 * 1024 * 1024
+_MAX_AUTO_THREADS = 4  # zstd_threads=-1: one worker per CPU, but a backup must not take over the appliance
 
 
 # --------------------------------------------------------------------------------------------------
@@ -384,6 +386,9 @@ class ArchiveResult:
 class ArchiveWriter:
     """Writes one snapshot object into ``sink`` (anything with ``write``); never closes the sink.
 
+    ``zstd_threads``: 0 compresses in the calling thread; N > 0 uses N workers; -1 one per CPU, at
+    most 4. Each worker adds roughly 20 MiB of memory.
+
     Call ``add_json("snapshot.json", ...)`` first, then add streams/files/dirs/symlinks, then
     ``finish()``. After any error the object is incomplete: call ``abort()`` and discard it.
     """
@@ -395,14 +400,20 @@ class ArchiveWriter:
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ConfigError("chunk_size must be a positive integer")
         _require_zstandard()
-        try:
-            params = zstandard.ZstdCompressor(level=zstd_level, threads=zstd_threads)
-        except zstandard.ZstdError as exc:
-            raise ConfigError("invalid zstd settings (level %r, threads %r): %s" % (zstd_level, zstd_threads, exc))
+        if not isinstance(zstd_level, int) or not -7 <= zstd_level <= 22:
+            raise ConfigError("zstd level must be an integer from -7 to 22, not %r" % (zstd_level,))
+        if not isinstance(zstd_threads, int) or zstd_threads < -1:
+            raise ConfigError("zstd threads must be 0 (single-threaded), -1 (automatic) or a positive count")
+        if zstd_threads == -1:
+            zstd_threads = min(os.cpu_count() or 1, _MAX_AUTO_THREADS)
+        # Multi-threaded zstd buffers whole jobs per worker; smaller jobs keep memory at ~20 MiB a worker.
+        params = zstandard.ZstdCompressionParameters.from_level(
+            zstd_level, threads=zstd_threads, job_size=_ZSTD_JOB_SIZE if zstd_threads else 0)
+        compressor = zstandard.ZstdCompressor(compression_params=params)
         self.chunk_size = chunk_size
         self._out = _CountingSink(sink)
         self._encryptor = encryption.open_encryptor(self._out)
-        self._zstd = params.stream_writer(self._encryptor or self._out, closefd=False)
+        self._zstd = compressor.stream_writer(self._encryptor or self._out, closefd=False)
         self._tar = tarfile.open(fileobj=self._zstd, mode="w|", format=tarfile.PAX_FORMAT,
                                  bufsize=_COPY_BLOCK, copybufsize=_COPY_BLOCK)
         self._members: List[Dict[str, Any]] = []

@@ -547,3 +547,23 @@ def test_duplicate_member_refused():
     blob = crafted([(member("snapshot.json"), b"{}"), (member("files/a"), b"1"), (member("files/a"), b"2")])
     report = verify(io.BytesIO(blob), Decryption.none())
     assert report.problems == ["archive member files/a appears twice"]
+
+
+@pytest.mark.parametrize("kwargs", [{"zstd_level": 99}, {"zstd_threads": -2}, {"zstd_level": "3"}, {"chunk_size": 0}])
+def test_bad_writer_settings(kwargs):
+    with pytest.raises(ConfigError):
+        ArchiveWriter(io.BytesIO(), Encryption.none(), **kwargs)
+
+
+@pytest.mark.parametrize("threads", [-1, 2])
+def test_multithreaded_zstd_roundtrip(threads):
+    data = os.urandom(300000) + b"x" * 9000000
+    sink = io.BytesIO()
+    writer = ArchiveWriter(sink, Encryption.none(), zstd_threads=threads, chunk_size=4 * 1024 * 1024)
+    writer.add_json("snapshot.json", SNAPSHOT)
+    info = writer.add_stream(DB_PREFIX, io.BytesIO(data))
+    writer.finish({})
+    assert info.chunks == 3
+    report = verify(io.BytesIO(sink.getvalue()), Decryption.none())
+    assert report.ok and report.manifest["db"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert zstandard.ZstdDecompressor().stream_reader(io.BytesIO(sink.getvalue())).read().startswith(b"snapshot.json")
