@@ -21,7 +21,7 @@ import os
 import stat
 import tarfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, BinaryIO, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ansible_collections.segura.backup.plugins.module_utils import age
