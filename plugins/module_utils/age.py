@@ -51,6 +51,7 @@ def require_cryptography() -> None:
         raise ArchiveError("the Python package 'cryptography' is missing on this host "
                            "(the segura.backup.runtime role installs it)")
 
+
 INTRO = b"age-encryption.org/v1\n"
 FOOTER_PREFIX = b"---"
 STANZA_PREFIX = b"-> "

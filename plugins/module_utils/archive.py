@@ -47,6 +47,7 @@ def _require_zstandard() -> None:
         raise ArchiveError("the Python package 'zstandard' is missing on this host "
                            "(the segura.backup.runtime role installs it)")
 
+
 FORMAT = "segura.backup/1"
 SNAPSHOT_MEMBER = "snapshot.json"
 MANIFEST_MEMBER = "manifest.json"

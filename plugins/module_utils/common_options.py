@@ -51,7 +51,7 @@ _APPLIANCE = {
         "name": {"type": "str"},
         "root": {"type": "path", "default": "/"},
         "arz_dir": {"type": "str", "default": "var/senhasegura/arz"},
-        "secrets_dir": {"type": "str", "default": "srv/cache/coba"},
+        "secrets_dir": {"type": "str", "default": "srv/cache/coba", "no_log": False},  # a folder name, not a secret
         "config_paths": {"type": "list", "elements": "raw"},
         "databases": {"type": "list", "elements": "str", "default": list(DEFAULT_DATABASES)},
         "health_url": {"type": "str"},

@@ -353,4 +353,3 @@ def _archive_files(writer: ArchiveWriter, request: SnapshotRequest, counts: _Cou
         counts.add(entry.kind)
     if problems:
         raise ApplianceError(appliance_mod.problems_message(problems))
-
