@@ -179,6 +179,37 @@ def partial_name(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Reading
+
+
+READ_ATTEMPTS = 3
+
+
+def retry_read(read: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call ``read`` (something that only reads) up to READ_ATTEMPTS times on a TargetError.
+
+    Why: reading has no side effect, yet a share can fail one request now and then; nfs-rs reports
+    some NFSv4.1 OPENs against nfs-ganesha as "uncertain" and does not repeat them itself, which on
+    a listing of thousands of sidecars would otherwise make the picture incomplete. A missing file
+    (TargetNotFound) and IntegrityError are answers, not failures, and are never retried.
+    """
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            return read(*args, **kwargs)
+        except TargetNotFound:
+            raise
+        except TargetError:
+            if attempt + 1 == READ_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def read_small(target: Target, relpath: str, limit: int = SIDECAR_LIMIT) -> bytes:
+    """The whole content of a small file (sidecar, verification record, session list), retried."""
+    return retry_read(target.read_bytes, relpath, limit=limit)
+
+
+# ---------------------------------------------------------------------------------------------
 # Sidecar
 
 
@@ -547,7 +578,7 @@ def read_sessions_list(target: Target, record: Any) -> List[Dict[str, Any]]:
     if parsed is None:
         raise ConfigError("%r is not a snapshot object name" % (record.object,))
     relpath = "%s/%s" % (snapshots_dir(record.appliance), sessions_list_name(record.object))
-    data = target.read_bytes(relpath, limit=SESSIONS_LIST_LIMIT)
+    data = read_small(target, relpath, limit=SESSIONS_LIST_LIMIT)
     return parse_sessions_list(data, target.describe_path(relpath), parsed[1], record.appliance)
 
 
@@ -820,7 +851,7 @@ def load_sidecar(target: Target, record: SnapshotRecord) -> SnapshotRecord:
     stem = record.stem
     sidecar_relpath = "%s/%s%s" % (directory, stem, SIDECAR_SUFFIX)
     try:
-        sidecar = Sidecar.from_json(target.read_bytes(sidecar_relpath, limit=SIDECAR_LIMIT),
+        sidecar = Sidecar.from_json(read_small(target, sidecar_relpath),
                                     target.describe_path(sidecar_relpath))
     except TargetNotFound:
         record.status = STATUS_PARTIAL  # removed after we listed it: no longer complete
@@ -863,7 +894,7 @@ def _damaged(record: SnapshotRecord, problem: str) -> SnapshotRecord:
 
 def _read_verification(target: Target, relpath: str) -> Optional[Dict[str, Any]]:
     try:
-        doc = json.loads(target.read_bytes(relpath, limit=SIDECAR_LIMIT).decode("utf-8"))
+        doc = json.loads(read_small(target, relpath).decode("utf-8"))
     except TargetNotFound:
         return None
     except (TargetError, IntegrityError, UnicodeDecodeError, ValueError) as exc:
@@ -889,9 +920,26 @@ def remove_snapshot(target: Target, record: SnapshotRecord) -> List[str]:
     """
     removed = []
     for relpath in sorted(record.files, key=_removal_order):
+        if remove_file(target, relpath):
+            removed.append(relpath)
+    return removed
+
+
+def remove_file(target: Target, relpath: str) -> bool:
+    """Remove one file: True if we removed it, False if it was already gone.
+
+    A failed remove may still have happened (nfs-rs reports some NFSv4.1 REMOVEs as "uncertain",
+    recovery "verify then resume"): look, and try again only while the file is still there.
+    """
+    for attempt in range(READ_ATTEMPTS):
         try:
             target.remove(relpath)
+            return True
         except TargetNotFound:
-            continue
-        removed.append(relpath)
-    return removed
+            return attempt > 0  # gone after an uncertain attempt: that attempt removed it
+        except TargetError:
+            if attempt + 1 == READ_ATTEMPTS:
+                raise
+            if not retry_read(target.exists, relpath):
+                return True  # the attempt that looked failed did remove it
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -286,12 +286,9 @@ def apply_plan(target: Target, plan: AppliancePlan, heartbeat: Callable[[], Any]
         heartbeat()
     folders = set()
     for session in plan.sessions + plan.session_partials:
-        try:
-            target.remove(session.path)
+        if catalog.remove_file(target, session.path):
             removed.files.append(session.path)
             removed.bytes += session.size
-        except TargetNotFound:
-            pass
         folders.add(posixpath.dirname(session.path))
         heartbeat()
     _remove_empty_folders(target, plan.appliance, folders)

@@ -162,6 +162,11 @@ class _HashingReader:
 
 
 def _stream_digest(target: Target, relpath: str) -> Tuple[int, str]:
+    """(bytes, sha256) of a file on the target; a failed attempt starts over (catalog.retry_read)."""
+    return catalog.retry_read(_stream_digest_once, target, relpath)
+
+
+def _stream_digest_once(target: Target, relpath: str) -> Tuple[int, str]:
     digest = hashlib.sha256()
     total = 0
     with target.open_read(relpath) as handle:
@@ -340,7 +345,7 @@ def _verify_into(target: Target, record: catalog.SnapshotRecord, mode: str, decr
 
         if decryption is None:
             decryption = archive.Decryption.none()
-        with target.open_read(record.object_relpath) as handle:
+        with catalog.retry_read(target.open_read, record.object_relpath) as handle:
             source = _HashingReader(handle)
             try:
                 report = archive.verify(source, decryption)
