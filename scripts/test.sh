@@ -42,8 +42,13 @@ run_pytest() {
 step "ansible-test sanity" bash scripts/sanity.sh
 step "ansible-lint" ansible-lint --offline -q
 step "collection build" build_has_no_test_junk
+# Stop the lab at the end only if this run started it (a developer's running lab stays up).
+if python -m tests.lab status >/dev/null 2>&1; then
+  echo "=== lab already running: it stays up afterwards"
+else
+  trap 'python -m tests.lab down >/dev/null 2>&1; python -m tests.lab.containers down >/dev/null 2>&1' EXIT
+fi
 step "lab up" python -m tests.lab up
-trap 'python -m tests.lab down >/dev/null 2>&1' EXIT
 step "pytest" run_pytest tests
 
 python - <<'PY'
