@@ -71,18 +71,36 @@ def free_tcp_port():
 
 
 @pytest.fixture(scope="session")
-def reference_appliance(lab, tmp_path_factory):
-    """A ~20 MB reference appliance (seed 1) in a temporary root, its databases in the lab MariaDB.
+def source_mariadb(tmp_path_factory):
+    """A private MariaDB server for the reference appliance's databases, on a free port.
 
-    Seeding drops and recreates mt4 + senhasegura in the lab server; seed 1 at 20MB is what
-    scripts/demo.sh seeds too, so a concurrent demo leaves identical content behind.
-    Tests must not change this root: use `appliance_copy` for that.
+    Not the lab's server: other sessions reseed mt4/senhasegura there, and a reseed during a dump
+    failed a snapshot with "Table definition has changed" (seen on this machine).
+    """
+    from tests.lab.mariadb import PORT_ENV, MariaDBService
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(PORT_ENV, str(free_tcp_port()))
+        service = MariaDBService(str(tmp_path_factory.mktemp("source-mariadb")))
+    service.up()
+    try:
+        yield service
+    finally:
+        service.down()
+
+
+@pytest.fixture(scope="session")
+def reference_appliance(lab, source_mariadb, tmp_path_factory):
+    """A ~20 MB reference appliance (seed 1) in a temporary root, its databases in `source_mariadb`.
+
+    Yields {root, defaults_file, mysql_port, name, fingerprint}. Tests must not change this root:
+    use `appliance_copy` for that.
     """
     root = str(tmp_path_factory.mktemp("reference-appliance"))
-    conn = {"defaults_file": lab["mysql_defaults_file"]}
+    conn = {"defaults_file": source_mariadb.defaults_file}
     reference.seed(root, reference.parse_size("20MB"), 1, conn)
-    yield {"root": root, "defaults_file": lab["mysql_defaults_file"], "name": APPLIANCE_NAME,
-           "fingerprint": reference.fingerprint(root, conn)}
+    yield {"root": root, "defaults_file": source_mariadb.defaults_file, "mysql_port": source_mariadb.port,
+           "name": APPLIANCE_NAME, "fingerprint": reference.fingerprint(root, conn)}
 
 
 @pytest.fixture

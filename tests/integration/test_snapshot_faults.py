@@ -164,27 +164,27 @@ def test_target_filling_up_while_writing(lab, lab_target_factory, age_identity, 
 
 
 # ------------------------------------------------------------------ the appliance refuses
-def test_database_refuses_a_wrong_password(fault, lab, tmp_path):
+def test_database_refuses_a_wrong_password(fault, reference_appliance, tmp_path):
     case = fault("smb_signed")
     wrong = "wrong-db-" + secrets.token_hex(8)
     case.secrets.append(wrong)
     # TCP, so that root's unix-socket login cannot succeed without the password.
     defaults = _private_file(str(tmp_path / "wrong.cnf"), "[client]\nuser=root\npassword=%s\nhost=127.0.0.1\n"
-                             "port=%s\nprotocol=tcp\n" % (wrong, lab["mysql_port"]))
+                             "port=%s\nprotocol=tcp\n" % (wrong, reference_appliance["mysql_port"]))
     appliance = dict(case.appliance, defaults_file=defaults)
     case.assert_failed_cleanly(case.run(appliance=appliance), "access denied", error="ApplianceError")
 
 
 @pytest.fixture
-def unprivileged_db_user(lab, tmp_path):
+def unprivileged_db_user(reference_appliance, tmp_path):
     """A MariaDB user that may log in but read nothing; dropped afterwards. Yields its defaults file."""
     name = "segura_noprivs_%s" % secrets.token_hex(4)
     password = secrets.token_hex(16)
-    admin = ["mariadb", "--defaults-file=" + lab["mysql_defaults_file"]]
+    admin = ["mariadb", "--defaults-file=" + reference_appliance["defaults_file"]]
     subprocess.run(admin, input="CREATE USER '%s'@'127.0.0.1' IDENTIFIED BY '%s';" % (name, password),
                    text=True, check=True, timeout=60)
     defaults = _private_file(str(tmp_path / "noprivs.cnf"), "[client]\nuser=%s\npassword=%s\nhost=127.0.0.1\n"
-                             "port=%s\nprotocol=tcp\n" % (name, password, lab["mysql_port"]))
+                             "port=%s\nprotocol=tcp\n" % (name, password, reference_appliance["mysql_port"]))
     try:
         yield defaults, password
     finally:

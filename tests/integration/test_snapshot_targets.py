@@ -8,6 +8,7 @@ Run: .venv/bin/pytest tests/integration/test_snapshot_targets.py
 
 import json
 import os
+import re
 import threading
 import time
 
@@ -142,8 +143,10 @@ def test_snapshot_is_published_with_a_matching_sidecar(lab, lab_target, referenc
     with open(object_path, "rb") as handle:
         assert handle.read(22) == b"age-encryption.org/v1\n"
 
-    # Exactly one object and one sidecar, no partial upload, the lock released.
-    assert lab_target.snapshot_files() == sorted([os.path.basename(object_path), os.path.basename(sidecar_path)])
+    # One object, one sidecar (and the engine's <stem>.sessions.json list), no partial, the lock released.
+    stem = os.path.basename(sidecar_path)[:-len(".json")]
+    assert set(lab_target.snapshot_files()) - {stem + ".sessions.json"} == {os.path.basename(object_path),
+                                                                             os.path.basename(sidecar_path)}
     assert not os.path.exists(os.path.join(lab_target.appliance_dir(), "lock"))
     # Every recording is on the target, byte for byte.
     uploaded = {path: entry[2] for path, entry in _session_files(lab_target).items()}
@@ -217,7 +220,10 @@ def test_sessions_are_synced_incrementally(lab_target, appliance_copy, age_ident
     assert set(after_third) - set(after_first) == {new_relpath}
     assert after_third[new_relpath][2] == sha256_file(new_file)
     assert {path: after_third[path] for path in after_first} == after_first
-    assert len(lab_target.snapshot_files()) == 6  # three snapshots, each object + sidecar
+    files = lab_target.snapshot_files()
+    assert len([name for name in files if name.endswith(".tar.zst.age")]) == 3  # three snapshots
+    assert len([name for name in files if re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{8}\.json", name)]) == 3  # sidecars
+    assert not [name for name in files if name.endswith(".partial")]
 
 
 def test_backup_playbook_publishes_a_snapshot(lab_target_factory, reference_appliance, age_identity):
@@ -234,6 +240,6 @@ def test_backup_playbook_publishes_a_snapshot(lab_target_factory, reference_appl
     run = run_playbook(os.path.join(REPO, "playbooks", "backup.yml"),
                        {"segura_appliances": {"hosts": {"lab-appliance": host}}})
     assert run.rc == 0, run.output
-    files = target.snapshot_files()
+    files = [name for name in target.snapshot_files() if not name.endswith(".sessions.json")]
     assert len(files) == 2 and files[0].endswith(".json") and files[1].endswith(".tar.zst.age")
     assert target.options["password"] not in run.output
