@@ -416,3 +416,120 @@ def test_stale_partials_from_a_real_listing(target, tmp_path):
     stale = stale_partials(list_snapshots(target), timedelta(hours=24), now)
     assert [r.id for r in stale] == ["00000001"]
     assert remove_snapshot(target, stale[0]) == ["pam1/snapshots/" + old]
+
+
+# -- session lists, listing by presence, retried reads, verified removals --------------------------
+
+
+def test_sessions_list_round_trip_and_listing(target, tmp_path):
+    name, sidecar = put_snapshot(target, CREATED, snap_id="1a2b3c4d")
+    sessions = [{"path": "pam1/sessions/2026/1127/a.arz", "size": 3, "sha256": "b" * 64}]
+    relpath = catalog.write_sessions_list(target, "pam1", name, sessions)
+    assert relpath == "pam1/snapshots/20261127T101500Z-1a2b3c4d.sessions.json"
+    with pytest.raises(TargetExists):
+        catalog.write_sessions_list(target, "pam1", name, sessions)  # never replaced
+    record = list_snapshots(target).snapshots[0]
+    assert record.status == "complete" and record.has_sessions_list and relpath in record.files
+    assert catalog.read_sessions_list(target, record) == sessions
+    removed = remove_snapshot(target, record)
+    assert removed[0].endswith("1a2b3c4d.json") and relpath in removed  # sidecar first, list removed too
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update(id="00000000"), "describes"),
+    (lambda d: d["sessions"].append({"path": "pam2/sessions/x", "size": 1, "sha256": "c" * 64}), "not below"),
+    (lambda d: d["sessions"].append({"path": "pam1/sessions/../../x", "size": 1, "sha256": "c" * 64}), "'..'"),
+    (lambda d: d["sessions"].append({"path": "pam1/sessions/x", "size": -1, "sha256": "c" * 64}), "negative"),
+    (lambda d: d.update(format="other"), "not a segura.backup/1"),
+])
+def test_sessions_list_validation(target, tmp_path, change, message):
+    name, dummy = put_snapshot(target, CREATED, snap_id="1a2b3c4d")
+    catalog.write_sessions_list(target, "pam1", name, [])
+    path = tmp_path / "pam1/snapshots/20261127T101500Z-1a2b3c4d.sessions.json"
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc))
+    with pytest.raises(IntegrityError, match=message):
+        catalog.read_sessions_list(target, list_snapshots(target).snapshots[0])
+
+
+def test_listing_by_presence_reads_no_file_and_load_sidecar_checks(tmp_path):
+    target = CountingTarget(str(tmp_path))
+    good, dummy = put_snapshot(target, CREATED, b"good", snap_id="00000001")
+    grown, dummy = put_snapshot(target, CREATED - timedelta(days=1), b"grown", snap_id="00000002")
+    with open(tmp_path / "pam1/snapshots" / grown, "ab") as handle:
+        handle.write(b"!")
+    reads = []
+    original = target.open_read
+    target.open_read = lambda relpath: reads.append(relpath) or original(relpath)
+    listing = list_snapshots(target, read_sidecars=False)
+    assert reads == [] and not listing.sidecars_read
+    assert [(r.id, r.status, r.checked, r.sidecar) for r in listing.snapshots] == [
+        ("00000001", "complete", False, None), ("00000002", "complete", False, None)]
+    catalog.load_sidecar(target, listing.snapshots[1])
+    assert listing.snapshots[1].status == "damaged" and listing.snapshots[1].checked
+    assert catalog.load_sidecar(target, listing.snapshots[0]).sidecar.sha256 == hashlib.sha256(b"good").hexdigest()
+    assert len(reads) == 2
+
+
+class FlakyTarget(PathTarget):
+    """A real PathTarget whose first ``failures`` removes/reads fail after (or instead of) acting,
+    as nfs-rs reports some NFSv4.1 operations as 'uncertain'."""
+
+    def __init__(self, root, failures, act_first):
+        super().__init__(root)
+        self.failures = failures
+        self.act_first = act_first
+
+    def _maybe_fail(self):
+        if self.failures:
+            self.failures -= 1
+            raise TargetError("Uncertain NFS operation ReplaySensitive")
+
+    def remove(self, relpath):
+        if self.act_first:
+            super().remove(relpath)
+            self._maybe_fail()
+        else:
+            self._maybe_fail()
+            super().remove(relpath)
+
+    def open_read(self, relpath):
+        self._maybe_fail()
+        return super().open_read(relpath)
+
+
+@pytest.mark.parametrize("act_first", [True, False])
+def test_remove_file_resolves_uncertain_removes(tmp_path, act_first):
+    target = FlakyTarget(str(tmp_path), failures=1, act_first=act_first)
+    target.write_bytes("a/file", b"x")
+    assert catalog.remove_file(target, "a/file") is True
+    assert not (tmp_path / "a/file").exists()
+    assert catalog.remove_file(target, "a/file") is False  # already gone
+    target.write_bytes("a/file", b"x")
+    target.failures, target.act_first = 5, False
+    with pytest.raises(TargetError):
+        catalog.remove_file(target, "a/file")
+    assert (tmp_path / "a/file").exists()
+
+
+def test_small_reads_are_retried_but_not_forever(tmp_path):
+    target = FlakyTarget(str(tmp_path), failures=2, act_first=False)
+    target.write_bytes("f", b"data")
+    assert catalog.read_small(target, "f") == b"data"
+    target.failures = 3
+    with pytest.raises(TargetError):
+        catalog.read_small(target, "f")
+    with pytest.raises(catalog.TargetNotFound):
+        catalog.read_small(target, "missing")
+
+
+def test_appliance_summaries_and_age(target):
+    put_snapshot(target, CREATED - timedelta(days=2), snap_id="00000001")
+    put_snapshot(target, CREATED - timedelta(days=1), snap_id="00000002")
+    target.write_bytes("pam1/snapshots/" + object_name(CREATED, "00000003", True) + ".partial", b"x")
+    now = CREATED + timedelta(hours=1)
+    summary = catalog.appliance_summaries(list_snapshots(target), now)[0]
+    assert (summary["name"], summary["snapshots"], summary["complete"], summary["partial"]) == ("pam1", 3, 2, 1)
+    assert summary["latest"]["id"] == "00000003" and summary["latest_complete"]["id"] == "00000002"
+    assert summary["latest_complete"]["age_seconds"] == 25 * 3600

@@ -1,0 +1,142 @@
+"""How long listing and pruning take over many snapshots: 20 appliances x 500 snapshots (10,000).
+
+Creates tiny fake objects with valid sidecars (catalog.AtomicUpload + catalog.publish_sidecar) on
+  - a path target (a fresh temporary directory), and
+  - the lab's encrypted SMB share: the files are created through a local PathTarget on the folder
+    behind smbd (same catalog helpers, seconds instead of minutes), then everything is timed over SMB.
+Then times, median of 3 runs each:
+  - backup_info's listing: catalog.list_snapshots(read_sidecars=True), one sidecar read per snapshot;
+  - the listing by presence alone: catalog.list_snapshots(read_sidecars=False);
+  - a prune plan (check mode): pruning.prune(dry_run=True) with keep_daily=7, keep_weekly=4, keep_monthly=12.
+Prints a markdown table. The lab must be up for SMB (`python -m tests.lab up`), else SMB is skipped.
+
+Run: .venv/bin/python -m benchmarks.catalog_bench [--appliances 20] [--per-appliance 500]
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [os.path.join(REPO, ".build", "collections"), REPO]
+import tests.conftest  # noqa: E402,F401  (links the collection under .build/)
+
+from ansible_collections.segura.backup.plugins.module_utils import catalog, pruning, retention  # noqa: E402
+from ansible_collections.segura.backup.plugins.module_utils.targets import open_target  # noqa: E402
+from ansible_collections.segura.backup.plugins.module_utils.targets.path import PathTarget  # noqa: E402
+
+NOW = datetime.now(timezone.utc).replace(microsecond=0)
+RECIPIENT = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
+POLICY = retention.Policy(keep_daily=7, keep_weekly=4, keep_monthly=12)
+PAYLOAD = b"fake object " * 8
+
+
+def populate(target, appliances, per_appliance):
+    """``per_appliance`` snapshots per appliance, one every 6 hours back from now."""
+    for number in range(appliances):
+        appliance = "bench-%02d" % number
+        for index in range(per_appliance):
+            created = NOW - timedelta(hours=6 * index, minutes=number)
+            name = catalog.object_name(created, catalog.new_snapshot_id(), True)
+            with catalog.AtomicUpload(target, catalog.object_path(appliance, name)) as upload:
+                upload.write(PAYLOAD)
+            catalog.publish_sidecar(target, catalog.Sidecar(
+                id=catalog.parse_object_name(name)[1], appliance=appliance, created=created, object=name,
+                size=len(PAYLOAD), sha256=hashlib.sha256(PAYLOAD).hexdigest(),
+                components=["database", "config", "secrets"], counts={"files": 1, "members": 4}, bytes_in=1000,
+                versions={"appliance": "3.32.0.12", "tool": "0.1.0"},
+                encryption={"mode": "x25519", "recipients": [RECIPIENT]},
+                db={"chunks": 1, "bytes": 900, "sha256": "a" * 64}, sessions={"count": 0, "bytes": 0}, duration=1.0))
+
+
+def median_seconds(function, runs=3):
+    times = []
+    for dummy in range(runs):
+        started = time.perf_counter()
+        result = function()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), result
+
+
+def measure(label, make_target, expected):
+    rows = []
+    with make_target() as target:
+        full_time, listing = median_seconds(lambda: catalog.list_snapshots(target))
+        assert listing.complete and len(listing.snapshots) == expected, (listing.errors[:3], len(listing.snapshots))
+        assert all(r.complete for r in listing.snapshots)
+        rows.append((label, "backup_info listing (every sidecar read)", expected, full_time, expected))
+        light_time, light = median_seconds(lambda: catalog.list_snapshots(target, read_sidecars=False))
+        assert len(light.snapshots) == expected
+        rows.append((label, "listing by presence (no file read)", expected, light_time, 0))
+        plan_time, outcomes = median_seconds(lambda: pruning.prune(target, POLICY, now=NOW, dry_run=True))
+        assert all(o.error is None for o in outcomes), [o.error for o in outcomes if o.error][:3]
+        kept = sum(len(o.plan.kept) for o in outcomes)
+        removed = sum(len(o.plan.remove) for o in outcomes)
+        reads = sum(o.plan.sidecars_read for o in outcomes)
+        rows.append((label, "prune plan (keep %d, remove %d)" % (kept, removed), expected, plan_time, reads))
+    return rows
+
+
+def lab_env():
+    try:
+        out = subprocess.run([sys.executable, "-m", "tests.lab", "env"], cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, timeout=60, check=True).stdout
+        return json.loads(out)
+    except (subprocess.SubprocessError, ValueError):
+        return None
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--appliances", type=int, default=20)
+    parser.add_argument("--per-appliance", type=int, default=500)
+    args = parser.parse_args()
+    expected = args.appliances * args.per_appliance
+    rows = []
+
+    local = tempfile.mkdtemp(prefix="segura-bench-")
+    try:
+        started = time.perf_counter()
+        with PathTarget(local) as target:
+            populate(target, args.appliances, args.per_appliance)
+        print("path: created %d snapshots in %.1f s" % (expected, time.perf_counter() - started), file=sys.stderr)
+        rows += measure("path", lambda: PathTarget(local), expected)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+    lab = lab_env()
+    if lab is None:
+        print("lab is not up: SMB skipped", file=sys.stderr)
+    else:
+        subdir = "bench-%s" % uuid.uuid4().hex[:12]
+        behind = os.path.join(lab["smb_dir_encrypted"], subdir)
+        os.makedirs(behind)
+        try:
+            started = time.perf_counter()
+            with PathTarget(behind, file_mode=0o644, dir_mode=0o755) as target:  # smbd's account must read them
+                populate(target, args.appliances, args.per_appliance)
+            print("smb: created %d snapshots in %.1f s" % (expected, time.perf_counter() - started), file=sys.stderr)
+            options = {"type": "smb", "server": lab["smb_server"], "port": int(lab["smb_port"]),
+                       "share": lab["smb_share_encrypted"], "path": subdir, "username": lab["smb_username"],
+                       "password": lab["smb_password"], "encrypt": True, "timeout": 30}
+            rows += measure("smb (encrypted)", lambda: open_target(options), expected)
+        finally:
+            shutil.rmtree(behind, ignore_errors=True)
+
+    print("| target | operation | snapshots | median of 3 (s) | sidecars read |")
+    print("|---|---|---:|---:|---:|")
+    for label, operation, count, seconds, reads in rows:
+        print("| %s | %s | %d | %.2f | %d |" % (label, operation, count, seconds, reads))
+
+
+if __name__ == "__main__":
+    main()
