@@ -826,8 +826,8 @@ def _record_by_presence(appliance: str, stem: str, files: Dict[str, Any]) -> Sna
 
 def _read_details(target: Target, listing: Listing, record: SnapshotRecord) -> None:
     if VERIFY_SUFFIX in record._entries:
-        record.verification = _read_verification(target, "%s/%s%s" % (snapshots_dir(record.appliance), record.stem,
-                                                                        VERIFY_SUFFIX))
+        relpath = "%s/%s%s" % (snapshots_dir(record.appliance), record.stem, VERIFY_SUFFIX)
+        record.verification = _read_verification(target, relpath)
     try:
         load_sidecar(target, record)
     except TargetError as exc:

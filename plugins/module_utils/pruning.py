@@ -105,6 +105,7 @@ def referenced_sessions(target: Target, records: List[catalog.SnapshotRecord]) -
     for record in records:
         name = catalog.sessions_list_name(record.object)
         if record.has_sessions_list:
+            problem = None
             try:
                 referenced.update(item["path"] for item in catalog.read_sessions_list(target, record))
                 continue

@@ -30,7 +30,6 @@ from ansible_collections.segura.backup.plugins.module_utils.errors import (
     BackupError,
     ConfigError,
     IntegrityError,
-    TargetError,
     TargetNotFound,
 )
 from ansible_collections.segura.backup.plugins.module_utils.targets.base import Target, clean_relpath

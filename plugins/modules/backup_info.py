@@ -25,8 +25,9 @@ description:
   - O(query) applies a JMESPath expression to the result, so a playbook or an AWX survey can ask for
     exactly what it needs (see the examples). Every snapshot carries C(age_seconds) for such questions.
 author:
-  - segura.backup maintainers
+  - segura.backup maintainers (@segura-backup)
 extends_documentation_fragment:
+  - segura.backup.attributes
   - segura.backup.target
 attributes:
   check_mode:
@@ -37,6 +38,10 @@ attributes:
     support: none
   idempotent:
     support: full
+  safe_file_operations:
+    support: N/A
+    details:
+      - The module writes nothing.
 options:
   appliance:
     description:

@@ -31,8 +31,9 @@ description:
     kept are read and checked against their objects (a kept one that turns out damaged is replaced by
     the next one the policy picks); a snapshot the policy drops is removed without reading its sidecar.
 author:
-  - segura.backup maintainers
+  - segura.backup maintainers (@segura-backup)
 extends_documentation_fragment:
+  - segura.backup.attributes
   - segura.backup.target
 attributes:
   check_mode:

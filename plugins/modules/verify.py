@@ -27,8 +27,9 @@ description:
     shows it, and O(select=sample) uses it to verify the least recently verified snapshots first.
   - The task fails when any chosen snapshot fails, unless O(fail_on_error=false).
 author:
-  - segura.backup maintainers
+  - segura.backup maintainers (@segura-backup)
 extends_documentation_fragment:
+  - segura.backup.attributes
   - segura.backup.target
   - segura.backup.decryption
 attributes:
@@ -43,6 +44,10 @@ attributes:
     details:
       - Every run reads the snapshots again and stores a fresh result (C(changed=true) when a result was
         stored); the snapshots themselves are never modified.
+  safe_file_operations:
+    support: full
+    details:
+      - A result is written under a temporary name and renamed over the previous one.
 options:
   appliance:
     description:
