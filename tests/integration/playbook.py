@@ -65,7 +65,7 @@ def ansible_env(workdir: str, extra_env: Optional[dict] = None) -> dict:
 
 def _run(argv, workdir: str, extra_env: Optional[dict]) -> subprocess.CompletedProcess:
     return subprocess.run(argv, cwd=workdir, env=ansible_env(workdir, extra_env), stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=TIMEOUT)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=TIMEOUT, check=False)
 
 
 def run_task(module: str, args: dict, check: bool = False, verbosity: int = 0,

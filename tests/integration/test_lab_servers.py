@@ -205,11 +205,11 @@ def test_down_leaves_no_process_behind(second_lab):
                                  state_dir=state_dir, env=env).stdout)
     # `smbclient -L` makes smbd spawn samba-dcerpcd, which re-parents to PID 1: down must find it too.
     auth = os.path.join(state_dir, "smbclient.auth")
-    core.write_private_file(auth, "username = %s\npassword = %s\n" % (lab_env["smb_username"],
-                                                                   lab_env["smb_password"]))
+    core.write_private_file(
+        auth, "username = %s\npassword = %s\n" % (lab_env["smb_username"], lab_env["smb_password"]))
     listing = subprocess.run(["smbclient", "-L", "//127.0.0.1", "-p", str(lab_env["smb_port"]), "-A", auth,
                               "-s", lab_env["smb_conf"]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, timeout=60)
+                             text=True, timeout=60, check=False)
     assert "backup_encrypted" in listing.stdout
     samba_pids = core.pids_with_argument(lab_env["smb_conf"])
     assert any("samba-dcerpcd" in core.pid_cmdline(pid)[0] for pid in samba_pids)
@@ -221,7 +221,7 @@ def test_down_leaves_no_process_behind(second_lab):
     assert core.pids_with_argument(lab_env["smb_conf"]) == []
     assert not _netns_exists(SECOND_NETNS)
     assert subprocess.run(["ip", "link", "show", "dev", "sglab-t-h"], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL).returncode != 0
+                          stderr=subprocess.DEVNULL, check=False).returncode != 0
     assert not core.tcp_port_open("127.0.0.1", lab_env["smb_port"])
     code, status = _second_status(state_dir, env)
     assert code == 3

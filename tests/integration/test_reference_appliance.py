@@ -51,7 +51,7 @@ def _conn(service):
 
 def _sql(service, text):
     result = subprocess.run(reference.client_command(_conn(service)) + ["--batch", "--skip-column-names"],
-                            input=text.encode(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+                            input=text.encode(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120, check=False)
     assert result.returncode == 0, result.stderr.decode()
     return result.stdout.decode().strip()
 
@@ -155,7 +155,7 @@ def test_cli_seeds_and_prints_the_same_fingerprint(servers, tmp_path):
         result = subprocess.run([sys.executable, "-m", "tests.lab.reference"] + list(args)
                                 + ["--root", root, "--defaults-file", source.defaults_file],
                                 cwd=core.REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                timeout=300)
+                                timeout=300, check=False)
         assert result.returncode == 0, result.stderr.decode()
         return json.loads(result.stdout)
 

@@ -27,7 +27,8 @@ from tests.integration.conftest import free_tcp_port, make_lab_target, _remove_l
 from tests.integration.playbook import run_task
 from tests.lab import reference
 from tests.lab.mariadb import PORT_ENV, MariaDBService
-import tests.conftest  # noqa: F401  pylint: disable=unused-import  (as a script: makes ansible_collections importable)
+# As a script (--measure), this import makes ansible_collections importable.
+import tests.conftest  # noqa: F401  pylint: disable=unused-import
 
 from ansible_collections.segura.backup.plugins.module_utils import catalog
 from ansible_collections.segura.backup.plugins.module_utils.appliance import ApplianceLayout, DatabaseConnection

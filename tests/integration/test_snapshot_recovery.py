@@ -39,7 +39,7 @@ def fresh_mariadb(tmp_path_factory):
 def _shell(script, *args, stdin=None):
     """bash -o pipefail -c SCRIPT with ARGS as $1.. (paths only: no secret on a command line)."""
     result = subprocess.run(["bash", "-o", "pipefail", "-c", script, "recovery"] + list(args), input=stdin,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300, check=False)
     assert result.returncode == 0, result.stderr.decode(errors="replace")
     return result
 
@@ -112,8 +112,8 @@ def _check_extracted(extracted, appliance, target, server):
     return manifest
 
 
-def test_recover_x25519_snapshot_with_age_zstd_tar_and_mariadb(lab_target_factory, reference_appliance, age_identity,
-                                                                fresh_mariadb, tmp_path):
+def test_recover_x25519_snapshot_with_age_zstd_tar_and_mariadb(
+        lab_target_factory, reference_appliance, age_identity, fresh_mariadb, tmp_path):
     target = lab_target_factory("smb_encrypted")
     run = run_task(MODULE, snapshot_args(reference_appliance, target, {"recipients": [age_identity["recipient"]]},
                                          components=ALL_COMPONENTS))
@@ -128,8 +128,8 @@ def test_recover_x25519_snapshot_with_age_zstd_tar_and_mariadb(lab_target_factor
     assert manifest["id"] == run.result["snapshot"]["id"]
 
 
-def test_recover_passphrase_snapshot_with_pyrage_zstd_tar_and_mariadb(lab_target_factory, reference_appliance,
-                                                                       fresh_mariadb, tmp_path):
+def test_recover_passphrase_snapshot_with_pyrage_zstd_tar_and_mariadb(
+        lab_target_factory, reference_appliance, fresh_mariadb, tmp_path):
     pyrage = pytest.importorskip("pyrage")
     target = lab_target_factory("nfs_v41")
     run = run_task(MODULE, snapshot_args(reference_appliance, target, {"mode": "passphrase", "passphrase": PASSPHRASE},

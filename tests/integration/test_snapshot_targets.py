@@ -12,7 +12,6 @@ import re
 import threading
 import time
 
-import pytest
 
 from tests.integration.conftest import sha256_file, snapshot_args
 from tests.integration.playbook import PYTHON, REPO, run_playbook, run_task
@@ -145,8 +144,8 @@ def test_snapshot_is_published_with_a_matching_sidecar(lab, lab_target, referenc
 
     # One object, one sidecar (and the engine's <stem>.sessions.json list), no partial, the lock released.
     stem = os.path.basename(sidecar_path)[:-len(".json")]
-    assert set(lab_target.snapshot_files()) - {stem + ".sessions.json"} == {os.path.basename(object_path),
-                                                                             os.path.basename(sidecar_path)}
+    expected = {os.path.basename(object_path), os.path.basename(sidecar_path)}
+    assert set(lab_target.snapshot_files()) - {stem + ".sessions.json"} == expected
     assert not os.path.exists(os.path.join(lab_target.appliance_dir(), "lock"))
     # Every recording is on the target, byte for byte.
     uploaded = {path: entry[2] for path, entry in _session_files(lab_target).items()}

@@ -121,7 +121,7 @@ def cmd_env(services, state_dir: str, shell: bool) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.lab", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.lab", description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("command", choices=("up", "down", "status", "env"))
     parser.add_argument("--state", help="state folder (default $%s or <repo>/.lab)" % core.STATE_ENV)
     parser.add_argument("--service", action="append", default=[], metavar="NAME",

@@ -139,7 +139,7 @@ def run(argv: List[str], stdin_text: Optional[str] = None, check: bool = True, t
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
+        timeout=timeout, check=False
     )
     if check and result.returncode != 0:
         raise LabError(

@@ -121,7 +121,7 @@ class MariaDBService(core.Service):
                 ["mariadb-install-db", "--no-defaults", "--datadir=" + self.datadir, "--user=root",
                  "--auth-root-authentication-method=socket", "--skip-test-db",
                  "--tmpdir=" + self.tmpdir],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, timeout=300)
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, timeout=300, check=False)
         if result.returncode != 0:
             raise LabServiceError("mariadb-install-db failed (exit %d); see %s"
                                   % (result.returncode, self.log_file))
@@ -181,7 +181,7 @@ class MariaDBService(core.Service):
         result = subprocess.run(
             ["mariadb-admin", "--no-defaults", "--socket=" + self.socket, "--user=root",
              "--connect-timeout=2", "status"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10, check=False)
         return result.returncode == 0
 
     def _set_root_password(self) -> None:
@@ -199,7 +199,7 @@ class MariaDBService(core.Service):
         ).format(pw=password)
         result = subprocess.run(
             ["mariadb", "--no-defaults", "--socket=" + self.socket, "--user=root"],
-            input=sql.encode(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
+            input=sql.encode(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60, check=False)
         if result.returncode != 0:
             raise LabServiceError("could not set up the lab root account: %s"
                                   % result.stderr.decode(errors="replace").strip())

@@ -143,7 +143,7 @@ def _config_files(seed: int) -> List[Tuple[str, str, int]]:
     """(relative path, content, mode) of the small config files; content depends on the seed."""
     rng = _rng(seed, "config")
     node = "segura-%02d" % rng.randrange(1, 99)
-    peers = ",".join("10.20.%d.%d" % (rng.randrange(256), rng.randrange(1, 255)) for _ in range(3))
+    peers = ",".join("10.20.%d.%d" % (rng.randrange(256), rng.randrange(1, 255)) for _peer in range(3))
     return [
         ("var/senhasegura/orbinibkp.conf", (
             "# Segura native backup configuration\n[backup]\nenabled=1\nhour=5\n"
@@ -332,17 +332,20 @@ _UNESCAPE = re.compile(r"\\(.)", re.S)
 _UNESCAPES = {"0": "\0", "t": "\t", "n": "\n", "\\": "\\"}
 
 
+def _unescape_match(match) -> str:
+    return _UNESCAPES.get(match.group(1), match.group(1))
+
+
 def _query(db_conn_args: Optional[dict], sql: str) -> List[List[Optional[str]]]:
     """Rows of a small query (batch output, unescaped; NULL becomes None)."""
     result = subprocess.run(client_command(db_conn_args) + ["--batch", "--skip-column-names"],
                             input=sql.encode("utf-8"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            timeout=600)
+                            timeout=600, check=False)
     if result.returncode != 0:
         raise ReferenceSeedError("query failed: %s" % _client_error(result.stderr))
     rows = []
     for line in result.stdout.decode("utf-8").split("\n")[:-1]:
-        rows.append([None if field == "NULL" else _UNESCAPE.sub(lambda m: _UNESCAPES.get(m.group(1), m.group(1)),
-                                                                 field)
+        rows.append([None if field == "NULL" else _UNESCAPE.sub(_unescape_match, field)
                      for field in line.split("\t")])
     return rows
 
@@ -610,8 +613,9 @@ def _database_sql(size_bytes: int, seed: int, totals: dict) -> Iterator[str]:
                 credential, device,
                 _sql_str(rng.choice(("root", "Administrator", "sa", "oracle", "admin", "usuário_serviço",
                                      "サービス"))),
-                _sql_str("%s 🔑 %s #%d" % (rng.choice(("Conta de serviço", "Break-glass", "Domínio",
-                                                       "ルート", "数据库")), rng.choice(SITES), credential)),
+                _sql_str("%s 🔑 %s #%d" % (
+                    rng.choice(("Conta de serviço", "Break-glass", "Domínio", "ルート", "数据库")),
+                    rng.choice(SITES), credential)),
                 _blob(rng, rng.randrange(32, 512)).hex(), _blob(rng, 16).hex(), rng.randrange(1, 20),
                 _sql_time(AUDIT_LOG_START + rng.randrange(90 * 86400)))
 
@@ -847,7 +851,7 @@ def _conn_args_from_cli(options) -> Optional[dict]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.lab.reference", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.lab.reference", description=__doc__.split("\n", maxsplit=1)[0])
     commands = parser.add_subparsers(dest="command", required=True)
     for name in ("seed", "fingerprint"):
         command = commands.add_parser(name)

@@ -52,7 +52,7 @@ class SambaService(core.Service):
         if os.path.exists(self.conf) and self._running_pid() is not None:
             with open(self.conf, encoding="utf-8") as handle:
                 for line in handle:
-                    key, _, value = line.partition("=")
+                    key, _sep, value = line.partition("=")
                     if key.strip() == "smb ports":
                         return int(value.strip())
         return int(os.environ.get(SMB_PORT_ENV) or DEFAULT_SMB_PORT)
