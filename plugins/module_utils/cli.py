@@ -190,6 +190,12 @@ def _event(priority: int, text: str) -> None:
         syslog.closelog()
 
 
+def _emit(document: Dict[str, Any]) -> None:
+    """One JSON line on stdout (the journal keeps it)."""
+    sys.stdout.write(json.dumps(document, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="segura-backup", description="Scheduled backup of this Segura appliance.")
     parser.add_argument("--config", required=True, help="JSON config file (mode 0600)")
@@ -201,18 +207,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         summary = run(config)
     except ConfigError as exc:
         message = "event=%d Error on backup: configuration: %s" % (EVENT_ERROR, exc)
-        print(json.dumps({"status": "failed", "error": type(exc).__name__, "message": str(exc)}), flush=True)
+        _emit({"status": "failed", "error": type(exc).__name__, "message": str(exc)})
         notify(syslog.LOG_ERR, message)
         return EXIT_CONFIG
     except BackupError as exc:
         message = "event=%d Error on backup: %s" % (EVENT_ERROR, exc)
-        print(json.dumps({"status": "failed", "error": type(exc).__name__, "message": str(exc)}), flush=True)
+        _emit({"status": "failed", "error": type(exc).__name__, "message": str(exc)})
         notify(syslog.LOG_ERR, message)
         return EXIT_FAILED
     except Exception as exc:  # an unexpected failure must still be reported as a failed backup
         notify(syslog.LOG_ERR, "event=%d Error on backup: unexpected %s: %s" % (EVENT_ERROR, type(exc).__name__, exc))
         raise
-    print(json.dumps(summary, sort_keys=True), flush=True)
+    _emit(summary)
     if summary["status"] == "skipped":
         notify(syslog.LOG_INFO, "Backup skipped on %s: %s" % (summary["appliance"], summary["reason"]))
     else:
@@ -223,4 +229,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -152,8 +152,21 @@ appliance:
       description: Free and total bytes of the file systems of the root and of C(var) (path, bytes_free, bytes_total).
       type: dict
     var:
-      description: Usage of the file system holding C(var) (path, bytes_total, bytes_used, bytes_free).
+      description: Usage of the file system holding C(var).
       type: dict
+      contains:
+        path:
+          description: The C(var) folder below O(appliance.root).
+          type: str
+        bytes_total:
+          description: Size of the file system.
+          type: int
+        bytes_used:
+          description: Bytes not available (total minus free).
+          type: int
+        bytes_free:
+          description: Bytes available to unprivileged users.
+          type: int
     mounts:
       description: CIFS and NFS mounts (source, mountpoint, fstype, options without credentials).
       type: list
