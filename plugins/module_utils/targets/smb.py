@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import collections
 import datetime
+import os
 import posixpath
 import socket
 import stat as stat_module
+import struct
 from typing import List, Optional
 
 from ansible_collections.segura.backup.plugins.module_utils.errors import (
@@ -32,7 +34,11 @@ try:
     import smbclient
     from smbclient import _pool as smb_pool
     from smbprotocol.exceptions import SMBAuthenticationError, SMBException, SMBOSError, SMBResponseException
-    from smbprotocol.header import NtStatus
+    from cryptography.hazmat.primitives import cmac
+    from cryptography.hazmat.primitives.ciphers import aead, algorithms
+    from smbprotocol.connection import Ciphers, Commands, Dialects, Request, SigningAlgorithms
+    from smbprotocol.header import NtStatus, SMB2HeaderRequest
+    from smbprotocol.open import SMB2WriteRequest
 
     HAS_SMBPROTOCOL = True
 except ImportError:  # reported by SmbTarget() so modules can fail with a clear message
@@ -94,6 +100,155 @@ def _epoch(value) -> float:
     return (int(value) - _FILETIME_EPOCH) / 1e7
 
 
+# SMB2 wire layouts used by the write fast path ([MS-SMB2] 2.2.1.2, 2.2.21, 2.2.41).
+_SMB2_HEADER = struct.Struct("<4sHHHHHHIIQIIQ16s")  # sync request header, 64 bytes
+_SMB2_WRITE = struct.Struct("<HHIQ16sIIHHI")  # WRITE request up to its Buffer, 48 bytes
+_SMB2_TRANSFORM = struct.Struct("<4s16s16sIHHQ")  # transform header, 52 bytes
+_FRAME_HEAD = 4 + 64 + 48  # Direct TCP length + header + WRITE fixed part, then the payload
+_SMB2_WRITE_COMMAND = 9
+_FLAG_SIGNED = 0x00000008
+_FLAG_DFS = 0x10000000
+
+
+class _FastWrites:
+    """SMB2 WRITE requests built in reused buffers and sent with one scatter-gather call.
+
+    smbprotocol's generic send path copies every payload about ten times (Structure.pack builds
+    bytes by concatenation, signing slices the whole message twice, the transform header and the
+    Direct TCP prefix concatenate again, partial socket sends slice the rest); with fresh 1 MiB
+    allocations each time that was most of this writer's CPU (benchmarks/results/smb-profile.md).
+    Here the payload is copied once into the frame (and encrypted once into a second buffer); the
+    wire format, the credit and message-id bookkeeping (under smbprotocol's sequence lock) and the
+    response handling (smbprotocol's receiver thread and Open._write_response) stay smbprotocol's.
+    ``usable()`` is False for anything this does not cover; the writer then uses Open.write().
+    """
+
+    def __init__(self, raw_open, chunk: int):
+        self._open = raw_open
+        self._connection = raw_open.connection
+        self._session = raw_open.tree_connect.session
+        self._tree = raw_open.tree_connect
+        self.frame = bytearray(_FRAME_HEAD + chunk)
+        self._cipher = None
+        self._nonce_size = 0
+        self._sealed = None
+        self._transform = bytearray(4 + 52)
+        self._sign = self._signer()
+        if self._session.encrypt_data or self._tree.encrypt_data:
+            self._setup_encryption(chunk)
+
+    @staticmethod
+    def usable(raw_open) -> bool:
+        connection = getattr(raw_open, "connection", None)
+        transport = getattr(connection, "transport", None)
+        file_id = getattr(raw_open, "file_id", None)
+        return (HAS_SMBPROTOCOL and connection is not None and hasattr(connection, "sequence_lock")
+                and hasattr(connection, "outstanding_requests") and hasattr(transport, "_sock")
+                and hasattr(transport, "_sock_lock") and hasattr(raw_open, "_write_response")
+                and isinstance(file_id, bytes) and len(file_id) == 16
+                and connection.dialect >= Dialects.SMB_3_0_0)
+
+    def _signer(self):
+        session, connection = self._session, self._connection
+        if not (session.signing_required and session.signing_key):
+            return None
+        key = session.signing_key
+        algorithm = connection.signing_algorithm_id if connection.dialect >= Dialects.SMB_3_1_1 else None
+        if algorithm is None or algorithm == SigningAlgorithms.AES_CMAC:
+            def cmac_signature(message, message_id):
+                mac = cmac.CMAC(algorithms.AES(key))
+                mac.update(message)
+                return mac.finalize()
+            return cmac_signature
+        if algorithm == SigningAlgorithms.AES_GMAC:
+            gmac = aead.AESGCM(key)
+
+            def gmac_signature(message, message_id):
+                return gmac.encrypt(message_id.to_bytes(8, "little") + b"\x00\x00\x00\x00", b"", message)
+            return gmac_signature
+        raise _NotCovered("signing algorithm %r" % (algorithm,))
+
+    def _setup_encryption(self, chunk: int) -> None:
+        connection = self._connection
+        cipher_id = connection.cipher_id if connection.dialect >= Dialects.SMB_3_1_1 else Ciphers.AES_128_CCM
+        if cipher_id in (Ciphers.AES_128_GCM, Ciphers.AES_256_GCM):
+            self._cipher, self._nonce_size = aead.AESGCM(self._session.encryption_key), 12
+        elif cipher_id in (Ciphers.AES_128_CCM, Ciphers.AES_256_CCM):
+            self._cipher, self._nonce_size = aead.AESCCM(self._session.encryption_key), 11
+        else:
+            raise _NotCovered("cipher %r" % (cipher_id,))
+        self._sealed = bytearray(64 + 48 + chunk + 16)
+
+    def send(self, length: int, offset: int):
+        """Send frame[_FRAME_HEAD:_FRAME_HEAD + length] as a WRITE at ``offset``; return its Request."""
+        connection, session = self._connection, self._session
+        charge = (max(length, 1) - 1) // 65536 + 1
+        with connection.sequence_lock:
+            window = connection.sequence_window
+            if charge > window["high"] - window["low"]:
+                raise TargetError("SMB write needs %d credits but only %d are granted"
+                                  % (charge, window["high"] - window["low"]))
+            message_id = window["low"]
+            window["low"] += charge
+        flags = _FLAG_DFS if self._tree.is_dfs_share else 0
+        if self._sign is not None:
+            flags |= _FLAG_SIGNED
+        frame = self.frame
+        _SMB2_HEADER.pack_into(frame, 4, b"\xfeSMB", 64, charge, 0, 0, _SMB2_WRITE_COMMAND, charge, flags, 0,
+                               message_id, 0, self._tree.tree_connect_id, session.session_id, bytes(16))
+        _SMB2_WRITE.pack_into(frame, 68, 49, 64 + 48, length, offset, self._open.file_id, 0, 0, 0, 0, 0)
+        message = memoryview(frame)[4:_FRAME_HEAD + length]
+        if self._sign is not None:
+            frame[4 + 48:4 + 64] = self._sign(message, message_id)
+
+        # Registered before sending: the receiver thread may see the response at once.
+        header = SMB2HeaderRequest()
+        header["credit_charge"] = charge
+        header["command"] = Commands.SMB2_WRITE
+        header["credit_request"] = charge
+        header["message_id"] = message_id
+        header["tree_id"] = self._tree.tree_connect_id
+        header["session_id"] = session.session_id
+        request = Request(header, SMB2WriteRequest, connection, session_id=session.session_id)
+        connection.outstanding_requests[message_id] = request
+
+        if self._cipher is not None:
+            size = len(message)
+            nonce = os.urandom(self._nonce_size)
+            transform = self._transform
+            struct.pack_into(">I", transform, 0, 52 + size)
+            _SMB2_TRANSFORM.pack_into(transform, 4, b"\xfdSMB", bytes(16), nonce.ljust(16, b"\x00"), size, 0, 1,
+                                      session.session_id)
+            sealed = memoryview(self._sealed)[:size + 16]
+            self._cipher.encrypt_into(nonce, message, bytes(transform[24:56]), sealed)
+            transform[8:24] = sealed[size:]
+            parts = [memoryview(transform), sealed[:size]]
+        else:
+            struct.pack_into(">I", frame, 0, len(message))
+            parts = [memoryview(frame)[:_FRAME_HEAD + length]]
+        connection._check_worker_running()  # pylint: disable=protected-access
+        transport = connection.transport
+        with transport._sock_lock:  # pylint: disable=protected-access
+            _send_all(transport._sock, parts)  # pylint: disable=protected-access
+        return request
+
+
+class _NotCovered(Exception):
+    """The fast write path does not handle this connection; Open.write() is used instead."""
+
+
+def _send_all(sock, parts) -> None:
+    while parts:
+        sent = sock.sendmsg(parts)
+        while sent:
+            if sent >= len(parts[0]):
+                sent -= len(parts[0])
+                parts.pop(0)
+            else:
+                parts[0] = parts[0][sent:]
+                sent = 0
+
+
 class _SmbWriter:
     """Pipelined writer: several WRITE requests in flight, FLUSH + CLOSE on close (durable)."""
 
@@ -104,22 +259,33 @@ class _SmbWriter:
         self._connection = raw.fd.connection
         self._where = where
         self._offset = 0
-        self._buffer = bytearray()
         self._pending = collections.deque()  # (request, receive_function, length)
         # A request may not cost more credits (64 KiB each) than the server granted: half the window.
         credit_bytes = max(1, self._credits_available() // 2) * 65536
         self._chunk = max(64 * 1024, min(WRITE_CHUNK, self._connection.max_write_size, credit_bytes))
+        self._fast = None
+        if _FastWrites.usable(self._open):
+            try:
+                self._fast = _FastWrites(self._open, self._chunk)
+            except _NotCovered:
+                self._fast = None
+        # Data waiting for a whole chunk: inside the fast path's frame, else a bytearray.
+        self._buffer = memoryview(self._fast.frame)[_FRAME_HEAD:] if self._fast else memoryview(bytearray(self._chunk))
+        self._filled = 0
         self.closed = False
 
     def write(self, data) -> int:
         if self.closed:
             raise ValueError("write to a closed file")
-        self._buffer += data
+        view = memoryview(data).cast("B")
         try:
-            while len(self._buffer) >= self._chunk:
-                block = bytes(self._buffer[: self._chunk])
-                del self._buffer[: self._chunk]
-                self._send(block)
+            while view:
+                take = min(len(view), self._chunk - self._filled)
+                self._buffer[self._filled:self._filled + take] = view[:take]
+                self._filled += take
+                view = view[take:]
+                if self._filled == self._chunk:
+                    self._send_buffer()
         except BaseException as exc:
             self.abort()
             raise self._target.map_error(exc, self._where) from None
@@ -129,16 +295,22 @@ class _SmbWriter:
         window = self._connection.sequence_window
         return window["high"] - window["low"]
 
-    def _send(self, block: bytes) -> None:
-        charge = (len(block) - 1) // 65536 + 1
+    def _send_buffer(self) -> None:
+        length = self._filled
+        charge = (max(length, 1) - 1) // 65536 + 1
         # Keep at most WRITES_IN_FLIGHT outstanding and never ask for more credits than we hold.
         while self._pending and (len(self._pending) >= WRITES_IN_FLIGHT or self._credits_available() < charge):
             self._receive_oldest()
-        request, receive = self._open.write(block, self._offset, send=False)
-        session = self._open.tree_connect.session
-        sent = self._connection.send(request, session.session_id, self._open.tree_connect.tree_connect_id)
-        self._pending.append((sent, receive, len(block)))
-        self._offset += len(block)
+        if self._fast is not None:
+            sent = self._fast.send(length, self._offset)
+            receive = self._open._write_response  # pylint: disable=protected-access
+        else:
+            request, receive = self._open.write(bytes(self._buffer[:length]), self._offset, send=False)
+            session = self._open.tree_connect.session
+            sent = self._connection.send(request, session.session_id, self._open.tree_connect.tree_connect_id)
+        self._pending.append((sent, receive, length))
+        self._offset += length
+        self._filled = 0
 
     def _receive_oldest(self) -> None:
         sent, receive, length = self._pending.popleft()
@@ -153,9 +325,8 @@ class _SmbWriter:
         if self.closed:
             return
         try:
-            if self._buffer:
-                self._send(bytes(self._buffer))
-                self._buffer = bytearray()
+            if self._filled:
+                self._send_buffer()
             while self._pending:
                 self._receive_oldest()
             self._open.flush()
@@ -173,7 +344,7 @@ class _SmbWriter:
         if self.closed:
             return
         self.closed = True
-        self._buffer = bytearray()
+        self._filled = 0
         while self._pending:
             try:
                 self._receive_oldest()
@@ -408,27 +579,48 @@ class SmbTarget(Target):
         self._makedirs_inside(self._inside(relpath))
 
     def _makedirs_inside(self, inside: str) -> None:
-        """Create share-relative directories one by one (smbclient.makedirs hides the real error)."""
-        current = ""
-        for part in inside.split("/"):
-            if not part:
-                continue
-            current = posixpath.join(current, part) if current else part
-            unc = self._share_unc() + "\\" + current.replace("/", "\\")
-            where = "smb://%s:%d/%s/%s" % (self.server, self.port, self.share, current)
-            try:
-                smbclient.mkdir(unc, **self._kwargs())
-            except SMBOSError as exc:
-                if _status_name(exc.ntstatus) != "STATUS_OBJECT_NAME_COLLISION":
-                    raise self.map_error(exc, where) from None
-                try:
-                    is_dir = stat_module.S_ISDIR(smbclient.stat(unc, **self._kwargs()).st_mode)
-                except BaseException as stat_exc:
-                    raise self.map_error(stat_exc, where) from None
-                if not is_dir:
-                    raise TargetExists("%s exists and is not a directory" % where) from None
-            except BaseException as exc:
+        """Create a share-relative directory and its missing parents (smbclient.makedirs hides the real error).
+
+        The deepest folder is tried first and the walk goes up only while the parent is missing: a new
+        folder under an existing one (a new day of session recordings) costs one round trip instead
+        of two per level of the path.
+        """
+        parts = [part for part in inside.split("/") if part]
+        depth = len(parts)
+        while depth > 0 and self._mkdir_one("/".join(parts[:depth])) == "parent missing":
+            depth -= 1
+        if depth == 0 and parts:
+            raise TargetNotFound("cannot create %s: its parent does not exist" % self._where_inside(parts[0]))
+        for level in range(depth + 1, len(parts) + 1):
+            current = "/".join(parts[:level])
+            if self._mkdir_one(current) == "parent missing":  # removed meanwhile by someone else
+                raise TargetNotFound("cannot create %s: its parent vanished" % self._where_inside(current))
+
+    def _where_inside(self, current: str) -> str:
+        return "smb://%s:%d/%s/%s" % (self.server, self.port, self.share, current)
+
+    def _mkdir_one(self, current: str) -> str:
+        """mkdir one share-relative folder: 'created', 'exists' (a directory) or 'parent missing'."""
+        unc = self._share_unc() + "\\" + current.replace("/", "\\")
+        where = self._where_inside(current)
+        try:
+            smbclient.mkdir(unc, **self._kwargs())
+            return "created"
+        except SMBOSError as exc:
+            status = _status_name(exc.ntstatus)
+            if status in ("STATUS_OBJECT_PATH_NOT_FOUND", "STATUS_OBJECT_NAME_NOT_FOUND"):
+                return "parent missing"
+            if status != "STATUS_OBJECT_NAME_COLLISION":
                 raise self.map_error(exc, where) from None
+            try:
+                is_dir = stat_module.S_ISDIR(smbclient.stat(unc, **self._kwargs()).st_mode)
+            except BaseException as stat_exc:
+                raise self.map_error(stat_exc, where) from None
+            if not is_dir:
+                raise TargetExists("%s exists and is not a directory" % where) from None
+            return "exists"
+        except BaseException as exc:
+            raise self.map_error(exc, where) from None
 
     def remove(self, relpath: str) -> None:
         where = self._url(relpath)

@@ -1,0 +1,774 @@
+"""Benchmarks of segura.backup side by side with what an admin would do by hand, on the lab.
+
+    .venv/bin/python benchmarks/run.py [--size small|full] [--only NAME ...] [--repeat N]
+
+Benchmarks (NAME): e2e, smb_push, nfs_push, scaling, incremental, catalog, restore.
+Each is run as a baseline (shell tools: mariadb-dump | zstd | age | smbclient, nfs-cp) and as the
+collection (plugins/module_utils, in a child process: benchmarks/worker.py), N times, interleaved
+(the side that goes first alternates) so both share the machine's noise. Every side is one child
+process tree timed with os.wait4: wall time, CPU time (user+sys of the tree), max RSS of the
+largest process (ru_maxrss) and the peak summed RSS of the tree (sampled every 0.1 s).
+Medians are reported. Results: benchmarks/results/<date>-<size>-<machine>.{json,md}.
+
+The lab (Samba, nfs-ganesha) is started if it is not running and stopped again at the end if
+nobody else uses it. Reference appliances get private MariaDB servers on free ports (the lab's
+own server is shared with other engineers' tests). Secrets: the SMB password is read from the lab
+and handed over in a 0600 smbclient authentication file or on the worker's stdin, never on a
+command line.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [os.path.join(REPO, ".build", "collections"), REPO]
+import tests.conftest  # noqa: E402,F401  (links the collection under .build/)
+
+from ansible_collections.segura.backup.plugins.module_utils.targets import open_target  # noqa: E402
+from tests.lab import core as lab_core  # noqa: E402
+from tests.lab import reference  # noqa: E402
+from tests.lab.mariadb import PORT_ENV, MariaDBService  # noqa: E402
+
+PYTHON = sys.executable
+WORKER = os.path.join(REPO, "benchmarks", "worker.py")
+RESULTS = os.path.join(REPO, "benchmarks", "results")
+APPLIANCE = "bench-appliance"
+VERSION = "3.32.0.12"
+ALL_COMPONENTS = ["database", "config", "secrets", "sessions"]
+MiB = 1024 * 1024
+RUN_TIMEOUT = 3600  # seconds one side of one repetition may take
+FULL_RUN_MAX_LOAD = 3.0
+PROFILE = {"dir": None}  # --profile: where e2e writes a cProfile report of one extra snapshot
+
+SIZES = {
+    "small": {"e2e": "100MB", "push_mib": 256, "scaling": ("50MB", "200MB"), "recordings": 1000,
+              "recording_bytes": 64 * 1024, "catalog": (20, 100)},
+    "full": {"e2e": "2GB", "push_mib": 1024, "scaling": ("500MB", "2GB"), "recordings": 10000,
+             "recording_bytes": 64 * 1024, "catalog": (20, 500)},
+}
+BENCHMARKS = ("e2e", "smb_push", "nfs_push", "scaling", "incremental", "catalog", "restore")
+
+
+def log(message):
+    print("[%s] %s" % (time.strftime("%H:%M:%S"), message), file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ measuring one process tree
+def _descendants_rss_kib(root_pid):
+    """Summed RSS (KiB) of root_pid and all its descendants, read from /proc."""
+    parents = {}
+    rss = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+        rss[int(entry)] = int(fields[21]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    tree, frontier = {root_pid}, [root_pid]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent and pid not in tree:
+                tree.add(pid)
+                frontier.append(pid)
+    return sum(rss.get(pid, 0) for pid in tree)
+
+
+def measured(argv, stdin=b"", env=None):
+    """Run argv as its own process group; return wall/CPU/memory figures and its stdout."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out, stderr=err, env=env,
+                                start_new_session=True, cwd=REPO)
+        peak = [0]
+        done = threading.Event()
+
+        def sample():
+            while not done.wait(0.1):
+                peak[0] = max(peak[0], _descendants_rss_kib(proc.pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            proc.stdin.write(stdin)
+            proc.stdin.close()
+            deadline = time.monotonic() + RUN_TIMEOUT
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                if time.monotonic() > deadline:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    pid, status, usage = os.wait4(proc.pid, 0)
+                    break
+                time.sleep(0.02)
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGKILL)  # our own process group only
+            os.wait4(proc.pid, 0)
+            raise
+        finally:
+            done.set()
+            sampler.join()
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    if proc.returncode != 0:
+        raise RuntimeError("%s failed (exit %d): %s" % (argv[:3], proc.returncode, stderr.strip()[-2000:]))
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "maxrss_mib": usage.ru_maxrss / 1024.0,
+            "tree_rss_mib": peak[0] / 1024.0, "stdout": stdout}
+
+
+def worker(job):
+    result = measured([PYTHON, WORKER], stdin=json.dumps(job).encode())
+    result["result"] = json.loads(result.pop("stdout"))
+    return result
+
+
+def shell(script, env_extra):
+    """A bash script with pipefail, variables passed in the environment (no secrets among them)."""
+    env = dict(os.environ, **{key: str(value) for key, value in env_extra.items()})
+    result = measured(["bash", "-c", "set -euo pipefail\n" + script], env=env)
+    result.pop("stdout")
+    return result
+
+
+def median_of(runs, key):
+    return statistics.median(run[key] for run in runs)
+
+
+# ------------------------------------------------------------------ the lab and the data
+class Lab:
+    """Endpoints of the running lab, an smbclient auth file, and private MariaDB servers."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.state_dir = lab_core.resolve_state_dir()
+        self.started_lab = False
+        self.lease = None
+        self.databases = []
+        self.env = None
+
+    def __enter__(self):
+        status = subprocess.run([PYTHON, "-m", "tests.lab", "status"], cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, timeout=60)
+        self.lease = lab_core.take_lease(self.state_dir)
+        if status.returncode != 0:
+            log("starting the lab (samba, ganesha)")
+            subprocess.run([PYTHON, "-m", "tests.lab", "up", "--no-pin", "--service", "samba", "--service",
+                            "ganesha"], cwd=REPO, check=True, stdout=subprocess.DEVNULL, timeout=300)
+            self.started_lab = True
+        self.env = json.loads(subprocess.run([PYTHON, "-m", "tests.lab", "env"], cwd=REPO, stdout=subprocess.PIPE,
+                                             check=True, timeout=60).stdout)
+        self.auth_file = os.path.join(self.workdir, "smb-auth")
+        lab_core.write_private_file(self.auth_file, "username = %s\npassword = %s\n"
+                                    % (self.env["smb_username"], self.env["smb_password"]))
+        return self
+
+    def __exit__(self, *exc):
+        for service in self.databases:
+            try:
+                service.down()
+            except Exception as error:  # noqa: BLE001 - keep stopping the others
+                log("could not stop MariaDB %s: %s" % (service.base, error))
+        remaining = lab_core.release_lease(self.state_dir, self.lease) if self.lease else 1
+        if self.started_lab and remaining == 0:
+            log("stopping the lab we started")
+            subprocess.run([PYTHON, "-m", "tests.lab", "down", "--service", "samba", "--service", "ganesha"],
+                           cwd=REPO, stdout=subprocess.DEVNULL, timeout=300)
+        return False
+
+    def mariadb(self, label):
+        old = os.environ.get(PORT_ENV)
+        os.environ[PORT_ENV] = str(free_tcp_port())
+        try:
+            service = MariaDBService(os.path.join(self.workdir, "mariadb-" + label))
+        finally:
+            if old is None:
+                os.environ.pop(PORT_ENV, None)
+            else:
+                os.environ[PORT_ENV] = old
+        self.databases.append(service)
+        service.up()
+        return service
+
+    def smb(self, share, path):
+        encrypted = share == "encrypted"
+        return {"type": "smb", "server": self.env["smb_server"], "port": int(self.env["smb_port"]),
+                "share": self.env["smb_share_" + share], "path": path, "username": self.env["smb_username"],
+                "password": self.env["smb_password"], "encrypt": encrypted}
+
+    def behind_share(self, share, path):
+        return os.path.join(self.env["smb_dir_" + share], path)
+
+    def smbclient_args(self, share):
+        protection = "encrypt" if share == "encrypted" else "sign"
+        return "smbclient //%s/%s -p %s -A %s --client-protection=%s" % (
+            self.env["smb_server"], self.env["smb_share_" + share], self.env["smb_port"], self.auth_file, protection)
+
+    def nfs(self, path, version):
+        return {"type": "nfs", "server": self.env["nfs_server"], "export": self.env["nfs_export"], "path": path,
+                "version": version}
+
+
+def free_tcp_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def tree_bytes(path):
+    total = 0
+    for folder, _dirs, files in os.walk(path):
+        for name in files:
+            total += os.lstat(os.path.join(folder, name)).st_size
+    return total
+
+
+def seeded_appliance(lab, label, size_text):
+    """A reference appliance (files + a private MariaDB holding mt4 and senhasegura)."""
+    service = lab.mariadb(label)
+    root = os.path.join(lab.workdir, "appliance-" + label)
+    os.makedirs(root)
+    started = time.monotonic()
+    seeded = reference.seed(root, reference.parse_size(size_text), 1, {"defaults_file": service.defaults_file})
+    write_version(root)
+    log("seeded %s appliance %s in %.0f s" % (size_text, label, time.monotonic() - started))
+    return {"root": root, "defaults_file": service.defaults_file, "service": service, "size": size_text,
+            "total_bytes": seeded.get("total_bytes")}
+
+
+def write_version(root):
+    os.makedirs(os.path.join(root, "etc/senhasegura"), exist_ok=True)
+    with open(os.path.join(root, "etc/senhasegura/version"), "w") as handle:
+        handle.write(VERSION + "\n")
+
+
+def age_key(workdir):
+    key = os.path.join(workdir, "age-key.txt")
+    if not os.path.exists(key):
+        subprocess.run(["age-keygen", "-o", key], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    recipient = subprocess.run(["age-keygen", "-y", key], check=True, stdout=subprocess.PIPE, text=True).stdout.strip()
+    return key, recipient
+
+
+def interleaved(repeat, sides):
+    """Run each side `repeat` times; the side that goes first rotates. sides: {label: callable}."""
+    runs = {label: [] for label in sides}
+    labels = list(sides)
+    for index in range(repeat):
+        order = labels[index % len(labels):] + labels[:index % len(labels)]
+        for label in order:
+            runs[label].append(sides[label](index))
+            log("  %s #%d: %.2f s" % (label, index + 1, runs[label][-1]["wall"]))
+    return runs
+
+
+def summary(runs):
+    return {"wall_s": median_of(runs, "wall"), "cpu_s": median_of(runs, "cpu"),
+            "maxrss_mib": max(run["maxrss_mib"] for run in runs), "tree_rss_mib": max(run["tree_rss_mib"] for run in runs),
+            "runs": [{k: v for k, v in run.items() if k != "result"} for run in runs]}
+
+
+# ------------------------------------------------------------------ a. end to end
+BASELINE_SNAPSHOT = r"""
+S="$SMBCLIENT"
+$S -c "mkdir $DIR" >/dev/null
+mariadb-dump --defaults-file="$DEFAULTS" --single-transaction --quick --routines --triggers --events --hex-blob \
+    --databases mt4 senhasegura | zstd -q -T0 -3 | age -r "$RECIPIENT" | $S -c "put - $DIR/db.sql.zst.age" >/dev/null
+tar -C "$ROOT" -cf - etc/senhasegura var/senhasegura/orbinibkp.conf srv/cache/coba \
+    | zstd -q -T0 -3 | age -r "$RECIPIENT" | $S -c "put - $DIR/files.tar.zst.age" >/dev/null
+$S -c "prompt OFF; recurse ON; lcd $ROOT/var/senhasegura/arz; mkdir $DIR/sessions; cd $DIR/sessions; mput *" >/dev/null
+"""
+
+
+def baseline_snapshot(lab, appliance, recipient, folder):
+    return shell(BASELINE_SNAPSHOT, {"SMBCLIENT": lab.smbclient_args("encrypted"), "DIR": folder,
+                                     "DEFAULTS": appliance["defaults_file"], "RECIPIENT": recipient,
+                                     "ROOT": appliance["root"]})
+
+
+def our_snapshot(lab, appliance, recipient, folder, components=ALL_COMPONENTS, with_db=True):
+    return worker({"op": "snapshot", "target": lab.smb("encrypted", folder), "appliance": APPLIANCE,
+                   "root": appliance["root"], "defaults_file": appliance["defaults_file"] if with_db else None,
+                   "recipient": recipient, "components": components})
+
+
+def bench_e2e(lab, cfg, repeat, data):
+    appliance = data.appliance("e2e", cfg["e2e"])
+    _key, recipient = age_key(lab.workdir)
+
+    def side(run):
+        def once(index):
+            folder = "bench-e2e-%s-%s" % (run.__name__, uuid.uuid4().hex[:8])
+            try:
+                result = run(lab, appliance, recipient, folder)
+                result["share_bytes"] = tree_bytes(lab.behind_share("encrypted", folder))
+            finally:
+                shutil.rmtree(lab.behind_share("encrypted", folder), ignore_errors=True)
+            return result
+        return once
+
+    runs = interleaved(repeat, {"baseline": side(baseline_snapshot), "segura.backup": side(our_snapshot)})
+    base, ours = summary(runs["baseline"]), summary(runs["segura.backup"])
+    if PROFILE["dir"]:
+        # One more run of ours under cProfile (not timed): where the snapshot's time goes.
+        folder = "bench-e2e-profile-%s" % uuid.uuid4().hex[:8]
+        profile = os.path.join(PROFILE["dir"], "snapshot-%s.prof" % cfg["e2e"])
+        try:
+            worker({"op": "snapshot", "target": lab.smb("encrypted", folder), "appliance": APPLIANCE,
+                    "root": appliance["root"], "defaults_file": appliance["defaults_file"], "recipient": recipient,
+                    "components": ALL_COMPONENTS, "profile": profile})
+        finally:
+            shutil.rmtree(lab.behind_share("encrypted", folder), ignore_errors=True)
+    base["share_bytes"] = median_of(runs["baseline"], "share_bytes")
+    ours["share_bytes"] = median_of(runs["segura.backup"], "share_bytes")
+    # Time until the last session recording was synced (connect, lock, facts, then the recordings).
+    ours["sessions_phase_s"] = statistics.median(run["result"]["sessions_seconds"] or 0 for run in runs["segura.backup"])
+    return {"title": "a. end to end snapshot, %s reference appliance, SMB encrypted share" % cfg["e2e"],
+            "baseline_label": "mariadb-dump | zstd -T0 | age | smbclient put; tar | zstd | age | put; smbclient mput",
+            "ours_label": "snapshot.take_snapshot (database, config, secrets, sessions)",
+            "appliance_bytes": appliance["total_bytes"], "baseline": base, "ours": ours,
+            "ratios": {"wall (ours/baseline)": ours["wall_s"] / base["wall_s"],
+                       "ours: seconds until the sessions were synced (not a ratio)": ours["sessions_phase_s"],
+                       "cpu (ours/baseline)": ours["cpu_s"] / base["cpu_s"],
+                       "max RSS (ours/baseline)": ours["maxrss_mib"] / base["maxrss_mib"],
+                       "tree RSS (ours/baseline)": ours["tree_rss_mib"] / base["tree_rss_mib"],
+                       "bytes on share (ours/baseline)": ours["share_bytes"] / base["share_bytes"]}}
+
+
+# ------------------------------------------------------------------ b. raw SMB push / c. NFS push
+def payload(lab, mib):
+    path = os.path.join(lab.workdir, "payload-%d.bin" % mib)
+    if not os.path.exists(path):
+        with open(path, "wb") as handle:
+            for _ in range(mib):
+                handle.write(os.urandom(MiB))  # incompressible, like an encrypted snapshot
+    return path
+
+
+def bench_smb_push(lab, cfg, repeat, data):
+    source = payload(lab, cfg["push_mib"])
+    size = os.path.getsize(source)
+    results = []
+    for share in ("signed", "encrypted"):
+        folder = "bench-push-%s" % uuid.uuid4().hex[:8]
+        os.makedirs(lab.behind_share(share, folder))
+        shutil.chown(lab.behind_share(share, folder), "backup", "backup")
+
+        def baseline(index, share=share, folder=folder):
+            return shell('$SMBCLIENT -c "put $SOURCE $DIR/smbclient-$INDEX" >/dev/null',
+                         {"SMBCLIENT": lab.smbclient_args(share), "SOURCE": source, "DIR": folder, "INDEX": index})
+
+        def ours(generic):
+            def once(index, share=share, folder=folder):
+                return worker({"op": "push", "target": lab.smb(share, folder), "file": source,
+                               "name": "ours-%s-%d" % (generic, index), "generic_writes": generic})
+            return once
+
+        try:
+            runs = interleaved(repeat, {"smbclient put": baseline, "SmbTarget": ours(False),
+                                        "SmbTarget generic": ours(True)})
+        finally:
+            shutil.rmtree(lab.behind_share(share, folder), ignore_errors=True)
+        results.append(push_result("b. raw SMB push of %d MiB, %s share" % (cfg["push_mib"], share),
+                                   "smbclient put (%s)" % ("-e" if share == "encrypted" else "signed"),
+                                   "SmbTarget.open_write, 1 MiB writes", runs["smbclient put"], runs["SmbTarget"], size))
+        results.append(push_result("b. (before the fast path) raw SMB push of %d MiB, %s share" % (cfg["push_mib"], share),
+                                   "smbclient put", "SmbTarget through smbprotocol's Open.write()",
+                                   runs["smbclient put"], runs["SmbTarget generic"], size))
+    return results
+
+
+def push_result(title, baseline_label, ours_label, base_runs, our_runs, size):
+    base, ours = summary(base_runs), summary(our_runs)
+    base["mb_s"] = size / 1e6 / base["wall_s"]
+    ours["mb_s"] = size / 1e6 / ours["wall_s"]
+    # Worker wall time includes interpreter start and connect; the in-process figure is the transfer.
+    if our_runs and "result" in our_runs[0]:
+        ours["transfer_mb_s"] = size / 1e6 / statistics.median(r["result"]["seconds"] for r in our_runs)
+    return {"title": title, "baseline_label": baseline_label, "ours_label": ours_label, "baseline": base, "ours": ours,
+            "ratios": {"throughput (ours/baseline)": ours["mb_s"] / base["mb_s"],
+                       "throughput, transfer only (ours in-process/baseline)":
+                           ours.get("transfer_mb_s", ours["mb_s"]) / base["mb_s"],
+                       "cpu (ours/baseline)": ours["cpu_s"] / base["cpu_s"]}}
+
+
+def bench_nfs_push(lab, cfg, repeat, data):
+    source = payload(lab, cfg["push_mib"])
+    size = os.path.getsize(source)
+    folder = "bench-nfs-%s" % uuid.uuid4().hex[:8]
+    url = "nfs://%s%s/%s" % (lab.env["nfs_server"], lab.env["nfs_export"], folder)
+    with open_target(lab.nfs("", "3")) as target:
+        target.makedirs(folder)
+
+    def nfs_cp(index):
+        return shell('nfs-cp "$SOURCE" "$URL/nfs-cp-$INDEX?version=3"', {"SOURCE": source, "URL": url, "INDEX": index})
+
+    def ours(version):
+        def once(index):
+            return worker({"op": "push", "target": lab.nfs(folder, version), "file": source,
+                           "name": "ours-v%s-%d" % (version, index)})
+        return once
+
+    try:
+        runs = interleaved(repeat, {"nfs-cp v3": nfs_cp, "NfsTarget v3": ours("3"), "NfsTarget v4.1": ours("4.1")})
+    finally:
+        with open_target(lab.nfs("", "3")) as target:  # through a client: ganesha dislikes changes behind it
+            for entry in target.listdir(folder):
+                target.remove(folder + "/" + entry.name)
+            target.rmdir(folder)
+    return [push_result("c. NFS v3 push of %d MiB" % cfg["push_mib"], "nfs-cp (libnfs) v3", "NfsTarget (nfs-rs) v3",
+                        runs["nfs-cp v3"], runs["NfsTarget v3"], size),
+            push_result("c. NFS v4.1 push of %d MiB (reference: nfs-cp over v3; libnfs v4 writes are broken)"
+                        % cfg["push_mib"], "nfs-cp (libnfs) v3", "NfsTarget (nfs-rs) v4.1",
+                        runs["nfs-cp v3"], runs["NfsTarget v4.1"], size)]
+
+
+# ------------------------------------------------------------------ d. scaling
+def bench_scaling(lab, cfg, repeat, data):
+    small_size, big_size = cfg["scaling"]
+    one = data.appliance("scale1", small_size)
+    four = data.appliance("scale4", big_size)
+    _key, recipient = age_key(lab.workdir)
+
+    def side(appliance):
+        def once(index):
+            folder = "bench-scale-%s" % uuid.uuid4().hex[:8]
+            try:
+                return our_snapshot(lab, appliance, recipient, folder)
+            finally:
+                shutil.rmtree(lab.behind_share("encrypted", folder), ignore_errors=True)
+        return once
+
+    runs = interleaved(repeat, {"1x " + small_size: side(one), "4x " + big_size: side(four)})
+    first, second = summary(runs["1x " + small_size]), summary(runs["4x " + big_size])
+    return {"title": "d. scaling: snapshot of a %s vs a %s appliance (SMB encrypted)" % (small_size, big_size),
+            "baseline_label": "segura.backup at 1x (%s)" % small_size, "ours_label": "segura.backup at 4x (%s)" % big_size,
+            "baseline": first, "ours": second,
+            "ratios": {"time 4x/1x (4 = linear)": second["wall_s"] / first["wall_s"],
+                       "max RSS 4x/1x (1 = flat)": second["maxrss_mib"] / first["maxrss_mib"],
+                       "tree RSS 4x/1x (1 = flat)": second["tree_rss_mib"] / first["tree_rss_mib"],
+                       "appliance bytes 4x/1x": (four["total_bytes"] or 1) / (one["total_bytes"] or 1)}}
+
+
+# ------------------------------------------------------------------ e. incremental
+def make_recordings(arz, first, count, size, day):
+    """`count` incompressible recordings named rec-<n>.arz under arz/2025/<MMDD>/ (10 days)."""
+    for number in range(first, first + count):
+        folder = os.path.join(arz, "2025", "%04d" % (day + number % 10))
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "rec-%06d.arz" % number), "wb") as handle:
+            handle.write(os.urandom(size))
+
+
+BASELINE_FILES_AND_SESSIONS = r"""
+tar -C "$ROOT" -cf - etc/senhasegura var/senhasegura/orbinibkp.conf srv/cache/coba \
+    | zstd -q -T0 -3 | age -r "$RECIPIENT" | $SMBCLIENT -c "put - $DIR/files-$(date +%s%N).tar.zst.age" >/dev/null
+$SMBCLIENT -c "prompt OFF; recurse ON; lcd $ROOT/var/senhasegura/arz; cd $DIR/sessions; mput *" >/dev/null
+"""
+
+
+def bench_incremental(lab, cfg, repeat, data):
+    count, size = cfg["recordings"], cfg["recording_bytes"]
+    root = os.path.join(lab.workdir, "appliance-incremental")
+    source = data.appliance("scale1", cfg["scaling"][0])["root"]
+    for top in ("etc", "srv"):
+        shutil.copytree(os.path.join(source, top), os.path.join(root, top), symlinks=True)
+    os.makedirs(os.path.join(root, "var/senhasegura"))
+    shutil.copy2(os.path.join(source, "var/senhasegura/orbinibkp.conf"), os.path.join(root, "var/senhasegura"))
+    arz = os.path.join(root, "var/senhasegura/arz")
+    make_recordings(arz, 0, count, size, 101)
+    new = max(1, count // 100)
+    appliance = {"root": root, "defaults_file": None}
+    _key, recipient = age_key(lab.workdir)
+    components = ["config", "secrets", "sessions"]
+
+    def pair(run):
+        def once(index):
+            folder = "bench-incr-%s" % uuid.uuid4().hex[:8]
+            try:
+                first = run(folder)
+                make_recordings(arz, count, new, size, 201)
+                try:
+                    second = run(folder)
+                finally:
+                    for day in range(201, 211):
+                        shutil.rmtree(os.path.join(arz, "2025", "%04d" % day), ignore_errors=True)
+            finally:
+                shutil.rmtree(lab.behind_share("encrypted", folder), ignore_errors=True)
+            return {"wall": second["wall"], "cpu": second["cpu"], "maxrss_mib": second["maxrss_mib"],
+                    "tree_rss_mib": second["tree_rss_mib"], "first_wall": first["wall"], "first_cpu": first["cpu"]}
+        return once
+
+    def ours(folder):
+        return our_snapshot(lab, appliance, recipient, folder, components=components, with_db=False)
+
+    def by_hand(folder):
+        # smbclient has no "only newer" upload: the admin's nightly job sends every recording again.
+        sessions = lab.behind_share("encrypted", folder + "/sessions")
+        if not os.path.isdir(sessions):
+            os.makedirs(sessions)
+            for path in (os.path.dirname(sessions), sessions):
+                shutil.chown(path, "backup", "backup")
+        return shell(BASELINE_FILES_AND_SESSIONS, {"SMBCLIENT": lab.smbclient_args("encrypted"), "DIR": folder,
+                                                   "RECIPIENT": recipient, "ROOT": root})
+
+    runs = interleaved(repeat, {"baseline": pair(by_hand), "segura.backup": pair(ours)})
+    result = {"title": "e. incremental: second snapshot after 1 %% new recordings (%d files of %d KiB, then +%d)"
+                       % (count, size // 1024, new),
+              "baseline_label": "tar|zstd|age|put + smbclient mput of every recording (no incremental upload)",
+              "ours_label": "snapshot.take_snapshot (config, secrets, sessions)", "ratios": {}}
+    for label, key in (("baseline", "baseline"), ("segura.backup", "ours")):
+        side = summary(runs[label])
+        side["first_wall_s"] = median_of(runs[label], "first_wall")
+        result[key] = side
+        result["ratios"]["%s: second/first" % label] = side["wall_s"] / side["first_wall_s"]
+    result["ratios"]["second snapshot, ours/baseline"] = result["ours"]["wall_s"] / result["baseline"]["wall_s"]
+    return result
+
+
+# ------------------------------------------------------------------ f. catalog
+def bench_catalog(lab, cfg, repeat, data):
+    appliances, per = cfg["catalog"]
+    started = time.monotonic()
+    out = subprocess.run([PYTHON, "-m", "benchmarks.catalog_bench", "--appliances", str(appliances),
+                          "--per-appliance", str(per)], cwd=REPO, stdout=subprocess.PIPE, check=True,
+                         timeout=RUN_TIMEOUT).stdout.decode()
+    return {"title": "f. catalog: listing and prune plan over %d snapshots (benchmarks/catalog_bench.py)"
+                     % (appliances * per), "table": out.strip(), "seconds": time.monotonic() - started}
+
+
+# ------------------------------------------------------------------ g. restore
+BASELINE_RESTORE = r"""
+$SMBCLIENT -E -c "get $DIR/db.sql.zst.age -" | age -d -i "$KEY" | zstd -q -d | mariadb --defaults-file="$DEFAULTS"
+$SMBCLIENT -E -c "get $DIR/files.tar.zst.age -" | age -d -i "$KEY" | zstd -q -d | tar -C "$ROOT" -xf -
+mkdir -p "$ROOT/var/senhasegura/arz"
+$SMBCLIENT -c "prompt OFF; recurse ON; lcd $ROOT/var/senhasegura/arz; cd $DIR/sessions; mget *" >/dev/null
+"""
+
+
+def bench_restore(lab, cfg, repeat, data):
+    appliance = data.appliance("e2e", cfg["e2e"])
+    key, recipient = age_key(lab.workdir)
+    fresh = lab.mariadb("restore")
+    ours_folder, base_folder = "bench-restore-ours-%s" % uuid.uuid4().hex[:8], "bench-restore-base-%s" % uuid.uuid4().hex[:8]
+    made_ours = our_snapshot(lab, appliance, recipient, ours_folder)
+    made_base = baseline_snapshot(lab, appliance, recipient, base_folder)
+    log("  source snapshots: ours %.1f s, baseline %.1f s" % (made_ours["wall"], made_base["wall"]))
+
+    def fresh_root(index, label):
+        drop = b"DROP DATABASE IF EXISTS senhasegura; DROP DATABASE IF EXISTS mt4;"
+        subprocess.run(["mariadb", "--defaults-file=" + fresh.defaults_file], input=drop, check=True, timeout=300)
+        root = os.path.join(lab.workdir, "restored-%s-%d" % (label, index))
+        shutil.rmtree(root, ignore_errors=True)
+        os.makedirs(root)
+        write_version(root)
+        return root
+
+    def ours(index):
+        root = fresh_root(index, "ours")
+        try:
+            return worker({"op": "restore", "target": lab.smb("encrypted", ours_folder), "appliance": APPLIANCE,
+                           "root": root, "defaults_file": fresh.defaults_file, "identity": key})
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+    def by_hand(index):
+        root = fresh_root(index, "base")
+        try:
+            return shell(BASELINE_RESTORE, {"SMBCLIENT": lab.smbclient_args("encrypted"), "DIR": base_folder, "KEY": key,
+                                            "DEFAULTS": fresh.defaults_file, "ROOT": root})
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+    try:
+        runs = interleaved(repeat, {"baseline": by_hand, "segura.backup": ours})
+    finally:
+        for folder in (ours_folder, base_folder):
+            shutil.rmtree(lab.behind_share("encrypted", folder), ignore_errors=True)
+    base, mine = summary(runs["baseline"]), summary(runs["segura.backup"])
+    mine["phases"] = runs["segura.backup"][-1]["result"].get("durations")
+    return {"title": "g. restore of the %s appliance into a fresh MariaDB (SMB encrypted share)" % cfg["e2e"],
+            "baseline_label": "smbclient get - | age -d | zstd -d | mariadb; tar -x; smbclient mget",
+            "ours_label": "restore.restore (deep verify first, post-verify by re-dump)",
+            "baseline": base, "ours": mine,
+            "ratios": {"restore wall (ours/baseline)": mine["wall_s"] / base["wall_s"],
+                       "restore/snapshot (ours)": mine["wall_s"] / made_ours["wall"],
+                       "restore/snapshot (baseline)": base["wall_s"] / made_base["wall"]}}
+
+
+# ------------------------------------------------------------------ data shared across benchmarks
+class Data:
+    def __init__(self, lab):
+        self.lab = lab
+        self.appliances = {}
+
+    def appliance(self, label, size_text):
+        """One seeded appliance per size, shared by the benchmarks that use that size."""
+        if size_text not in self.appliances:
+            self.appliances[size_text] = seeded_appliance(self.lab, size_text.lower(), size_text)
+        return self.appliances[size_text]
+
+
+# ------------------------------------------------------------------ report
+def machine():
+    with open("/proc/meminfo") as handle:
+        mem_kib = int(handle.readline().split()[1])
+
+    def version(module):
+        try:
+            from importlib.metadata import version as dist_version
+            return dist_version(module)
+        except Exception:  # noqa: BLE001
+            return None
+
+    def tool(argv):
+        try:
+            return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  timeout=10).stdout.strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.SubprocessError):
+            return None
+
+    return {"cores": os.cpu_count(), "memory_gib": round(mem_kib / 1024 / 1024, 1), "python": platform.python_version(),
+            "kernel": platform.release(), "cpu": _cpu_model(),
+            "packages": {name: version(name) for name in ("smbprotocol", "zstandard", "pyrage", "nfs-rs", "cryptography")},
+            "tools": {"smbclient": tool(["smbclient", "--version"]), "zstd": tool(["zstd", "--version"]),
+                      "age": tool(["age", "--version"]), "mariadb-dump": tool(["mariadb-dump", "--version"]),
+                      "nfs-cp": "libnfs-utils"}}
+
+
+def _cpu_model():
+    with open("/proc/cpuinfo") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
+def fmt(value, digits=2):
+    return "-" if value is None else ("%.*f" % (digits, value))
+
+
+def markdown(report):
+    lines = ["# segura.backup benchmarks, size %s, %s" % (report["size"], report["date"]), "",
+             "Machine: %(cores)d cores (%(cpu)s), %(memory_gib)s GiB, Python %(python)s, kernel %(kernel)s." % report["machine"],
+             "Load average before: %s; after: %s. Repetitions: %d, interleaved; medians (peak memory: max)."
+             % (report["load_before"], report["load_after"], report["repeat"]),
+             "Packages: %s." % ", ".join("%s %s" % item for item in report["machine"]["packages"].items()),
+             "Server and client share the same cores (smbd, ganesha, mariadbd run on this machine).", "",
+             "| benchmark | side | what | wall (s) | CPU (s) | max RSS (MiB) | tree RSS (MiB) | MB/s | bytes on share |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    ratio_lines = ["", "| benchmark | ratio | value |", "|---|---|---:|"]
+    extra = []
+    for name, results in report["results"].items():
+        for result in results if isinstance(results, list) else [results]:
+            if "error" in result:
+                extra += ["", "**%s failed**: %s" % (name, result["error"])]
+                continue
+            if "table" in result:
+                extra += ["", "### " + result["title"], "", result["table"]]
+                continue
+            for key, label in (("baseline", result["baseline_label"]), ("ours", result["ours_label"])):
+                side = result[key]
+                wall = side["wall_s"]
+                lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                    result["title"], key, label, fmt(wall), fmt(side["cpu_s"]), fmt(side["maxrss_mib"], 0),
+                    fmt(side["tree_rss_mib"], 0), fmt(side.get("mb_s"), 0), side.get("share_bytes", "-")))
+                if "first_wall_s" in side:
+                    lines[-1] = lines[-1].replace("| %s |" % label, "| %s (first snapshot %.2f s; row = second) |"
+                                                  % (label, side["first_wall_s"]), 1)
+            for ratio, value in result["ratios"].items():
+                ratio_lines.append("| %s | %s | %s |" % (result["title"], ratio, fmt(value)))
+    return "\n".join(lines + ratio_lines + extra) + "\n"
+
+
+def load_average():
+    return "%.2f %.2f %.2f" % os.getloadavg()
+
+
+def wait_for_quiet_machine(limit_seconds):
+    """Full runs need a quiet machine: wait (bounded) for the 1-minute load average to drop below 3."""
+    deadline = time.monotonic() + limit_seconds
+    while os.getloadavg()[0] > FULL_RUN_MAX_LOAD:
+        if time.monotonic() > deadline:
+            return False
+        log("load average %s > %.0f: waiting" % (load_average(), FULL_RUN_MAX_LOAD))
+        time.sleep(30)
+    return True
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, metavar="NAME", help=", ".join(BENCHMARKS))
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--profile", action="store_true",
+                        help="e2e: also profile one snapshot (cProfile) into benchmarks/results/")
+    parser.add_argument("--max-wait", type=int, default=900,
+                        help="full: seconds to wait for the load average to drop below %.0f" % FULL_RUN_MAX_LOAD)
+    parser.add_argument("--keep-going", action="store_true", help="record a failing benchmark and go on")
+    args = parser.parse_args(argv)
+    cfg = SIZES[args.size]
+    chosen = args.only or list(BENCHMARKS)
+    if args.size == "full" and not wait_for_quiet_machine(args.max_wait):
+        sys.exit("load average stayed above %.0f for %d s: full run not started (%s)"
+                 % (FULL_RUN_MAX_LOAD, args.max_wait, load_average()))
+    report = {"size": args.size, "sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+              "repeat": args.repeat, "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+              "machine": machine(), "load_before": load_average(), "results": {}}
+    functions = {"e2e": bench_e2e, "smb_push": bench_smb_push, "nfs_push": bench_nfs_push, "scaling": bench_scaling,
+                 "incremental": bench_incremental, "catalog": bench_catalog, "restore": bench_restore}
+    workdir = tempfile.mkdtemp(prefix="segura-bench-")
+    if args.profile:
+        PROFILE["dir"] = workdir
+    try:
+        with Lab(workdir) as lab:
+            data = Data(lab)
+            for name in chosen:
+                log("benchmark %s (%s)" % (name, args.size))
+                try:
+                    report["results"][name] = functions[name](lab, cfg, args.repeat, data)
+                except Exception as error:  # noqa: BLE001
+                    if not args.keep_going:
+                        raise
+                    log("%s failed: %s" % (name, error))
+                    report["results"][name] = {"error": str(error)}
+        report["load_after"] = load_average()
+        os.makedirs(RESULTS, exist_ok=True)
+        stem = "%s-%s-%dcpu-%.0fGiB%s" % (report["date"][:16].replace(":", ""), args.size, report["machine"]["cores"],
+                                         report["machine"]["memory_gib"], "-" + "-".join(args.only) if args.only else "")
+        for name in sorted(os.listdir(workdir)):
+            if name.endswith(".prof.txt"):
+                shutil.copy(os.path.join(workdir, name), os.path.join(RESULTS, "%s-%s" % (stem, name[:-len(".prof.txt")] + "-profile.txt")))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    text = markdown(report)
+    with open(os.path.join(RESULTS, stem + ".json"), "w") as handle:
+        json.dump(report, handle, indent=2, default=str)
+    with open(os.path.join(RESULTS, stem + ".md"), "w") as handle:
+        handle.write(text)
+    print(text)
+    log("wrote %s.{json,md}" % os.path.join(RESULTS, stem))
+
+
+if __name__ == "__main__":
+    main()

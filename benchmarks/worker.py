@@ -1,0 +1,102 @@
+"""The collection's side of a benchmark, run in a child process so that its CPU time and peak memory
+are accounted exactly like the shell baseline's (os.wait4 in the runner).
+
+Reads one JSON job on stdin (stdin, because the job holds the SMB password) and prints one JSON
+result on stdout. Jobs:
+  {"op": "push", "target": {...}, "file": PATH, "name": NAME, "profile": PATH|null, "generic_writes": bool}
+      stream a local file through Target.open_write in 1 MiB writes (optionally under cProfile;
+      generic_writes: SMB without the writer's fast path, i.e. smbprotocol's Open.write())
+  {"op": "snapshot", "target": {...}, "appliance": NAME, "root": DIR, "defaults_file": F,
+   "recipient": "age1...", "components": [...]}
+      snapshot.take_snapshot
+  {"op": "restore", "target": {...}, "appliance": NAME, "root": DIR, "defaults_file": F, "identity": KEYFILE}
+      restore.restore of the latest snapshot
+Run by benchmarks/run.py; not meant to be used by hand.
+"""
+
+import cProfile
+import json
+import os
+import pstats
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [os.path.join(REPO, ".build", "collections"), REPO]
+import tests.conftest  # noqa: E402,F401  (links the collection under .build/)
+
+from ansible_collections.segura.backup.plugins.module_utils.appliance import (  # noqa: E402
+    ApplianceLayout, DatabaseConnection)
+from ansible_collections.segura.backup.plugins.module_utils.archive import Decryption, Encryption  # noqa: E402
+from ansible_collections.segura.backup.plugins.module_utils.targets import open_target  # noqa: E402
+
+BLOCK = 1024 * 1024
+
+
+def push(job):
+    if job.get("generic_writes"):
+        # Before/after comparison: send every WRITE through smbprotocol's Open.write(), as before the fast path.
+        from ansible_collections.segura.backup.plugins.module_utils.targets import smb
+        smb._FastWrites.usable = staticmethod(lambda raw_open: False)
+    with open_target(job["target"]) as target, open(job["file"], "rb") as source:
+        started = time.perf_counter()
+        with target.open_write(job["name"]) as sink:
+            while True:
+                block = source.read(BLOCK)
+                if not block:
+                    break
+                sink.write(block)
+        return {"seconds": time.perf_counter() - started}
+
+
+def snapshot(job):
+    from ansible_collections.segura.backup.plugins.module_utils.snapshot import SnapshotRequest, take_snapshot
+
+    db = DatabaseConnection(defaults_file=job["defaults_file"], exclusive_defaults=True) if job.get("defaults_file") else None
+    request = SnapshotRequest(appliance=job["appliance"], layout=ApplianceLayout(root=job["root"]),
+                              encryption=Encryption.recipients_of([job["recipient"]]), db=db,
+                              components=job["components"])
+    started = time.perf_counter()
+    sessions_done = [None]
+
+    def progress(event):
+        if event.get("phase") == "sessions":
+            sessions_done[0] = time.perf_counter() - started
+
+    with open_target(job["target"]) as target:
+        done = take_snapshot(target, request, progress=progress)
+    return {"seconds": done["duration"], "size": done["size"], "counts": done["counts"], "object": done["object"],
+            "sessions_seconds": sessions_done[0]}
+
+
+def restore(job):
+    from ansible_collections.segura.backup.plugins.module_utils.restore import RestoreRequest, restore as run_restore
+
+    request = RestoreRequest(appliance=job["appliance"], layout=ApplianceLayout(root=job["root"]),
+                             decryption=Decryption.identity_file(job["identity"]),
+                             db=DatabaseConnection(defaults_file=job["defaults_file"], exclusive_defaults=True),
+                             restore_sessions=True)
+    started = time.perf_counter()
+    with open_target(job["target"]) as target:
+        done = run_restore(target, request)
+    return {"seconds": time.perf_counter() - started, "durations": done.get("durations")}
+
+
+def main():
+    job = json.loads(sys.stdin.read())
+    operation = {"push": push, "snapshot": snapshot, "restore": restore}[job["op"]]
+    if job.get("profile"):
+        profiler = cProfile.Profile()
+        result = profiler.runcall(operation, job)
+        profiler.dump_stats(job["profile"])
+        with open(job["profile"] + ".txt", "w") as report:
+            stats = pstats.Stats(job["profile"], stream=report)
+            stats.sort_stats("tottime").print_stats(25)
+            stats.sort_stats("cumulative").print_stats(25)
+    else:
+        result = operation(job)
+    json.dump(result, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
