@@ -8,7 +8,8 @@ import os
 import pytest
 
 from tests.integration.playbook import run_task
-from tests.integration.test_roles import HEALTH_URL, _stats_artifact, fleet  # noqa: F401  (fleet: the container pair)
+# fleet: the pytest fixture of the appliance container pair, used by name.
+from tests.integration.test_roles import HEALTH_URL, _stats_artifact, fleet  # noqa: F401  pylint: disable=unused-import
 
 
 def _tree(path):
