@@ -668,6 +668,23 @@ class MemberInfo:
     linkname: str = ""
 
 
+_MAX_EXTENDED_HEADER = 1024 * 1024  # pax / GNU long-name headers: ours are a few hundred bytes
+_MAX_TRAILING_BYTES = 1024 * 1024  # after the tar's end: its zero padding (one 10 KiB record)
+_EXTENDED_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+                   tarfile.GNUTYPE_LONGLINK)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile reads a pax or GNU long-name header's whole content into memory: a zstd bomb there
+    (a few KiB expanding to gigabytes) would exhaust memory before any check runs. Refuse big ones."""
+
+    def _proc_member(self, tarfile_):
+        if self.type in _EXTENDED_TYPES and self.size > _MAX_EXTENDED_HEADER:
+            raise IntegrityError("archive header %r declares %d bytes of extended header; refusing more than %d"
+                                 % (self.name, self.size, _MAX_EXTENDED_HEADER))
+        return super()._proc_member(tarfile_)
+
+
 _MEMBER_TYPES = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.DIRTYPE: "dir",
                  tarfile.SYMTYPE: "symlink"}
 
@@ -756,7 +773,9 @@ class ArchiveReader:
     unverified until the loop has completed. ``snapshot`` is available after the first member.
     """
 
-    def __init__(self, source, decryption: Decryption):
+    def __init__(self, source, decryption: Decryption, max_content_bytes: Optional[int] = None):
+        """``max_content_bytes``: the content bytes the object may hold at most (the sidecar's
+        ``bytes_in``); a member whose header declares more is refused before it is decompressed."""
         if not isinstance(decryption, Decryption):
             raise ConfigError("decryption must be a Decryption (use Decryption.none() for plain archives)")
         _require_zstandard()
@@ -783,7 +802,7 @@ class ArchiveReader:
         self._zstd = zstandard.ZstdDecompressor().stream_reader(self._plain, read_size=_COPY_BLOCK,
                                                                 read_across_frames=True, closefd=False)
         try:
-            self._tar = tarfile.open(fileobj=self._zstd, mode="r|", bufsize=_COPY_BLOCK)
+            self._tar = tarfile.open(fileobj=self._zstd, mode="r|", bufsize=_COPY_BLOCK, tarinfo=_BoundedTarInfo)
         except (tarfile.TarError,) + _ZSTD_ERRORS as exc:
             raise IntegrityError("archive is corrupt: %s" % exc)
         self.snapshot: Optional[Dict[str, Any]] = None
@@ -795,6 +814,8 @@ class ArchiveReader:
         self._after_manifest: List[str] = []
         self._trailing = False
         self._iterated = False
+        self._max_content = max_content_bytes
+        self._content_declared = 0
 
     def __iter__(self) -> Iterator[Tuple[MemberInfo, BinaryIO]]:
         return self.members(strict=True)
@@ -812,6 +833,11 @@ class ArchiveReader:
             if tarinfo is None:
                 break
             info = _member_info(tarinfo)
+            self._content_declared += info.size
+            if self._max_content is not None and self._content_declared > self._max_content:
+                raise IntegrityError("archive member %s declares %d bytes, more than the %d content bytes the "
+                                     "snapshot holds in all; refusing to read it" % (info.name, info.size,
+                                                                                     self._max_content))
             if info.name in self._names:
                 raise IntegrityError("archive member %s appears twice" % info.name)
             self._names.add(info.name)
@@ -852,13 +878,18 @@ class ArchiveReader:
 
     def _finish_stream(self) -> None:
         """Read to the very end so age checks its final chunk and nothing hides after the tar."""
+        trailing = 0
         try:
             while True:
                 data = self._zstd.read(_COPY_BLOCK)
                 if not data:
                     break
+                trailing += len(data)
                 if data.strip(b"\x00"):
                     self._trailing = True
+                if trailing > _MAX_TRAILING_BYTES:
+                    raise IntegrityError("archive holds more than %d bytes after the end of the tar archive"
+                                         % _MAX_TRAILING_BYTES)
             while self._raw.read(_COPY_BLOCK):
                 pass
         except _ZSTD_ERRORS as exc:
@@ -884,7 +915,8 @@ class ArchiveReader:
                 if self.snapshot.get(key) != self.manifest.get(key):
                     out.append("snapshot.json and manifest.json disagree on %r" % key)
         listed = self.manifest.get("members")
-        if not isinstance(listed, list) or not all(isinstance(m, dict) and "name" in m for m in listed):
+        if not isinstance(listed, list) or not all(isinstance(m, dict) and isinstance(m.get("name"), str)
+                                                   for m in listed):
             out.append("manifest.json has no valid member list")
             return out
         expected = {m["name"]: m for m in listed}
@@ -939,7 +971,7 @@ class ArchiveReader:
             pass
 
 
-def verify(source, decryption: Decryption) -> VerifyReport:
+def verify(source, decryption: Decryption, max_content_bytes: Optional[int] = None) -> VerifyReport:
     """Deep-verify an object in one streaming pass: every member against manifest.json.
 
     A wrong key or passphrase raises ArchiveError (nothing can be verified); corruption, tampering,
@@ -947,7 +979,7 @@ def verify(source, decryption: Decryption) -> VerifyReport:
     """
     counted = _HashingSource(source)
     try:
-        reader = ArchiveReader(counted, decryption)
+        reader = ArchiveReader(counted, decryption, max_content_bytes=max_content_bytes)
     except IntegrityError as exc:
         return VerifyReport(ok=False, problems=[str(exc)], manifest=None, snapshot=None, members=0, bytes=0,
                             object_bytes=counted.bytes, object_sha256=counted.sha256.hexdigest())

@@ -691,7 +691,7 @@ def _first_pass(target: Target, record: catalog.SnapshotRecord, decryption: Decr
     with _open_object(target, record) as handle:
         counted = _CountingSource(handle)
         try:
-            reader = ArchiveReader(counted, decryption)
+            reader = ArchiveReader(counted, decryption, max_content_bytes=record.sidecar.bytes_in)
         except IntegrityError as exc:
             raise IntegrityError("%s failed deep verification, nothing was restored: %s" % (where, exc)) from None
         except ArchiveError as exc:  # wrong key or passphrase, or none given
@@ -1115,7 +1115,7 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
     dir_entries: List[_Wanted] = []
     with _open_object(target, plan.record) as handle:
         counted = _CountingSource(handle)
-        reader = ArchiveReader(counted, request.decryption)
+        reader = ArchiveReader(counted, request.decryption, max_content_bytes=plan.record.sidecar.bytes_in)
         try:
             for info, content in reader:
                 expected = plan.members.get(info.name)

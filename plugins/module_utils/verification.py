@@ -347,7 +347,7 @@ def _verify_into(target: Target, record: catalog.SnapshotRecord, mode: str, decr
         with catalog.retry_read(target.open_read, record.object_relpath) as handle:
             source = _HashingReader(handle)
             try:
-                report = archive.verify(source, decryption)
+                report = archive.verify(source, decryption, max_content_bytes=sidecar.bytes_in)
             except IntegrityError as exc:
                 result.problems.append("the object is corrupt: %s" % exc)
                 return

@@ -385,10 +385,18 @@ class NfsTarget(Target):
         try:
             _retrying(self._client.mkdir, inside, self.dir_mode, parents=True, exist_ok=True, _idempotent=True)
         except BaseException as exc:
+            if isinstance(exc, nfs_rs.NfsRetryableError) and self._is_directory(inside):
+                return  # an UNCERTAIN reply (seen after a ganesha restart); verified: the folder is there
             mapped = self.map_error(exc, where)
             if isinstance(mapped, TargetExists):
                 mapped = TargetExists("%s (or a parent) exists and is not a directory" % where)
             raise mapped from None
+
+    def _is_directory(self, inside: str) -> bool:
+        try:
+            return _retrying(self._client.stat, inside).type == nfs_rs.FileType.DIRECTORY
+        except nfs_rs.NfsError:
+            return False
 
     def remove(self, relpath: str) -> None:
         where = self._url(relpath)
@@ -411,7 +419,7 @@ class NfsTarget(Target):
             return
         # NFS RENAME replaces silently, so claim dst with LINK (refused atomically if it exists).
         try:
-            _retrying(self._client.link, inside_src, inside_dst)
+            self._link_verified(inside_src, inside_dst)
         except BaseException as exc:
             if getattr(exc, "code_name", "") not in _NO_LINK_CODES:
                 mapped = self.map_error(exc, where)
@@ -425,6 +433,30 @@ class NfsTarget(Target):
             self._call(where, self._client.rename, inside_src, inside_dst)
             return
         self._call(where, self._client.unlink, inside_src)
+
+    def _link_verified(self, inside_src: str, inside_dst: str) -> None:
+        """LINK src to dst; a reply nfs-rs calls UNCERTAIN is verified, as it asks (VerifyThenResume).
+
+        Measured after a ganesha restart: the LINK of the next run's object came back UNCERTAIN. If
+        dst is now the same file as src, the LINK happened; if dst is absent, it did not: try again.
+        """
+        for attempt in range(_RETRIES):
+            try:
+                _retrying(self._client.link, inside_src, inside_dst)
+                return
+            except nfs_rs.NfsRetryableError as exc:
+                if exc.outcome != nfs_rs.OperationOutcome.UNCERTAIN or attempt + 1 == _RETRIES:
+                    raise
+                try:
+                    linked = _retrying(self._client.stat, inside_dst).fileid == _retrying(
+                        self._client.stat, inside_src).fileid
+                except nfs_rs.NfsError:
+                    linked = None  # dst absent (or unreadable): the LINK did not happen
+                if linked:
+                    return
+                if linked is False:
+                    raise  # dst exists and is another file: not ours to judge
+                time.sleep(0.05 * (attempt + 1))
 
     def free_space(self) -> Optional[int]:
         return self._call(self.describe(), self._client.fs_stat).available_bytes
