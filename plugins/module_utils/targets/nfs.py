@@ -95,8 +95,8 @@ class _NfsWriter:
         try:
             offset = 0
             while offset < size:
-                # positional writes, so a retried batch lands where it belongs
-                written = _retrying(self._handle.write_at, view[offset:size], self._offset)
+                # positional writes: a retried batch (even an UNCERTAIN one) lands where it belongs
+                written = _retrying(self._handle.write_at, view[offset:size], self._offset, _idempotent=True)
                 if not written:
                     raise TargetError("the NFS server accepted no data for %s" % self._where)
                 offset += written
@@ -156,7 +156,7 @@ class _NfsReader:
 
     def _fill(self) -> bytes:
         try:
-            data = _retrying(self._handle.read_at, self._offset, self._block)
+            data = _retrying(self._handle.read_at, self._offset, self._block, _idempotent=True)
             self._offset += len(data)
             return data
         except BaseException as exc:
@@ -306,6 +306,26 @@ class NfsTarget(Target):
         except BaseException as exc:
             raise self.map_error(exc, where) from None
 
+    def _call_idempotent(self, where: str, function, *args):
+        """For calls that have the same effect done twice (lookups, opens, chmod): retry UNCERTAIN too."""
+        return self._call(where, function, *args, _idempotent=True)
+
+    def _call_verified(self, where: str, function, args: tuple, done) -> None:
+        """A replay-sensitive call (unlink, rename): on an UNCERTAIN reply, ``done()`` tells whether it
+        happened (nfs-rs asks for exactly that: VerifyThenResume); if not, it is tried again."""
+        for attempt in range(_RETRIES):
+            try:
+                _retrying(function, *args)
+                return
+            except nfs_rs.NfsRetryableError as exc:
+                if exc.outcome != nfs_rs.OperationOutcome.UNCERTAIN or attempt + 1 == _RETRIES:
+                    raise self.map_error(exc, where) from None
+            except BaseException as exc:
+                raise self.map_error(exc, where) from None
+            if done():
+                return
+
+
     # -- Target -------------------------------------------------------------------------------------
 
     def open_write(self, relpath: str, exclusive: bool = False):
@@ -316,18 +336,18 @@ class NfsTarget(Target):
         self._makedirs_inside(posixpath.dirname(inside))
         if exclusive:
             self._create_exclusive(inside, where)
-            handle = self._call(where, self._client.open, inside, "r+b")
+            handle = self._call_idempotent(where, self._client.open, inside, "r+b")
         else:
-            existed = self._call(where, self._client.exists, inside)
-            handle = self._call(where, self._client.open, inside, "wb")
+            existed = self._call_idempotent(where, self._client.exists, inside)
+            handle = self._call_idempotent(where, self._client.open, inside, "wb")
             if not existed:
-                self._call(where, self._client.chmod, inside, self.file_mode)
+                self._call_idempotent(where, self._client.chmod, inside, self.file_mode)
         return _NfsWriter(self, handle, where, self._batch)
 
     def _create_exclusive(self, inside: str, where: str) -> None:
         """Atomic create-if-absent: LINK fails on the server when the name exists."""
         temporary = posixpath.join(posixpath.dirname(inside), ".%s.%s.creating" % (posixpath.basename(inside), uuid.uuid4().hex))
-        if self._call(where, self._client.exists, inside):
+        if self._call_idempotent(where, self._client.exists, inside):
             raise TargetExists("%s already exists" % where)
         handle = self._call(where, self._client.open, temporary, "wb")
         self._call(where, handle.close)
@@ -345,13 +365,13 @@ class NfsTarget(Target):
 
     def open_read(self, relpath: str):
         where = self._url(relpath)
-        handle = self._call(where, self._client.open, self._inside(relpath), "rb")
+        handle = self._call_idempotent(where, self._client.open, self._inside(relpath), "rb")
         return _NfsReader(self, handle, where, self._batch)
 
     def stat(self, relpath: str) -> Entry:
         inside = self._inside(relpath)
         where = self._url(relpath)
-        info = self._call(where, self._client.stat, inside or ".")
+        info = self._call_idempotent(where, self._client.stat, inside or ".")
         is_dir = info.type == nfs_rs.FileType.DIRECTORY
         return Entry(posixpath.basename(inside) or self.export, is_dir, 0 if is_dir else info.size, info.mtime / 1e9)
 
@@ -400,7 +420,8 @@ class NfsTarget(Target):
 
     def remove(self, relpath: str) -> None:
         where = self._url(relpath)
-        self._call(where, self._client.unlink, self._inside(relpath))
+        inside = self._inside(relpath)
+        self._call_verified(where, self._client.unlink, (inside,), lambda: not self._client.exists(inside))
 
     def rmdir(self, relpath: str) -> None:
         where = self._url(relpath)
@@ -411,11 +432,12 @@ class NfsTarget(Target):
     def rename(self, src: str, dst: str, replace: bool = False) -> None:
         inside_src, inside_dst = self._inside(src), self._inside(dst)
         where = "%s -> %s" % (self._url(src), self._url(dst))
-        if not self._call(where, self._client.exists, inside_src):
+        if not self._call_idempotent(where, self._client.exists, inside_src):
             raise TargetNotFound("%s does not exist" % self._url(src))
         self._makedirs_inside(posixpath.dirname(inside_dst))
         if replace:
-            self._call(where, self._client.rename, inside_src, inside_dst)
+            self._call_verified(where, self._client.rename, (inside_src, inside_dst),
+                                lambda: not self._client.exists(inside_src) and self._client.exists(inside_dst))
             return
         # NFS RENAME replaces silently, so claim dst with LINK (refused atomically if it exists).
         try:
@@ -428,11 +450,11 @@ class NfsTarget(Target):
                 raise mapped from None
             # No hard links on this server: check, then rename. Racy against another writer creating
             # dst in between; runs are serialised by the appliance lock, names are unique per snapshot.
-            if self._call(where, self._client.exists, inside_dst):
+            if self._call_idempotent(where, self._client.exists, inside_dst):
                 raise TargetExists("cannot rename %s: %s already exists" % (self._url(src), self._url(dst))) from None
             self._call(where, self._client.rename, inside_src, inside_dst)
             return
-        self._call(where, self._client.unlink, inside_src)
+        self._call_verified(where, self._client.unlink, (inside_src,), lambda: not self._client.exists(inside_src))
 
     def _link_verified(self, inside_src: str, inside_dst: str) -> None:
         """LINK src to dst; a reply nfs-rs calls UNCERTAIN is verified, as it asks (VerifyThenResume).
@@ -459,7 +481,7 @@ class NfsTarget(Target):
                 time.sleep(0.05 * (attempt + 1))
 
     def free_space(self) -> Optional[int]:
-        return self._call(self.describe(), self._client.fs_stat).available_bytes
+        return self._call_idempotent(self.describe(), self._client.fs_stat).available_bytes
 
     def close(self) -> None:
         client, self._client = self._client, None
