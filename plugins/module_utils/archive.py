@@ -265,8 +265,8 @@ class _CountingSink:
         """Flushing happens once, in finish(): the sink may be a network file."""
 
 
-class _HashingSource:
-    """Read-through wrapper: counts and hashes what is read from a source."""
+class HashingReader:
+    """Read-through wrapper: counts and hashes what is read from a source (used by restore too)."""
 
     def __init__(self, source):
         self._source = source
@@ -779,7 +779,7 @@ class ArchiveReader:
         if not isinstance(decryption, Decryption):
             raise ConfigError("decryption must be a Decryption (use Decryption.none() for plain archives)")
         _require_zstandard()
-        self._raw = _HashingSource(source)
+        self._raw = HashingReader(source)
         head = self._raw.read(len(age.INTRO))
         while len(head) < len(age.INTRO):
             more = self._raw.read(len(age.INTRO) - len(head))
@@ -977,7 +977,7 @@ def verify(source, decryption: Decryption, max_content_bytes: Optional[int] = No
     A wrong key or passphrase raises ArchiveError (nothing can be verified); corruption, tampering,
     truncation and mismatches are reported in ``problems``.
     """
-    counted = _HashingSource(source)
+    counted = HashingReader(source)
     try:
         reader = ArchiveReader(counted, decryption, max_content_bytes=max_content_bytes)
     except IntegrityError as exc:

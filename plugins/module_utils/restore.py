@@ -44,6 +44,7 @@ from ansible_collections.segura.backup.plugins.module_utils.archive import (
     SNAPSHOT_MEMBER,
     ArchiveReader,
     Decryption,
+    HashingReader,
     check_member_name,
 )
 from ansible_collections.segura.backup.plugins.module_utils.errors import (
@@ -54,6 +55,7 @@ from ansible_collections.segura.backup.plugins.module_utils.errors import (
     TargetNotFound,
 )
 from ansible_collections.segura.backup.plugins.module_utils.targets.base import Target, clean_relpath
+from ansible_collections.segura.backup.plugins.module_utils.text import describe_bytes
 
 RESTORABLE_COMPONENTS = ("database", "config", "secrets")
 FILES_PREFIX = "files/"
@@ -144,30 +146,6 @@ def _check_commands(commands, what: str) -> Tuple[Tuple[str, ...], ...]:
                               "shell), got %r" % (what, command))
         checked.append(tuple(command))
     return tuple(checked)
-
-
-class _CountingSource:
-    """Read-through wrapper over a target file: counts and hashes the stored bytes."""
-
-    def __init__(self, source):
-        self._source = source
-        self.bytes = 0
-        self.sha256 = hashlib.sha256()
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._source.read(size)
-        self.bytes += len(data)
-        self.sha256.update(data)
-        return data
-
-
-def _describe_bytes(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return "%d B" % count if unit == "B" else "%.1f %s" % (value, unit)
-        value /= 1024.0
-    return "%d B" % count  # pragma: no cover
 
 
 def _excerpt(data: bytes, limit: int = COMMAND_OUTPUT_LIMIT) -> str:
@@ -689,7 +667,7 @@ def _first_pass(target: Target, record: catalog.SnapshotRecord, decryption: Decr
     saw_db = False
     where = "snapshot %s (%s)" % (record.id, target.describe_path(record.object_relpath))
     with _open_object(target, record) as handle:
-        counted = _CountingSource(handle)
+        counted = HashingReader(handle)
         try:
             reader = ArchiveReader(counted, decryption, max_content_bytes=record.sidecar.bytes_in)
         except IntegrityError as exc:
@@ -867,7 +845,7 @@ def _check_free_space(request: RestoreRequest, plan: RestorePlan) -> Dict[str, A
     result: Dict[str, Any] = {"files_bytes": need_files, "files_free": _free_bytes(request.layout.root)}
     if result["files_free"] is not None and result["files_free"] < need_files:
         plan.problems.append("the appliance has %s free below %s but the restore writes %s of files"
-                             % (_describe_bytes(result["files_free"]), request.layout.root, _describe_bytes(need_files)))
+                             % (describe_bytes(result["files_free"]), request.layout.root, describe_bytes(need_files)))
     if plan.restores_database:
         db_bytes = int((plan.manifest.get("db") or {}).get("bytes", 0))
         need_db = int(db_bytes * DB_SPACE_FACTOR)
@@ -876,7 +854,7 @@ def _check_free_space(request: RestoreRequest, plan: RestorePlan) -> Dict[str, A
         result.update({"database_estimate_bytes": need_db, "database_free": free, "datadir": datadir or None})
         if free is not None and free < need_db:
             plan.problems.append("the database server has %s free in %s but the restored databases may need about %s"
-                                 % (_describe_bytes(free), datadir, _describe_bytes(need_db)))
+                                 % (describe_bytes(free), datadir, describe_bytes(need_db)))
     result["ok"] = not plan.problems
     return result
 
@@ -1050,7 +1028,7 @@ class DatabaseLoader:
 
     def _raise(self, code: int) -> None:
         raise ApplianceError("loading the database dump into %s failed (mariadb exit code %d after %s): %s"
-                             % (self.describe, code, _describe_bytes(self.bytes),
+                             % (self.describe, code, describe_bytes(self.bytes),
                                 appliance_mod._stderr_excerpt(bytes(self._stderr))))
 
     def abort(self) -> None:
@@ -1114,7 +1092,7 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
     db_seconds = files_seconds = 0.0
     dir_entries: List[_Wanted] = []
     with _open_object(target, plan.record) as handle:
-        counted = _CountingSource(handle)
+        counted = HashingReader(handle)
         reader = ArchiveReader(counted, request.decryption, max_content_bytes=plan.record.sidecar.bytes_in)
         try:
             for info, content in reader:

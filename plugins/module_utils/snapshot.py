@@ -38,6 +38,7 @@ from ansible_collections.segura.backup.plugins.module_utils.errors import (
 from ansible_collections.segura.backup.plugins.module_utils.locking import ApplianceLock
 from ansible_collections.segura.backup.plugins.module_utils.sessions import sync_sessions
 from ansible_collections.segura.backup.plugins.module_utils.targets.base import Target
+from ansible_collections.segura.backup.plugins.module_utils.text import describe_bytes
 
 TOOL_VERSION = "0.1.0"
 DEFAULT_COMPONENTS = ("database", "config", "secrets")
@@ -130,14 +131,6 @@ def _check_free_space(target: Target, request: SnapshotRequest, facts: Dict[str,
     return report
 
 
-def _describe_bytes(count: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if count < 1024 or unit == "TiB":
-            return "%.1f %s" % (count, unit) if unit != "B" else "%d B" % count
-        count /= 1024.0
-    return "%d B" % count  # pragma: no cover
-
-
 def preflight(target: Target, request: SnapshotRequest) -> Dict[str, Any]:
     """Check mode: everything a snapshot needs, changing nothing that stays.
 
@@ -171,7 +164,7 @@ def preflight(target: Target, request: SnapshotRequest) -> Dict[str, Any]:
         space = check("free_space", lambda: _check_free_space(target, request, facts["facts"]))
         if space and not space["ok"]:
             problems.append("the target has %s free but the snapshot may need %s"
-                            % (_describe_bytes(space["free_bytes"]), _describe_bytes(space["estimate_bytes"])))
+                            % (describe_bytes(space["free_bytes"]), describe_bytes(space["estimate_bytes"])))
     check("components", lambda: _check_components(request))
     return {"ok": not problems, "checks": checks, "problems": problems}
 
@@ -234,8 +227,8 @@ def take_snapshot(target: Target, request: SnapshotRequest,
         space = _check_free_space(target, request, facts)
         if not space["ok"]:
             raise TargetFull("%s has %s free but the snapshot of %s may need %s"
-                             % (target.describe(), _describe_bytes(space["free_bytes"]), request.appliance,
-                                _describe_bytes(space["estimate_bytes"])))
+                             % (target.describe(), describe_bytes(space["free_bytes"]), request.appliance,
+                                describe_bytes(space["estimate_bytes"])))
 
         sessions = None
         if "sessions" in request.components:
