@@ -239,6 +239,10 @@ def test_backup_playbook_publishes_a_snapshot(lab_target_factory, reference_appl
     run = run_playbook(os.path.join(REPO, "playbooks", "backup.yml"),
                        {"segura_appliances": {"hosts": {"lab-appliance": host}}})
     assert run.rc == 0, run.output
-    files = [name for name in target.snapshot_files() if not name.endswith(".sessions.json")]
-    assert len(files) == 2 and files[0].endswith(".json") and files[1].endswith(".tar.zst.age")
+    # The backup role publishes the object and its sidecar, then verifies it (quick) and records that.
+    files = sorted(name for name in target.snapshot_files() if not name.endswith(".sessions.json"))
+    assert len(files) == 3, files
+    assert [f for f in files if f.endswith(".tar.zst.age")]
+    assert [f for f in files if f.endswith(".verify.json")]
+    assert [f for f in files if f.endswith(".json") and not f.endswith(".verify.json")]
     assert target.options["password"] not in run.output
