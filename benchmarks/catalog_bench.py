@@ -28,7 +28,8 @@ from datetime import datetime, timedelta, timezone
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(REPO, ".build", "collections"), REPO]
-import tests.conftest  # noqa: E402,F401  (links the collection under .build/)
+# Links the collection under .build/ so ansible_collections.segura.backup imports.
+import tests.conftest  # noqa: E402,F401  pylint: disable=unused-import
 
 from ansible_collections.segura.backup.plugins.module_utils import catalog, pruning, retention  # noqa: E402
 from ansible_collections.segura.backup.plugins.module_utils.targets import open_target  # noqa: E402

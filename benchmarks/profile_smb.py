@@ -34,7 +34,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="segura-smb-profile-") as workdir:
         source = os.path.join(workdir, "payload.bin")
         with open(source, "wb") as handle:
-            for _ in range(args.mib):
+            for _block in range(args.mib):
                 handle.write(os.urandom(1024 * 1024))
         for share in ("signed", "encrypted"):
             for generic in (False, True):

@@ -35,7 +35,8 @@ from datetime import datetime, timezone
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(REPO, ".build", "collections"), REPO]
-import tests.conftest  # noqa: E402,F401  (links the collection under .build/)
+# Links the collection under .build/ so ansible_collections.segura.backup imports.
+import tests.conftest  # noqa: E402,F401  pylint: disable=unused-import
 
 from ansible_collections.segura.backup.plugins.module_utils.targets import open_target  # noqa: E402
 from tests.lab import core as lab_core  # noqa: E402
@@ -171,7 +172,7 @@ class Lab:
         # Only Samba and ganesha are used (databases are private): start and later stop only those, and
         # only when they were not running already.
         status = subprocess.run([PYTHON, "-m", "tests.lab", "status", "--service", "samba", "--service", "ganesha"],
-                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=60)
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=60, check=False)
         self.lease = lab_core.take_lease(self.state_dir)
         if status.returncode != 0:
             log("starting the lab (samba, ganesha)")
@@ -195,7 +196,7 @@ class Lab:
         if self.started_lab and remaining == 0:
             log("stopping the lab we started")
             subprocess.run([PYTHON, "-m", "tests.lab", "down", "--service", "samba", "--service", "ganesha"],
-                           cwd=REPO, stdout=subprocess.DEVNULL, timeout=300)
+                           cwd=REPO, stdout=subprocess.DEVNULL, timeout=300, check=False)
         return False
 
     def mariadb(self, label):
@@ -308,7 +309,7 @@ def baseline_snapshot(lab, appliance, recipient, folder):
                                      "ROOT": appliance["root"]})
 
 
-def our_snapshot(lab, appliance, recipient, folder, components=ALL_COMPONENTS, with_db=True):
+def our_snapshot(lab, appliance, recipient, folder, components=tuple(ALL_COMPONENTS), with_db=True):
     return worker({"op": "snapshot", "target": lab.smb("encrypted", folder), "appliance": APPLIANCE,
                    "root": appliance["root"], "defaults_file": appliance["defaults_file"] if with_db else None,
                    "recipient": recipient, "components": components})
@@ -362,7 +363,7 @@ def payload(lab, mib):
     path = os.path.join(lab.workdir, "payload-%d.bin" % mib)
     if not os.path.exists(path):
         with open(path, "wb") as handle:
-            for _ in range(mib):
+            for _block in range(mib):
                 handle.write(os.urandom(MiB))  # incompressible, like an encrypted snapshot
     return path
 
@@ -646,7 +647,7 @@ def machine():
     def tool(argv):
         try:
             return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                  timeout=10).stdout.strip().splitlines()[0]
+                                  timeout=10, check=False).stdout.strip().splitlines()[0]
         except (OSError, IndexError, subprocess.SubprocessError):
             return None
 
@@ -756,8 +757,9 @@ def main(argv=None):
                     report["results"][name] = {"error": str(error)}
         report["load_after"] = load_average()
         os.makedirs(RESULTS, exist_ok=True)
-        stem = "%s-%s-%dcpu-%.0fGiB%s" % (report["date"][:16].replace(":", ""), args.size, report["machine"]["cores"],
-                                         report["machine"]["memory_gib"], "-" + "-".join(args.only) if args.only else "")
+        stem = "%s-%s-%dcpu-%.0fGiB%s" % (
+            report["date"][:16].replace(":", ""), args.size, report["machine"]["cores"],
+            report["machine"]["memory_gib"], "-" + "-".join(args.only) if args.only else "")
         for name in sorted(os.listdir(workdir)):
             if name.endswith(".prof.txt"):
                 shutil.copy(os.path.join(workdir, name), os.path.join(RESULTS, "%s-%s" % (stem, name[:-len(".prof.txt")] + "-profile.txt")))

@@ -23,7 +23,8 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(REPO, ".build", "collections"), REPO]
-import tests.conftest  # noqa: E402,F401  (links the collection under .build/)
+# Links the collection under .build/ so ansible_collections.segura.backup imports.
+import tests.conftest  # noqa: E402,F401  pylint: disable=unused-import
 
 from ansible_collections.segura.backup.plugins.module_utils.appliance import (  # noqa: E402
     ApplianceLayout, DatabaseConnection)

@@ -678,11 +678,12 @@ class _BoundedTarInfo(tarfile.TarInfo):
     """tarfile reads a pax or GNU long-name header's whole content into memory: a zstd bomb there
     (a few KiB expanding to gigabytes) would exhaust memory before any check runs. Refuse big ones."""
 
-    def _proc_member(self, tarfile_):
+    # The parameter keeps tarfile.TarInfo's own name, which shadows the module.
+    def _proc_member(self, tarfile):  # pylint: disable=redefined-outer-name
         if self.type in _EXTENDED_TYPES and self.size > _MAX_EXTENDED_HEADER:
             raise IntegrityError("archive header %r declares %d bytes of extended header; refusing more than %d"
                                  % (self.name, self.size, _MAX_EXTENDED_HEADER))
-        return super()._proc_member(tarfile_)
+        return super()._proc_member(tarfile)
 
 
 _MEMBER_TYPES = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.DIRTYPE: "dir",

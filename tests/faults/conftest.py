@@ -22,7 +22,8 @@ from datetime import timedelta
 import pytest
 
 # The shared fixtures of the integration suite (lab, reference appliance, age key, lab targets).
-from tests.integration.conftest import (  # noqa: F401 - fixtures are used by name
+# Fixtures are used by name, so pylint sees them as unused imports.
+from tests.integration.conftest import (  # noqa: F401 pylint: disable=unused-import
     APPLIANCE_NAME,
     LabTarget,
     age_identity,
@@ -302,8 +303,8 @@ def deep_check_all(target_options, identity_file, appliance=APPLIANCE_NAME):
         listing = catalog.list_snapshots(target, appliance)
         assert listing.complete, listing.errors
         for record in listing.snapshots:
-            assert record.status in (catalog.STATUS_COMPLETE, catalog.STATUS_PARTIAL), (record.id, record.status,
-                                                                                         record.problem)
+            assert record.status in (catalog.STATUS_COMPLETE, catalog.STATUS_PARTIAL), (
+                record.id, record.status, record.problem)
             if record.complete:
                 result = verify_snapshot(target, record, mode="deep", decryption=decryption)
                 assert result.ok, (record.id, result.problems)
@@ -377,7 +378,7 @@ def run_tasks(tasks, verbosity=0, check=False, keep_dir=None, extra_env=None, ti
             argv.append("-" + "v" * verbosity)
         env = ansible_env(workdir, extra_env)
         completed = subprocess.run(argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, timeout=timeout)
+                                   stderr=subprocess.PIPE, text=True, timeout=timeout, check=False)
         results = []
         if os.path.exists(result_file):
             with open(result_file, encoding="utf-8") as handle:
@@ -399,11 +400,11 @@ class ProcessWatcher:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
-        for _ in range(self.limit):
+        for _sample in range(self.limit):
             if self._stop.is_set():
                 return
             result = subprocess.run(["ps", "-eo", "args"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                    text=True, timeout=10)
+                                    text=True, timeout=10, check=False)
             self.samples.append(result.stdout)
             self._stop.wait(self.interval)
 
@@ -415,4 +416,3 @@ class ProcessWatcher:
         self._stop.set()
         self._thread.join(timeout=15)
         return False
-

@@ -317,7 +317,7 @@ def _zeros_frame():
         out = io.BytesIO()
         writer = zstandard.ZstdCompressor(level=1).stream_writer(out, closefd=False)
         block = bytes(16 * 1024 * 1024)
-        for _ in range(ZIP_BOMB_BYTES // len(block)):
+        for _block in range(ZIP_BOMB_BYTES // len(block)):
             writer.write(block)
         writer.flush(zstandard.FLUSH_FRAME)
         _ZEROS.append(out.getvalue())

@@ -83,7 +83,7 @@ def _parallel(calls):
 def test_two_playbook_runs_at_once_never_both_write(lab_target_factory, reference_appliance, age_identity):
     target = lab_target_factory("smb_signed")
     args = snapshot_args(reference_appliance, target, {"recipients": [age_identity["recipient"]]})
-    runs = _parallel([lambda: run_task("segura.backup.snapshot", args) for _ in range(2)])
+    runs = _parallel([lambda: run_task("segura.backup.snapshot", args) for _run in range(2)])
     succeeded = [run for run in runs if run.rc == 0]
     refused = [run for run in runs if run.rc != 0]
     for run in refused:
@@ -92,8 +92,8 @@ def test_two_playbook_runs_at_once_never_both_write(lab_target_factory, referenc
     assert succeeded, [run.output for run in runs]
     assert sorted(_sidecars(target)) == sorted(os.path.basename(r.result["snapshot"]["sidecar"]) for r in succeeded)
     listing = deep_check_all(target.options, age_identity["identity_file"])
-    assert sorted(r.id for r in listing.snapshots if r.complete) == sorted(r.result["snapshot"]["id"]
-                                                                            for r in succeeded)
+    published = sorted(r.id for r in listing.snapshots if r.complete)
+    assert published == sorted(r.result["snapshot"]["id"] for r in succeeded)
     print("two runs at once: %d succeeded, %d refused with LockBusy" % (len(succeeded), len(refused)))
 
 

@@ -29,7 +29,7 @@ def _forms(secret):
 def _mariadb_password(defaults_file):
     with open(defaults_file, encoding="utf-8") as handle:
         for line in handle:
-            key, _, value = line.partition("=")
+            key, _sep, value = line.partition("=")
             if key.strip() == "password":
                 return value.strip()
     pytest.fail("no password in %s" % defaults_file)
@@ -73,8 +73,8 @@ def test_no_secret_reaches_output_process_list_temp_files_or_target(lab, lab_tar
         {"name": "snapshot, wrong smb password", "segura.backup.snapshot": snapshot_args(
             appliance, dict(smb, password=lab["smb_password"] + "x"), recipients)},
         {"name": "backup_info", "segura.backup.backup_info": {"target": smb, "include_sessions": True}},
-        {"name": "verify deep, key", "segura.backup.verify": {"target": smb, "mode": "deep", "select": "all",
-                                                               "decryption": key, "fail_on_error": False}},
+        {"name": "verify deep, key", "segura.backup.verify": {
+            "target": smb, "mode": "deep", "select": "all", "decryption": key, "fail_on_error": False}},
         {"name": "verify deep, passphrase", "segura.backup.verify": {
             "target": smb, "mode": "deep", "select": "all", "decryption": {"passphrase": PASSPHRASE},
             "fail_on_error": False}},
@@ -97,8 +97,8 @@ def test_no_secret_reaches_output_process_list_temp_files_or_target(lab, lab_tar
     with ProcessWatcher() as watcher:
         results, completed = run_tasks(tasks, verbosity=4, keep_dir=workdir, extra_env={"TMPDIR": module_tmp})
         backup = run_playbook("segura.backup.backup", inventory, verbosity=4,
-                              extra_vars={"backup_target": smb, "backup_encryption": {"mode": "passphrase",
-                                                                                       "passphrase": PASSPHRASE},
+                              extra_vars={"backup_target": smb,
+                                          "backup_encryption": {"mode": "passphrase", "passphrase": PASSPHRASE},
                                           "backup_appliance": {"name": APPLIANCE_NAME, "root": root},
                                           "backup_database": {"defaults_file": appliance["defaults_file"]}},
                               extra_env={"TMPDIR": playbook_dir})

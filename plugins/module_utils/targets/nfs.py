@@ -325,7 +325,6 @@ class NfsTarget(Target):
             if done():
                 return
 
-
     # -- Target -------------------------------------------------------------------------------------
 
     def open_write(self, relpath: str, exclusive: bool = False):
