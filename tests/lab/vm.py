@@ -265,6 +265,7 @@ class KernelVM:
         self.inventory_path = os.path.join(self.base, "inventory.ini")
         self.master_pid_file = os.path.join(self.base, "ssh-master.pid")
         self.master_log = os.path.join(self.base, "ssh-master.log")
+        self.last_ssh_error = ""
         # A unix socket path must stay under ~100 bytes, so it lives in /tmp, named after the state folder.
         self.control_path = os.path.join(tempfile.gettempdir(), "segura-vm-%s.sock" % hashlib.sha256(
             self.state_dir.encode()).hexdigest()[:12])
@@ -338,9 +339,11 @@ class KernelVM:
     def _ssh_ok(self, port: int) -> bool:
         try:
             result = subprocess.run(self.ssh_argv(port) + ["true"], stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30, check=False)
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=30, check=False)
         except subprocess.TimeoutExpired:
+            self.last_ssh_error = "ssh timed out after 30 s"
             return False
+        self.last_ssh_error = result.stderr.decode("utf-8", "replace").strip()[-500:]
         return result.returncode == 0
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -391,8 +394,9 @@ class KernelVM:
             return process.poll() is not None or self._ssh_ok(port)
 
         if not core.wait_for(ready_or_dead, timeout, interval=1.0):
-            raise core.LabError("the VM's sshd on 127.0.0.1:%d did not answer within %ds; console %s:\n%s" % (
-                port, timeout, self.console_log, console_tail(self.console_log)))
+            raise core.LabError("the VM's sshd on 127.0.0.1:%d did not answer within %ds (last ssh error: %s); "
+                                "console %s:\n%s" % (port, timeout, self.last_ssh_error or "none", self.console_log,
+                                                     console_tail(self.console_log)))
         if process.poll() is not None:
             raise core.LabError("qemu exited with code %s during boot; console %s:\n%s" % (
                 process.returncode, self.console_log, console_tail(self.console_log)))
