@@ -33,10 +33,16 @@ def vm():
     was_running = machine.status()["running"]
     lease = core.take_lease(machine.base)
     try:
-        try:
-            machine.up()
-        except core.LabError as exc:
-            pytest.fail("the lab VM did not come up: %s" % exc)
+        # One boot in about ten under software emulation on a loaded machine hung before sshd came up
+        # (cause unknown): a second boot is allowed, and the first failure is printed, not hidden.
+        for attempt in (1, 2):
+            try:
+                machine.up()
+                break
+            except core.LabError as exc:
+                if attempt == 2:
+                    pytest.fail("the lab VM did not come up twice; last error: %s" % exc)
+                print("the lab VM did not come up, booting once more: %s" % exc)
         yield machine
     finally:
         remaining = core.release_lease(machine.base, lease)
