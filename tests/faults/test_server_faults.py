@@ -126,7 +126,7 @@ def test_smbd_killed_mid_snapshot(fault_lab, case, moment):
 def test_ganesha_killed_mid_snapshot(fault_lab, case, moment):
     # v3 where the moment needs many small operations: over v4.1, ganesha answers a few requests per
     # hundred "uncertain" even without a fault (see the report), and that is not what is tested here.
-    current = case("nfs_v41" if moment in ("middle", "rename") else "nfs_v3")
+    current = case("nfs_v3" if moment in ("middle", "rename") else "nfs_v41")
     current.broken_run(moment, fault_lab.kill_ganesha)
     fault_lab.restart()
     outcome = current.assert_nothing_lost(expect_partial_left=True)
