@@ -146,7 +146,10 @@ def publish_raw(target_dir, appliance, members, encrypted=False):
         handle.write(data)
     sidecar = catalog.Sidecar(id=snap_id, appliance=appliance, created=created, object=name, size=len(data),
                               sha256=hashlib.sha256(data).hexdigest(), components=["config"], counts={},
-                              bytes_in=0, versions={"appliance": VERSION, "tool": "0.1.0"},
+                              # what the members hold, as a real writer would record it: the reader
+                              # refuses members beyond this (zip-bomb guard), before any path check
+                              bytes_in=sum(len(d) for _info, d in members if d),
+                              versions={"appliance": VERSION, "tool": "0.1.0"},
                               encryption={"mode": "none", "recipients": []}, db=None,
                               sessions={"count": 0, "bytes": 0}, duration=0.0)
     with open(os.path.join(folder, catalog.sidecar_name(name)), "wb") as handle:
