@@ -119,7 +119,12 @@ class _NfsWriter:
         self._drain(keep_tail=False)
         self.closed = True
         try:
-            self._handle.close()
+            _retrying(self._handle.close)
+        except nfs_rs.NfsRetryableError as exc:
+            # Every batch was already written durably, so an UNCERTAIN close loses nothing: at worst the
+            # server keeps an open state until the client's lease ends.
+            if exc.outcome != nfs_rs.OperationOutcome.UNCERTAIN:
+                raise self._target.map_error(exc, self._where) from None
         except BaseException as exc:
             raise self._target.map_error(exc, self._where) from None
 
@@ -350,10 +355,18 @@ class NfsTarget(Target):
         temporary = posixpath.join(posixpath.dirname(inside), ".%s.%s.creating" % (posixpath.basename(inside), uuid.uuid4().hex))
         if self._call_idempotent(where, self._client.exists, inside):
             raise TargetExists("%s already exists" % where)
-        handle = self._call(where, self._client.open, temporary, "wb")
-        self._call(where, handle.close)
+        # A fresh uniquely named, empty file: creating or chmod-ing it twice does no harm, and an
+        # UNCERTAIN close leaves at most an open state that the lease ends.
+        handle = self._call_idempotent(where, self._client.open, temporary, "wb")
         try:
-            self._call(where, self._client.chmod, temporary, self.file_mode)
+            _retrying(handle.close)
+        except nfs_rs.NfsRetryableError as exc:
+            if exc.outcome != nfs_rs.OperationOutcome.UNCERTAIN:
+                raise self.map_error(exc, where) from None
+        except BaseException as exc:
+            raise self.map_error(exc, where) from None
+        try:
+            self._call_idempotent(where, self._client.chmod, temporary, self.file_mode)
             try:
                 _retrying(self._client.link, temporary, inside)
             except BaseException as exc:
