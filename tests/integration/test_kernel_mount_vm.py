@@ -67,8 +67,9 @@ def guest_sha256(vm, path):
     return vm.run("sudo sha256sum %s" % shlex.quote(path)).stdout.decode().split()[0]
 
 
-def cifs_options(credentials):
-    return "vers=3.0,seal,credentials=%s,uid=0,gid=0,file_mode=0600,dir_mode=0700" % credentials
+def cifs_options(credentials, port):
+    # the lab's own port: a second lab on the same machine (another checkout) listens elsewhere than 445
+    return "vers=3.0,seal,port=%d,credentials=%s,uid=0,gid=0,file_mode=0600,dir_mode=0700" % (int(port), credentials)
 
 
 def test_cifs_encrypted_share_round_trip(vm, lab):
@@ -80,7 +81,7 @@ def test_cifs_encrypted_share_round_trip(vm, lab):
 
     vm.run("sudo mkdir -p " + CIFS_MOUNT)
     vm.run("sudo mount -t cifs //%s/%s %s -o %s" % (HOST_FROM_GUEST, lab["smb_share_encrypted"], CIFS_MOUNT,
-                                                    cifs_options(CREDENTIALS)))
+                                                    cifs_options(CREDENTIALS, lab["smb_port"])))
     try:
         state = mounted(vm, CIFS_MOUNT)
         assert state.startswith("cifs "), state
@@ -112,7 +113,7 @@ def test_cifs_wrong_password_is_refused(vm, lab):
     vm.put_file(wrong, ("username=%s\npassword=not-%s\n" % (lab["smb_username"], "the-password")).encode())
     vm.run("sudo mkdir -p " + CIFS_MOUNT)
     result = vm.run("sudo mount -t cifs //%s/%s %s -o %s" % (
-        HOST_FROM_GUEST, lab["smb_share_encrypted"], CIFS_MOUNT, cifs_options(wrong)), check=False)
+        HOST_FROM_GUEST, lab["smb_share_encrypted"], CIFS_MOUNT, cifs_options(wrong, lab["smb_port"])), check=False)
     if result.returncode == 0:
         vm.run("sudo umount %s" % CIFS_MOUNT, check=False)
     assert result.returncode != 0
