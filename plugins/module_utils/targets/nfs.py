@@ -368,7 +368,7 @@ class NfsTarget(Target):
         try:
             self._call_idempotent(where, self._client.chmod, temporary, self.file_mode)
             try:
-                _retrying(self._client.link, temporary, inside)
+                self._link_verified(temporary, inside)  # an UNCERTAIN LINK is checked, not failed
             except BaseException as exc:
                 raise self.map_error(exc, where) from None
         finally:
