@@ -38,6 +38,40 @@ def clean_relpath(relpath: str) -> str:
     return "/".join(parts)
 
 
+class WriteHandle:
+    """Context manager of a target's write handle: ``close()`` (durable) on success, ``abort()`` on error."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False
+
+
+class ReadHandle:
+    """Context manager of a target's read handle: ``close()`` on leaving."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
 class Target(abc.ABC):
     """A place where snapshots are stored. Use as a context manager; ``close()`` releases connections."""
 

@@ -24,7 +24,7 @@ from ansible_collections.segura.backup.plugins.module_utils.errors import (
     TargetFull,
     TargetNotFound,
 )
-from ansible_collections.segura.backup.plugins.module_utils.targets.base import Entry, Target, clean_relpath
+from ansible_collections.segura.backup.plugins.module_utils.targets.base import Entry, ReadHandle, Target, WriteHandle, clean_relpath
 
 try:
     import nfs_rs
@@ -69,7 +69,7 @@ def _retrying(function, *args, _idempotent=False, **kwargs):
     raise AssertionError("unreachable")
 
 
-class _NfsWriter:
+class _NfsWriter(WriteHandle):
     """Buffers writes into large batches (nfs-rs makes each write() call durable, one COMMIT each)."""
 
     def __init__(self, target: "NfsTarget", handle, where: str, batch: int):
@@ -138,18 +138,8 @@ class _NfsWriter:
         except Exception:  # noqa: BLE001 - the first error is already being reported
             pass
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, exc_type, *exc):
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-        return False
-
-
-class _NfsReader:
+class _NfsReader(ReadHandle):
     """Reads ahead in large blocks: one small READ per caller's read() would be latency bound."""
 
     def __init__(self, target: "NfsTarget", handle, where: str, block: int):
@@ -195,13 +185,6 @@ class _NfsReader:
             self._handle.close()
         except Exception:  # noqa: BLE001 - closing a read handle cannot lose data
             pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
 
 
 class NfsTarget(Target):

@@ -19,7 +19,7 @@ from ansible_collections.segura.backup.plugins.module_utils.errors import (
     TargetFull,
     TargetNotFound,
 )
-from ansible_collections.segura.backup.plugins.module_utils.targets.base import Entry, Target, clean_relpath
+from ansible_collections.segura.backup.plugins.module_utils.targets.base import Entry, Target, WriteHandle, clean_relpath
 
 DEFAULT_FILE_MODE = 0o640
 DEFAULT_DIR_MODE = 0o750
@@ -58,7 +58,7 @@ def _load_renameat2():
 _renameat2 = _load_renameat2()
 
 
-class _LocalWriter:
+class _LocalWriter(WriteHandle):
     """Write handle: loops over short writes, maps errors, fsyncs on close so data is durable."""
 
     def __init__(self, fd: int, where: str):
@@ -104,16 +104,6 @@ class _LocalWriter:
                 os.close(self._fd)
             except OSError:
                 pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, *exc):
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-        return False
 
 
 class PathTarget(Target):

@@ -28,7 +28,7 @@ from ansible_collections.segura.backup.plugins.module_utils.errors import (
     TargetFull,
     TargetNotFound,
 )
-from ansible_collections.segura.backup.plugins.module_utils.targets.base import Entry, Target, clean_relpath
+from ansible_collections.segura.backup.plugins.module_utils.targets.base import Entry, ReadHandle, Target, WriteHandle, clean_relpath
 
 try:
     import smbclient
@@ -249,7 +249,7 @@ def _send_all(sock, parts) -> None:
                 sent = 0
 
 
-class _SmbWriter:
+class _SmbWriter(WriteHandle):
     """Pipelined writer: several WRITE requests in flight, FLUSH + CLOSE on close (durable)."""
 
     def __init__(self, target: "SmbTarget", raw, where: str):
@@ -355,18 +355,8 @@ class _SmbWriter:
         except Exception:  # noqa: BLE001
             pass
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, exc_type, *exc):
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-        return False
-
-
-class _SmbReader:
+class _SmbReader(ReadHandle):
     """Read handle that maps protocol errors."""
 
     def __init__(self, target: "SmbTarget", handle, where: str):
@@ -391,13 +381,6 @@ class _SmbReader:
             self._handle.close()
         except Exception:  # noqa: BLE001 - closing a read handle cannot lose data
             pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
 
 
 class SmbTarget(Target):
