@@ -31,7 +31,8 @@ SECRET_KEYS = ("smb_password",)
 
 def service_classes() -> "OrderedDict[str, type]":
     """The lab's services in start order; MariaDB joins when its module exists."""
-    classes = OrderedDict([("samba", SambaService), ("ganesha", GaneshaService)])
+    # ganesha first: its veth pair gives smbd a second address that containers can reach.
+    classes = OrderedDict([("ganesha", GaneshaService), ("samba", SambaService)])
     try:
         from tests.lab.mariadb import MariaDBService
     except ImportError as exc:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
-from typing import List
+from typing import List, Optional
 
 from tests.lab import core
 
@@ -57,7 +57,30 @@ class SambaService(core.Service):
                         return int(value.strip())
         return int(os.environ.get(SMB_PORT_ENV) or DEFAULT_SMB_PORT)
 
-    def _render_conf(self, port: int) -> str:
+    def guest_address(self) -> Optional[str]:
+        """The host side of the lab's NFS veth pair (e.g. 10.254.77.1), when the lab network is up.
+
+        Podman containers and their Ansible runs cannot reach 127.0.0.1 of this machine, but they
+        reach this lab-made address, so smbd listens there too.
+        """
+        recorded = core.read_json(os.path.join(self.state_dir, "nfs", "network.json")) or {}
+        address = recorded.get("host_addr")
+        if not address:
+            return None
+        shown = core.run(["ip", "-o", "-4", "addr", "show", "dev", recorded["host_if"]], check=False)
+        return address if " %s/" % address in shown.stdout else None
+
+    def _bound_addresses(self) -> List[str]:
+        """What the running smbd's config binds (the guest address only if it was up at start)."""
+        if os.path.exists(self.conf):
+            with open(self.conf, encoding="utf-8") as handle:
+                for line in handle:
+                    key, _sep, value = line.partition("=")
+                    if key.strip() == "interfaces":
+                        return value.split()
+        return [SMB_HOST]
+
+    def _render_conf(self, port: int, guest_address: Optional[str] = None) -> str:
         paths = {name: os.path.join(self.base, name) for name in _STATE_SUBDIRS}
         return "\n".join(
             [
@@ -67,7 +90,7 @@ class SambaService(core.Service):
                 "  workgroup = SEGURALAB",
                 "  netbios name = SEGURALAB",
                 "  disable netbios = yes",
-                "  interfaces = %s" % SMB_HOST,
+                "  interfaces = %s" % " ".join([SMB_HOST] + ([guest_address] if guest_address else [])),
                 "  bind interfaces only = yes",
                 "  smb ports = %d" % port,
                 "  load printers = no",
@@ -116,7 +139,7 @@ class SambaService(core.Service):
             os.chown(path, account.pw_uid, account.pw_gid)
             os.chmod(path, 0o770)
         with open(self.conf, "w", encoding="utf-8") as handle:
-            handle.write(self._render_conf(port))
+            handle.write(self._render_conf(port, self.guest_address()))
         core.write_private_file(self.password_file, SMB_PASSWORD)
         # smbpasswd reads the new password twice from stdin (-s); nothing lands on a command line.
         core.run(
@@ -186,8 +209,11 @@ class SambaService(core.Service):
         }
 
     def env(self) -> dict:
+        bound = self._bound_addresses() if self._running_pid() is not None else []
         return {
             "smb_server": SMB_HOST,
+            # for podman containers (they cannot reach this machine's 127.0.0.1); None when not bound
+            "smb_guest_server": next((address for address in bound if address != SMB_HOST), None),
             "smb_port": self.port,
             "smb_username": SMB_USER,
             "smb_password_file": self.password_file,
