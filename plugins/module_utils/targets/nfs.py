@@ -43,29 +43,47 @@ _NOT_EMPTY_CODES = ("NFS3ERR_NOTEMPTY", "NFS4ERR_NOTEMPTY")
 _NO_LINK_CODES = ("NFS3ERR_NOTSUPP", "NFS4ERR_NOTSUPP", "NFS3ERR_MLINK", "NFS4ERR_MLINK")
 
 
-# Retry-safe replies come in bursts when the server is busy (measured at load 5-9): five tries,
-# backing off 0.1 to 0.4 s, cost under a second where three quick ones sometimes ran out.
-_RETRIES = 5
+# Retry-safe replies come in bursts when the server is busy: five quick tries over one second ran out
+# now and then on a loaded CI machine (load 5-9), so back off 0.1, 0.2, 0.4, 0.8, 1, 1, 1 s: at most
+# seven retries and about 4.5 s before the error is reported.
+_RETRIES = 8
+_MAX_BACKOFF = 1.0
+
+if HAS_NFS_RS:
+    # nfs-rs reports "may or may not have happened" two ways: NfsRetryableError (a protocol reply such
+    # as NFS4ERR_RETRY_UNCACHED_REP) and NfsUncertainOutcomeError (an NfsOperationOutcomeError, e.g.
+    # for an OPEN, which it calls replay-sensitive). Both carry `outcome`; timeouts and lost
+    # connections are separate classes and are never retried here.
+    _OUTCOME_ERRORS = (nfs_rs.NfsRetryableError, nfs_rs.NfsOperationOutcomeError)
+else:
+    _OUTCOME_ERRORS = ()
+
+
+def _is_uncertain(exc: BaseException) -> bool:
+    return isinstance(exc, _OUTCOME_ERRORS) and exc.outcome == nfs_rs.OperationOutcome.UNCERTAIN
+
+
+def _backoff(attempt: int) -> None:
+    time.sleep(min(_MAX_BACKOFF, 0.1 * 2 ** attempt))
 
 
 def _retrying(function, *args, _idempotent=False, **kwargs):
     """Call an nfs-rs function, repeating it when the library says that is safe.
 
     ganesha sometimes answers an NFSv4.1 request with NFS4ERR_RETRY_UNCACHED_REP (measured in the
-    lab, a few times per hundred operations); nfs-rs reports it as NfsRetryableError with outcome
-    SAFE_TO_RETRY, meaning the server did nothing. For a replay-sensitive operation (mkdir) it says
-    UNCERTAIN: the server may or may not have done it. ``_idempotent=True`` callers (mkdir with
-    exist_ok) retry that too, because doing it twice has the same effect as once.
+    lab, a few times per hundred operations, more under load); nfs-rs reports outcome SAFE_TO_RETRY
+    when the server did nothing, and UNCERTAIN for a replay-sensitive operation (mkdir, OPEN) that the
+    server may or may not have done. ``_idempotent=True`` callers (lookups, opens of an existing
+    file, mkdir with exist_ok, positional writes) retry that too: doing it twice equals doing it once.
     """
     for attempt in range(_RETRIES):
         try:
             return function(*args, **kwargs)
-        except nfs_rs.NfsRetryableError as exc:
-            retry_safe = exc.outcome == nfs_rs.OperationOutcome.SAFE_TO_RETRY or (
-                _idempotent and exc.outcome == nfs_rs.OperationOutcome.UNCERTAIN)
+        except _OUTCOME_ERRORS as exc:
+            retry_safe = exc.outcome == nfs_rs.OperationOutcome.SAFE_TO_RETRY or (_idempotent and _is_uncertain(exc))
             if attempt + 1 == _RETRIES or not retry_safe:
                 raise
-            time.sleep(0.1 * (attempt + 1))
+            _backoff(attempt)
     raise AssertionError("unreachable")
 
 
@@ -120,10 +138,10 @@ class _NfsWriter(WriteHandle):
         self.closed = True
         try:
             _retrying(self._handle.close)
-        except nfs_rs.NfsRetryableError as exc:
+        except _OUTCOME_ERRORS as exc:
             # Every batch was already written durably, so an UNCERTAIN close loses nothing: at worst the
             # server keeps an open state until the client's lease ends.
-            if exc.outcome != nfs_rs.OperationOutcome.UNCERTAIN:
+            if not _is_uncertain(exc):
                 raise self._target.map_error(exc, self._where) from None
         except BaseException as exc:
             raise self._target.map_error(exc, self._where) from None
@@ -307,8 +325,8 @@ class NfsTarget(Target):
             try:
                 _retrying(function, *args)
                 return
-            except nfs_rs.NfsRetryableError as exc:
-                if exc.outcome != nfs_rs.OperationOutcome.UNCERTAIN or attempt + 1 == _RETRIES:
+            except _OUTCOME_ERRORS as exc:
+                if not _is_uncertain(exc) or attempt + 1 == _RETRIES:
                     raise self.map_error(exc, where) from None
             except BaseException as exc:
                 raise self.map_error(exc, where) from None
@@ -343,8 +361,8 @@ class NfsTarget(Target):
         handle = self._call_idempotent(where, self._client.open, temporary, "wb")
         try:
             _retrying(handle.close)
-        except nfs_rs.NfsRetryableError as exc:
-            if exc.outcome != nfs_rs.OperationOutcome.UNCERTAIN:
+        except _OUTCOME_ERRORS as exc:
+            if not _is_uncertain(exc):
                 raise self.map_error(exc, where) from None
         except BaseException as exc:
             raise self.map_error(exc, where) from None
@@ -402,12 +420,16 @@ class NfsTarget(Target):
         try:
             _retrying(self._client.mkdir, inside, self.dir_mode, parents=True, exist_ok=True, _idempotent=True)
         except BaseException as exc:
-            if isinstance(exc, nfs_rs.NfsRetryableError) and self._is_directory(inside):
+            if isinstance(exc, _OUTCOME_ERRORS) and self._is_directory(inside):
                 return  # an UNCERTAIN reply (seen after a ganesha restart); verified: the folder is there
             mapped = self.map_error(exc, where)
             if isinstance(mapped, TargetExists):
                 mapped = TargetExists("%s (or a parent) exists and is not a directory" % where)
             raise mapped from None
+
+    def _exists(self, inside: str) -> bool:
+        """A lookup for verifying an UNCERTAIN mutation; itself retried (it is only a lookup)."""
+        return _retrying(self._client.exists, inside, _idempotent=True)
 
     def _is_directory(self, inside: str) -> bool:
         try:
@@ -418,7 +440,7 @@ class NfsTarget(Target):
     def remove(self, relpath: str) -> None:
         where = self._url(relpath)
         inside = self._inside(relpath)
-        self._call_verified(where, self._client.unlink, (inside,), lambda: not self._client.exists(inside))
+        self._call_verified(where, self._client.unlink, (inside,), lambda: not self._exists(inside))
 
     def rmdir(self, relpath: str) -> None:
         where = self._url(relpath)
@@ -434,7 +456,7 @@ class NfsTarget(Target):
         self._makedirs_inside(posixpath.dirname(inside_dst))
         if replace:
             self._call_verified(where, self._client.rename, (inside_src, inside_dst),
-                                lambda: not self._client.exists(inside_src) and self._client.exists(inside_dst))
+                                lambda: not self._exists(inside_src) and self._exists(inside_dst))
             return
         # NFS RENAME replaces silently, so claim dst with LINK (refused atomically if it exists).
         try:
@@ -451,7 +473,7 @@ class NfsTarget(Target):
                 raise TargetExists("cannot rename %s: %s already exists" % (self._url(src), self._url(dst))) from None
             self._call(where, self._client.rename, inside_src, inside_dst)
             return
-        self._call_verified(where, self._client.unlink, (inside_src,), lambda: not self._client.exists(inside_src))
+        self._call_verified(where, self._client.unlink, (inside_src,), lambda: not self._exists(inside_src))
 
     def _link_verified(self, inside_src: str, inside_dst: str) -> None:
         """LINK src to dst; a reply nfs-rs calls UNCERTAIN is verified, as it asks (VerifyThenResume).
@@ -463,8 +485,8 @@ class NfsTarget(Target):
             try:
                 _retrying(self._client.link, inside_src, inside_dst)
                 return
-            except nfs_rs.NfsRetryableError as exc:
-                if exc.outcome != nfs_rs.OperationOutcome.UNCERTAIN or attempt + 1 == _RETRIES:
+            except _OUTCOME_ERRORS as exc:
+                if not _is_uncertain(exc) or attempt + 1 == _RETRIES:
                     raise
                 try:
                     linked = _retrying(self._client.stat, inside_dst).fileid == _retrying(
@@ -475,7 +497,7 @@ class NfsTarget(Target):
                     return
                 if linked is False:
                     raise  # dst exists and is another file: not ours to judge
-                time.sleep(0.1 * (attempt + 1))
+                _backoff(attempt)
 
     def free_space(self) -> Optional[int]:
         return self._call_idempotent(self.describe(), self._client.fs_stat).available_bytes
