@@ -98,7 +98,7 @@ def _zone(name: str):
     try:
         from zoneinfo import ZoneInfo
         return ZoneInfo(name)
-    except (ImportError, ValueError, KeyError, OSError) as exc:
+    except (ImportError, ValueError, KeyError, OSError, TypeError) as exc:
         raise ConfigError("timezone %r is not a known IANA time zone (%s)" % (name, exc)) from None
 
 
@@ -107,20 +107,49 @@ def snapshot_request(config: Dict[str, Any]):
     from ansible_collections.segura.backup.plugins.module_utils.snapshot import SnapshotRequest
 
     components = config.get("components") or ["database", "config", "secrets"]
-    compression = config.get("compression") or {}
-    appliance = config.get("appliance") or {}
+    # a bare string would be read letter by letter
+    if not isinstance(components, list) or not all(isinstance(item, str) for item in components):
+        raise ConfigError("'components' must be a list of names, e.g. [\"database\", \"config\"]")
+    compression = _object(config, "compression")
+    appliance = _object(config, "appliance")
+    database = _object(config, "database")
+    try:
+        database_connection = build_database(database) if "database" in components else None
+    except TypeError:  # an unknown key in the database object
+        raise ConfigError("'database' has an unknown key; allowed: the snapshot module's database options") from None
     return SnapshotRequest(
         appliance=appliance_name(appliance),
         layout=build_layout(appliance),
         encryption=build_encryption(config["encryption"]),
-        db=build_database(config.get("database")) if "database" in components else None,
+        db=database_connection,
         components=components,
-        zstd_level=int(compression.get("level", 3)),
-        zstd_threads=int(compression.get("threads", 0)),
-        chunk_size=int(config.get("chunk_size_mb", 16)) * 1024 * 1024,
-        lock_ttl=timedelta(seconds=int(config.get("lock_ttl", 900))),
+        zstd_level=_whole_number(compression, "level", 3, "compression.level"),
+        zstd_threads=_whole_number(compression, "threads", 0, "compression.threads"),
+        chunk_size=_whole_number(config, "chunk_size_mb", 16, "chunk_size_mb", minimum=1) * 1024 * 1024,
+        lock_ttl=timedelta(seconds=_whole_number(config, "lock_ttl", 900, "lock_ttl", minimum=1)),
         health_url=appliance.get("health_url"),
     )
+
+
+def _object(config: Dict[str, Any], key: str) -> Dict[str, Any]:
+    value = config.get(key) or {}
+    if not isinstance(value, dict):
+        raise ConfigError("'%s' must be an object" % key)
+    return value
+
+
+def _whole_number(section: Dict[str, Any], key: str, default: int, label: str, minimum: int = 0) -> int:
+    """An integer setting; a typo such as "16MB" is a configuration error, not a crash."""
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ConfigError("%s must be a whole number, not %r" % (label, value))
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError("%s must be a whole number, not %r" % (label, value)) from None
+    if number < minimum:
+        raise ConfigError("%s must be %d or more, not %d" % (label, minimum, number))
+    return number
 
 
 def run(config: Dict[str, Any]) -> Dict[str, Any]:
@@ -137,6 +166,20 @@ def run(config: Dict[str, Any]) -> Dict[str, Any]:
         raise ConfigError("when_role_unknown must be one of %s" % ", ".join(ROLE_UNKNOWN_CHOICES))
     request = snapshot_request(config)
     policy = retention.Policy.from_options(prune_options) if prune_options is not None else None
+    # Everything the verify and prune steps need is checked now: a mistake there must not be found only
+    # after a full snapshot was taken.
+    verify_mode = decryption = None
+    if verify_options is not None:
+        verify_mode = verify_options.get("mode", "quick")
+        if verify_mode not in verification.MODES:
+            raise ConfigError("verify mode must be one of %s, not %r" % (", ".join(verification.MODES), verify_mode))
+        decryption = build_decryption(verify_options.get("decryption")) if verify_mode == "deep" else None
+        if decryption is not None and decryption.mode == "none" and request.encryption.mode != "none":
+            raise ConfigError("verify mode deep needs 'decryption' (identity_file, identities or passphrase) "
+                              "to open the %s-encrypted snapshot" % request.encryption.mode)
+    if prune_options is not None:
+        partial_grace = retention.parse_duration(prune_options.get("partial_grace", "24h"), "partial_grace")
+        prune_zone = _zone(prune_options.get("timezone", "UTC"))
     appliance = config.get("appliance") or {}
 
     summary: Dict[str, Any] = {"appliance": request.appliance, "status": "ok"}
@@ -155,8 +198,7 @@ def run(config: Dict[str, Any]) -> Dict[str, Any]:
         summary["snapshot"] = {key: snap[key] for key in ("id", "created", "object", "location", "size", "sha256",
                                                           "duration", "components", "counts")}
         if verify_options is not None:
-            mode = verify_options.get("mode", "quick")
-            decryption = build_decryption(verify_options.get("decryption")) if mode == "deep" else None
+            mode = verify_mode
             listing = catalog.list_snapshots(target, request.appliance)
             chosen, _missing = verification.select_snapshots(listing, "ids", ids=[snap["id"]])
             results = verification.verify_snapshots(
@@ -168,9 +210,7 @@ def run(config: Dict[str, Any]) -> Dict[str, Any]:
                 raise BackupError("snapshot %s failed verification: %s" % (snap["id"], summary["verify"]["message"]))
         if policy is not None:
             outcomes = prune(target, policy, appliance=request.appliance, now=datetime.now(timezone.utc),
-                             partial_grace=retention.parse_duration(prune_options.get("partial_grace", "24h"),
-                                                                    "partial_grace"),
-                             tz=_zone(prune_options.get("timezone", "UTC")),
+                             partial_grace=partial_grace, tz=prune_zone,
                              prune_sessions=bool(prune_options.get("prune_sessions", True)),
                              lock_ttl=request.lock_ttl)
             removed = [item for outcome in outcomes for item in outcome.to_dict()["removed"]]
@@ -215,7 +255,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         _emit({"status": "failed", "error": type(exc).__name__, "message": str(exc)})
         notify(syslog.LOG_ERR, message)
         return EXIT_FAILED
-    except Exception as exc:  # an unexpected failure must still be reported as a failed backup
+    except Exception as exc:  # an unexpected failure must still be reported as a failed backup (the traceback follows)
+        _emit({"status": "failed", "error": type(exc).__name__, "message": "unexpected: %s" % exc})
         notify(syslog.LOG_ERR, "event=%d Error on backup: unexpected %s: %s" % (EVENT_ERROR, type(exc).__name__, exc))
         raise
     _emit(summary)
