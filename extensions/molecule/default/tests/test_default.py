@@ -1,0 +1,72 @@
+# -*- coding: utf-8 -*-
+# Copyright: segura.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""testinfra checks of the default scenario, on each appliance container (hosts podman://NAME) and, for
+the snapshots, on this host's side of the lab's shares (the folders smbd and ganesha serve)."""
+
+import json
+import os
+
+import pytest
+
+RUN = json.load(open(os.environ["SEGURA_MOLECULE_RUN"], encoding="utf-8"))
+PRIMARY = "molecule-segura-primary"
+CALENDAR = "*-*-* 03:15:00"  # schedule_on_calendar in molecule.yml
+VENV_PYTHON = "/opt/segura-backup/venv/bin/python"
+SHARE_FOLDERS = {"smb": RUN["lab"]["smb_dir_encrypted"], "nfs": RUN["lab"]["nfs_dir"]}
+
+
+def name_of(host):
+    return host.backend.name
+
+
+def test_timer_enabled_with_the_inventory_calendar(host):
+    timer = host.service("segura-backup.timer")
+    assert timer.is_enabled
+    assert timer.is_running
+    shown = host.check_output("systemctl show segura-backup.timer -p TimersCalendar")
+    assert "OnCalendar=%s " % CALENDAR in shown, shown
+
+
+def test_job_config_with_the_share_password_is_root_only(host):
+    config = host.file("/etc/segura-backup/segura-backup.json")
+    assert config.is_file
+    assert (config.mode, config.user, config.group) == (0o600, "root", "root")
+    folder = host.file("/etc/segura-backup")
+    assert (folder.mode, folder.user) == (0o700, "root")
+
+
+def test_runtime_venv_imports_the_engine_dependencies(host):
+    imported = host.run("%s -c 'import smbclient, nfs_rs, zstandard, pyrage, cryptography, jmespath'" % VENV_PYTHON)
+    assert imported.rc == 0, imported.stderr
+    # nothing installed globally: the system python has none of them
+    assert host.run("python3 -c 'import zstandard'").rc != 0
+
+
+def sidecars(kind, appliance):
+    """(sidecar, object size on disk) of each snapshot of the appliance in this run's share folder."""
+    folder = os.path.join(SHARE_FOLDERS[kind], RUN["share_folder"], appliance, "snapshots")
+    if not os.path.isdir(folder):
+        return []
+    found = []
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".json") and name.count(".") == 1:
+            with open(os.path.join(folder, name), encoding="utf-8") as handle:
+                sidecar = json.load(handle)
+            object_path = os.path.join(folder, sidecar["object"])
+            found.append((sidecar, os.path.getsize(object_path) if os.path.exists(object_path) else None))
+    return found
+
+
+@pytest.mark.parametrize("kind", ["smb", "nfs"])
+def test_primary_has_a_complete_snapshot_and_contingency_none(host, kind):
+    appliance = name_of(host)
+    found = sidecars(kind, appliance)
+    if appliance == PRIMARY:
+        assert found, "no snapshot of %s in %s/%s" % (appliance, SHARE_FOLDERS[kind], RUN["share_folder"])
+        for sidecar, size in found:
+            assert sidecar["appliance"] == appliance
+            assert size == sidecar["size"], (sidecar["object"], size, sidecar["size"])
+    else:
+        assert found == []
+        assert not os.path.exists(os.path.join(SHARE_FOLDERS[kind], RUN["share_folder"], appliance))
