@@ -6,6 +6,7 @@
     segura_lab.py prepare SCENARIO        lab up? image built + tagged, wheels, age key, run file
     segura_lab.py node CONTAINER ROLE     cluster identity (primary|contingency) + reference data
     segura_lab.py fingerprint CONTAINER   reference fingerprint (files + databases) as JSON on stdout
+    segura_lab.py remember CONTAINER SCENARIO   save that fingerprint as <run folder>/fingerprint-before.json
     segura_lab.py cleanup SCENARIO        remove this run's folder from the lab's SMB share and NFS export
     segura_lab.py vm-up SCENARIO          boot the scenario's own qemu VM (tests/lab/vm.py); JSON env
     segura_lab.py vm-down SCENARIO        stop exactly that VM
@@ -39,6 +40,10 @@ def run_dir(scenario: str) -> str:
 
 def run_file(scenario: str) -> str:
     return os.path.join(run_dir(scenario), "run.json")
+
+
+def fingerprint_file(scenario: str) -> str:
+    return os.path.join(run_dir(scenario), "fingerprint-before.json")
 
 
 def lab_env() -> dict:
@@ -174,7 +179,7 @@ def vm_up(scenario: str) -> dict:
     return env
 
 
-ARITY = {"prepare": 1, "node": 2, "fingerprint": 1, "cleanup": 1, "vm-up": 1, "vm-down": 1}
+ARITY = {"prepare": 1, "node": 2, "fingerprint": 1, "remember": 2, "cleanup": 1, "vm-up": 1, "vm-down": 1}
 
 
 def main(argv) -> int:
@@ -189,6 +194,9 @@ def main(argv) -> int:
             result = node(argv[1], argv[2])
         elif command == "fingerprint":
             result = containers.fingerprint(argv[1])
+        elif command == "remember":
+            core.write_json(fingerprint_file(argv[2]), containers.fingerprint(argv[1]))
+            result = {"saved": fingerprint_file(argv[2])}
         elif command == "cleanup":
             result = cleanup(argv[1])
         elif command == "vm-up":
