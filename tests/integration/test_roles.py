@@ -1,10 +1,12 @@
 """The fleet roles and playbooks run through ansible-runner (as AWX runs them), against two podman appliance
 containers over SSH (node 1 primary, node 2 contingency; tests/lab/containers.py), and against the lab
-appliance on localhost for the SMB and NFS targets (the containers cannot reach the lab's smbd, which
-binds 127.0.0.1 only, nor ganesha's namespace, so the container runs use a `path` target inside the
-container).
+appliance on localhost (connection local).
 
-Timings (setup, idempotent second run, backup) are printed, never asserted. Run with
+The containers back up to a `path` inside the container, and to the lab's real shares: smbd also listens on
+the lab network's host address (env key smb_guest_server) and nfs-ganesha on nfs_server, both reachable from
+the containers; the host reads what they wrote in the share folders (smb_dir_encrypted, nfs_dir).
+
+Timings (setup, idempotent second run, backup, restore) are printed, never asserted. Run with
 `.venv/bin/pytest -m containers -s tests/integration/test_roles.py`.
 """
 
@@ -14,9 +16,11 @@ import shlex
 import subprocess
 import tempfile
 import time
+import uuid
 
 import pytest
 
+from tests.integration.conftest import sha256_file
 from tests.integration.playbook import COLLECTIONS, REPO, VENV_BIN
 from tests.lab import containers, core
 
@@ -369,43 +373,140 @@ def test_backup_skips_unknown_role_when_asked(reference_appliance, lab_target_fa
     assert target.snapshot_files("ref-appliance") == []
 
 
-# --- restore role: plan first, restore only with restore_confirm ----------------------------------
+# --- restore.yml (the restore role): plan first, restore only with restore_confirm -----------------
 
-RESTORE_PLAY = """
-- hosts: segura_appliances
-  gather_facts: false
-  tasks:
-    - ansible.builtin.include_role:
-        name: segura.backup.restore
-"""
+def _install_restore_key(fleet, appliance):
+    """The age identity on the appliance (0600), as an operator puts it there for a restore."""
+    with open(fleet.identity_file, "rb") as handle:
+        fleet.exec(appliance, "umask 077 && cat > /root/segura-restore-key.txt", stdin=handle.read())
+    return {"identity_file": "/root/segura-restore-key.txt"}
 
 
-def test_restore_role_plans_then_restores_only_when_confirmed(set_up, fleet):
+def _damage(fleet, appliance):
+    """A secrets export disappears and a config file changes."""
+    fleet.exec(appliance, "rm -rf /srv/cache/coba/* && echo tampered >> /var/senhasegura/orbinibkp.conf")
+
+
+def test_restore_playbook_plans_then_restores_only_when_confirmed(set_up, fleet):
     appliance = fleet.primary
     runner, _seconds = fleet.run("backup.yml", limit=appliance["name"])
     assert runner.rc == 0, _output(runner)
     snapshot_id = _stats_artifact(runner)["backup_summary"][appliance["name"]]["snapshot"]["id"]
     fingerprint = containers.fingerprint(appliance["id"])
-    with open(fleet.identity_file, "rb") as handle:
-        fleet.exec(appliance, "umask 077 && cat > /root/segura-restore-key.txt", stdin=handle.read())
-    # damage the appliance: a secrets export disappears and a config file changes
-    fleet.exec(appliance, "rm -rf /srv/cache/coba/* && echo tampered >> /var/senhasegura/orbinibkp.conf")
-    assert containers.fingerprint(appliance["id"]) != fingerprint
+    decryption = _install_restore_key(fleet, appliance)
+    _damage(fleet, appliance)
+    damaged = containers.fingerprint(appliance["id"])
+    assert damaged != fingerprint
 
-    playbook = os.path.join(fleet.workdir, "restore-role.yml")
-    with open(playbook, "w", encoding="utf-8") as handle:
-        handle.write(RESTORE_PLAY)
-    restore_vars = dict(restore_target={"type": "path", "path": BACKUP_ROOT},
-                        restore_decryption={"identity_file": "/root/segura-restore-key.txt"},
-                        restore_python_interpreter=VENV_PYTHON, restore_snapshot=snapshot_id)
-    plan, _seconds = fleet.run(playbook, fleet.inventory(**restore_vars), limit=appliance["name"])
+    # restore_python_interpreter is not set: the role falls back to backup_python_interpreter (the venv)
+    restore_vars = dict(restore_target={"type": "path", "path": BACKUP_ROOT}, restore_decryption=decryption,
+                        restore_snapshot=snapshot_id)
+    plan, _seconds = fleet.run("restore.yml", fleet.inventory(**restore_vars), limit=appliance["name"])
     assert plan.rc == 0, _output(plan)
+    assert "snapshot %s of %s" % (snapshot_id, appliance["name"]) in _output(plan)
     assert "set restore_confirm=true to restore" in _output(plan)
-    assert containers.fingerprint(appliance["id"]) != fingerprint  # nothing written
+    assert not plan.stats["changed"], plan.stats
+    assert containers.fingerprint(appliance["id"]) == damaged  # nothing written
 
-    started = time.monotonic()
-    done, _seconds = fleet.run(playbook, fleet.inventory(restore_confirm=True, **restore_vars), limit=appliance["name"])
+    done, seconds = fleet.run("restore.yml", fleet.inventory(restore_confirm=True, **restore_vars),
+                              limit=appliance["name"])
     assert done.rc == 0, _output(done)
-    print("\nguided restore (plan + restore + post-verify) in the container: %.1fs" % (time.monotonic() - started))
+    print("\nrestore.yml (plan + restore + post-verify) in the container from a path: %.1fs" % seconds)
     assert "snapshot %s restored and verified" % snapshot_id in _output(done)
     assert containers.fingerprint(appliance["id"]) == fingerprint
+
+
+# --- the containers over SSH against the lab's real SMB and NFS shares ------------------------------
+
+def _container_target(kind, lab, lab_target_factory, subdir):
+    """(LabTarget on the host's view, target option as the containers reach it). The SMB password is read
+    from the lab's password file, never printed."""
+    target = lab_target_factory(kind, subdir)
+    options = dict(target.options)
+    if kind.startswith("smb"):
+        with open(lab["smb_password_file"], encoding="utf-8") as handle:
+            password = handle.read().rstrip("\n")
+        options.update(server=lab["smb_guest_server"], port=int(lab["smb_port"]), password=password)
+    return target, options
+
+
+def _runner_text(runner):
+    """Everything a run shows: its output and all its events (AWX stores both)."""
+    return _output(runner) + json.dumps(list(runner.events))
+
+
+def _object_members(target, appliance, sidecar_name, identity_file):
+    """The sidecar and the tar members of its object, read from the share folder on this host."""
+    folder = os.path.join(target.appliance_dir(appliance), "snapshots")
+    with open(os.path.join(folder, sidecar_name), encoding="utf-8") as handle:
+        sidecar = json.load(handle)
+    object_path = os.path.join(folder, sidecar["object"])
+    assert os.path.getsize(object_path) == sidecar["size"]
+    assert sha256_file(object_path) == sidecar["sha256"]
+    with open(object_path, "rb") as handle:
+        listing = subprocess.run("age -d -i %s | zstd -d | tar -t" % shlex.quote(identity_file), shell=True,
+                                 stdin=handle, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True, timeout=120)
+    return sidecar, listing.stdout.decode().split()
+
+
+def _share_sidecars(target, appliance):
+    return [name for name in target.snapshot_files(appliance) if name.endswith(".json") and name.count(".") == 1]
+
+
+@pytest.mark.parametrize("kind", ["smb_encrypted", "nfs_v41"])
+def test_fleet_backup_verify_prune_restore_on_lab_share(kind, lab, lab_target_factory, set_up, fleet):
+    subdir = "fleet-%s-%d-%s" % (kind, os.getpid(), uuid.uuid4().hex[:8])
+    target, options = _container_target(kind, lab, lab_target_factory, subdir)
+    secret = options.get("password")
+    primary, contingency = fleet.primary, fleet.contingency
+    runs = []
+
+    def run(playbook, limit=None, **extra):
+        runner, seconds = fleet.run(playbook, fleet.inventory(backup_target=options, **extra), limit=limit)
+        runs.append(runner)
+        assert runner.rc == 0, _output(runner)
+        return runner, seconds
+
+    first, seconds = run("backup.yml")
+    print("\n%s: backup.yml on 2 appliances over SSH: %.1fs" % (kind, seconds))
+    summary = _stats_artifact(first)["backup_summary"]
+    assert summary[primary["name"]]["status"] == "ok", summary
+    assert summary[contingency["name"]]["status"] == "skipped", summary
+    first_id = summary[primary["name"]]["snapshot"]["id"]
+    assert [name for name in _share_sidecars(target, primary["name"]) if first_id in name]
+    assert not os.path.exists(target.appliance_dir(contingency["name"]))  # only the primary is backed up
+
+    verified, seconds = run("verify.yml", limit=primary["name"], verify_select="all")
+    assert "1 snapshot(s) verified" in _output(verified)
+    print("%s: verify.yml (quick): %.1fs" % (kind, seconds))
+
+    second, seconds = run("backup.yml", limit=primary["name"], backup_prune={"keep_last": 1})
+    print("%s: backup.yml + prune keep_last 1: %.1fs" % (kind, seconds))
+    second_summary = _stats_artifact(second)["backup_summary"][primary["name"]]
+    assert second_summary["prune"] == "keep 1 last: 1 removed", second_summary
+    second_id = second_summary["snapshot"]["id"]
+    sidecars = _share_sidecars(target, primary["name"])
+    assert len(sidecars) == 1 and sidecars[0].endswith("-%s.json" % second_id), sidecars
+    assert not [name for name in target.snapshot_files(primary["name"]) if first_id in name]
+    sidecar, members = _object_members(target, primary["name"], sidecars[0], fleet.identity_file)
+    assert sidecar["id"] == second_id and sidecar["appliance"] == primary["name"]
+    assert members[0] == "snapshot.json" and members[-1] == "manifest.json"
+
+    fingerprint = containers.fingerprint(primary["id"])
+    decryption = _install_restore_key(fleet, primary)
+    _damage(fleet, primary)
+    restore_vars = dict(restore_target=options, restore_decryption=decryption)
+    plan, _seconds = run("restore.yml", limit=primary["name"], **restore_vars)
+    assert "snapshot %s of %s" % (second_id, primary["name"]) in _output(plan)
+    assert containers.fingerprint(primary["id"]) != fingerprint  # the plan wrote nothing
+    done, seconds = run("restore.yml", limit=primary["name"], restore_confirm=True, **restore_vars)
+    print("%s: restore.yml (plan + restore + post-verify): %.1fs" % (kind, seconds))
+    assert "snapshot %s restored and verified" % second_id in _output(done)
+    assert containers.fingerprint(primary["id"]) == fingerprint
+
+    if secret:
+        texts = [_runner_text(runner) for runner in runs]
+        # the scan reads what the runs said about the target (the share name is in the snapshot location) ...
+        assert all(options["share"] in text for text in texts[:1])
+        # ... and the password is nowhere
+        assert not [index for index, text in enumerate(texts) if secret in text], "the SMB password leaked"
