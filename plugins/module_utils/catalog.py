@@ -104,6 +104,12 @@ def format_utc(moment: datetime) -> str:
     return _utc(moment, "time").replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def format_utc_precise(moment: datetime) -> str:
+    """'2026-11-27T10:15:00.123456Z': the sidecar's creation time. Retention orders snapshots by it,
+    and two runs can start within the same second (a small appliance, a retry)."""
+    return _utc(moment, "time").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def parse_utc(text: Any) -> datetime:
     """Parse an ISO-8601 UTC time ending in 'Z' (fractions allowed); ValueError otherwise."""
     if not isinstance(text, str) or not text.endswith("Z"):
@@ -275,7 +281,7 @@ class Sidecar:
             "format": self.format,
             "id": self.id,
             "appliance": self.appliance,
-            "created": format_utc(self.created),
+            "created": format_utc_precise(self.created),
             "object": self.object,
             "size": self.size,
             "sha256": self.sha256,
@@ -883,6 +889,7 @@ def load_sidecar(target: Target, record: SnapshotRecord) -> SnapshotRecord:
         )
     record.status = STATUS_COMPLETE
     record.problem = None
+    record.created = sidecar.created  # the name has whole seconds; the sidecar may have microseconds
     return record
 
 

@@ -28,6 +28,7 @@ How a prune decides, and why it reads so little:
 from __future__ import annotations
 
 import posixpath
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
@@ -161,6 +162,13 @@ def _plan_retention(target: Target, records: List[catalog.SnapshotRecord], polic
                     now: datetime, tz: tzinfo, plan: AppliancePlan) -> List[retention.Decision]:
     """retention.plan on a listing by presence, checking the sidecars of the kept snapshots only."""
     by_id = {r.id: r for r in records}
+    # Names carry whole seconds: for two complete snapshots of the same second, only their sidecars
+    # say which is newer (otherwise the random id would decide, and keep_last could drop the newest).
+    per_second = Counter(r.created for r in records if r.complete)
+    for record in records:
+        if record.complete and not record.checked and per_second[record.created] > 1:
+            catalog.load_sidecar(target, record)
+            plan.sidecars_read += 1
     for dummy in range(len(records) + 1):
         decisions = retention.plan([r.ref() for r in records], policy, now, tz)
         unchecked = [by_id[d.id] for d in decisions if d.keep and by_id[d.id].complete and not by_id[d.id].checked]

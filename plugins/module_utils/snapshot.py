@@ -112,7 +112,9 @@ class _LockRefreshingSink:
 
 
 def _utc_now() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    # Full precision: the sidecar keeps it so retention can order two snapshots of the same second;
+    # object names, headers and results show whole seconds (catalog.format_utc).
+    return datetime.now(timezone.utc)
 
 
 def _facts(request: SnapshotRequest) -> Dict[str, Any]:

@@ -143,7 +143,7 @@ def test_sidecar_round_trip():
     sidecar = make_sidecar("20261127T101500Z-1a2b3c4d.tar.zst.age", b"payload")
     data = sidecar.to_json()
     doc = json.loads(data)
-    assert doc["format"] == "segura.backup/1" and doc["created"] == "2026-11-27T10:15:00Z"
+    assert doc["format"] == "segura.backup/1" and doc["created"] == "2026-11-27T10:15:00.000000Z"
     assert doc["encryption"] == {"mode": "x25519", "recipients": [RECIPIENT]}
     assert Sidecar.from_json(data, "x.json") == sidecar
 

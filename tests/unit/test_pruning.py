@@ -66,7 +66,7 @@ def put(target, created, appliance="pam1", sessions=None, snap_id=None, payload=
                            "sha256": hashlib.sha256(session.encode()).hexdigest()})
     if sessions is not None:
         catalog.write_sessions_list(target, appliance, name, referenced)
-    sidecar = make_sidecar(name, payload, appliance, components=components,
+    sidecar = make_sidecar(name, payload, appliance, created=created, components=components,
                            sessions={"count": len(referenced), "bytes": sum(r["size"] for r in referenced)})
     catalog.publish_sidecar(target, sidecar)
     return sidecar.id
@@ -97,6 +97,18 @@ def test_policy_per_appliance_removes_exactly_what_retention_drops(target, tmp_p
     assert by_name["pam1"]["files_removed"] == 7 * 2  # object + sidecar each
     assert by_name["pam1"]["before"] == pam1 and by_name["pam1"]["after"] == pam1[:3]
     assert not os.path.exists(tmp_path / "pam1" / "lock")  # released
+
+
+def test_two_snapshots_of_the_same_second_keep_the_later_one(target):
+    # Found by the scheduled job's tests: ordered by whole seconds and then by the random id, keep_last=1
+    # could remove the snapshot just taken. Sidecars now keep microseconds.
+    earlier = put(target, NOW.replace(microsecond=100000), snap_id="ffffffff")
+    later = put(target, NOW.replace(microsecond=900000), snap_id="00000000")
+    assert [r.created.microsecond for r in catalog.list_snapshots(target, "pam1").snapshots] == [900000, 100000]
+    outcome = prune(target, retention.Policy(keep_last=1), now=NOW + timedelta(seconds=1))[0].to_dict()
+    assert [k["id"] for k in outcome["kept"]] == [later]
+    assert [r["id"] for r in outcome["removed"]] == [earlier]
+    assert snapshot_ids(target) == [later]
 
 
 def test_dry_run_removes_nothing_and_predicts_the_real_run(target, tmp_path):
