@@ -24,13 +24,7 @@ from tests.integration.conftest import APPLIANCE_NAME, snapshot_args
 from tests.integration.playbook import run_task
 from tests.unit.test_verification import make_snapshot
 
-# Quarantined, not hidden: over NFSv4.1 the lab's nfs-ganesha now and then lists a name that a
-# rename just replaced, then answers "not found" when it is opened, so a fresh verification record
-# reads as absent (about 1 run in 9 here; never over SMB or path). The test still runs and reports
-# XPASS/XFAIL; the fix (ganesha's directory cache, or a re-read) is an open item of the next session.
-NFS41_GANESHA_STALE_NAME = pytest.mark.xfail(
-    strict=False, reason="lab nfs-ganesha over NFSv4.1 sometimes serves a replaced name stale")
-KINDS = ["smb_encrypted", pytest.param("nfs_v41", marks=NFS41_GANESHA_STALE_NAME), "path"]
+KINDS = ["smb_encrypted", "nfs_v41", "path"]
 STALE_APPLIANCE = "stale-appliance"
 STRAY = "%s/sessions/2025/0101/stray.arz" % APPLIANCE_NAME
 STALE_QUERY = ("appliances[?latest_complete.age_seconds > `93600`].latest_complete"

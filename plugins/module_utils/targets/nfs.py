@@ -395,7 +395,8 @@ class NfsTarget(Target):
         where = self._url(relpath)
         entries = []
         try:
-            for item in _retrying(lambda: list(self._client.scandir(inside or "."))):
+            # a listing is a read: repeating it after an "uncertain" reply is harmless
+            for item in _retrying(lambda: list(self._client.scandir(inside or ".")), _idempotent=True):
                 if item.name in (".", ".."):
                     continue
                 is_dir = item.info.type == nfs_rs.FileType.DIRECTORY
