@@ -4,6 +4,7 @@
 """The lab pieces the molecule scenarios need, run with the project's .venv python.
 
     segura_lab.py prepare SCENARIO        lab up? image built + tagged, wheels, age key, run file
+    segura_lab.py prepare-vm SCENARIO     the same without the container image (the VM scenario)
     segura_lab.py node CONTAINER ROLE     cluster identity (primary|contingency) + reference data
     segura_lab.py fingerprint CONTAINER   reference fingerprint (files + databases) as JSON on stdout
     segura_lab.py remember CONTAINER SCENARIO   save that fingerprint as <run folder>/fingerprint-before.json
@@ -91,12 +92,14 @@ def age_identity(scenario: str) -> dict:
     return {"identity_file": identity, "recipient": recipient}
 
 
-def prepare(scenario: str) -> dict:
+def prepare(scenario: str, image: bool = True) -> dict:
     lab = lab_env()
-    built = containers.ApplianceContainers(core.resolve_state_dir()).build()
-    containers.podman(["tag", built["image"], MOLECULE_IMAGE])
-    info = {"scenario": scenario, "repo": REPO, "lab": lab, "image": built["image"], "image_built": built["built"],
-            "wheels_dir": wheels(), "share_folder": "molecule-%s-%s" % (scenario, uuid.uuid4().hex[:8])}
+    info = {"scenario": scenario, "repo": REPO, "lab": lab, "wheels_dir": wheels(),
+            "share_folder": "molecule-%s-%s" % (scenario, uuid.uuid4().hex[:8])}
+    if image:
+        built = containers.ApplianceContainers(core.resolve_state_dir()).build()
+        containers.podman(["tag", built["image"], MOLECULE_IMAGE])
+        info.update(image=built["image"], image_built=built["built"])
     info.update(age_identity(scenario))
     core.write_json(run_file(scenario), info)
     return info
@@ -179,7 +182,7 @@ def vm_up(scenario: str) -> dict:
     return env
 
 
-ARITY = {"prepare": 1, "node": 2, "fingerprint": 1, "remember": 2, "cleanup": 1, "vm-up": 1, "vm-down": 1}
+ARITY = {"prepare": 1, "prepare-vm": 1, "node": 2, "fingerprint": 1, "remember": 2, "cleanup": 1, "vm-up": 1, "vm-down": 1}
 
 
 def main(argv) -> int:
@@ -190,6 +193,8 @@ def main(argv) -> int:
     try:
         if command == "prepare":
             result = prepare(argv[1])
+        elif command == "prepare-vm":
+            result = prepare(argv[1], image=False)
         elif command == "node":
             result = node(argv[1], argv[2])
         elif command == "fingerprint":
