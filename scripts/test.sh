@@ -50,6 +50,9 @@ else
 fi
 step "lab up" python -m tests.lab up
 step "pytest" run_pytest tests
+# Molecule scenarios (extensions/molecule): appliance containers and the kernel-mount VM against the lab
+# started above; the appliance image is built (or reused from the cache) by the scenarios themselves.
+step "molecule" bash scripts/molecule.sh
 
 python - <<'PY'
 import xml.etree.ElementTree as ET
