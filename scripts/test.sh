@@ -21,7 +21,7 @@ build_has_no_test_junk() {
   rm -rf .build/dist
   ansible-galaxy collection build --force --output-path .build/dist . >/dev/null || return 1
   local junk
-  junk=$(tar -tzf .build/dist/segura-backup-*.tar.gz | grep -E '^(tests|benchmarks|scripts|\.lab|\.build|\.venv|\.ci)/' || true)
+  junk=$(tar -tzf .build/dist/segura-backup-*.tar.gz | grep -E '^(tests|extensions|\.ansible|benchmarks|scripts|\.lab|\.build|\.venv|\.ci)/' || true)
   [ -z "$junk" ] || { echo "collection tarball contains test or lab files:"; echo "$junk"; return 1; }
   echo "built $(ls .build/dist)"
 }
