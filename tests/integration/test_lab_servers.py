@@ -15,6 +15,7 @@ from smbprotocol.exceptions import LogonFailure
 from tests.integration.conftest import lab_cli
 from tests.lab import core
 from tests.lab.samba import smbstatus_json
+from tests.secret_checks import assert_no_secret
 
 # A second lab for the down/up tests: its own state dir, SMB port, namespace and subnet, so the main
 # lab (which other sessions may be using) is never stopped by these tests.
@@ -96,7 +97,7 @@ def test_smb_password_file_is_private_and_up_never_prints_it(lab):
     for char in "\\&!$'\"%, ":
         assert char in lab["smb_password"]
     up = lab_cli("up", "--no-pin", state_dir=lab["lab_state"])
-    assert lab["smb_password"] not in up.stdout + up.stderr
+    assert_no_secret(up.stdout + up.stderr, lab["smb_password"], "the output of lab up")
 
 
 def test_env_shell_lines_reproduce_every_value(lab):

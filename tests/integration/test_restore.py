@@ -35,6 +35,7 @@ from ansible_collections.segura.backup.plugins.module_utils.appliance import App
 from ansible_collections.segura.backup.plugins.module_utils.archive import ArchiveWriter, Encryption
 from ansible_collections.segura.backup.plugins.module_utils.snapshot import SnapshotRequest, take_snapshot
 from ansible_collections.segura.backup.plugins.module_utils.targets import open_target
+from tests.secret_checks import assert_no_secret
 
 MODULE = "segura.backup.restore"
 APPLIANCE = "ref-appliance"
@@ -326,7 +327,7 @@ def test_disaster_restore_onto_a_brand_new_appliance_from_smb(world, tmp_path):
     assert run.rc == 0, run.output
     assert reference.fingerprint(root, db_conn(fresh)) == world["fingerprint"]
     assert run.result["restore"]["snapshot"]["id"] == world["smb_snap"]["id"]
-    assert world["smb"].options["password"] not in run.output
+    assert_no_secret(run.output, world["smb"].options["password"], "the restore output")
 
 
 # ------------------------------------------------------------------ refusals: nothing written

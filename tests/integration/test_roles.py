@@ -23,6 +23,7 @@ import pytest
 from tests.integration.conftest import sha256_file
 from tests.integration.playbook import COLLECTIONS, REPO, VENV_BIN
 from tests.lab import containers, core
+from tests.secret_checks import assert_has_secret, assert_no_secret
 
 ansible_runner = pytest.importorskip("ansible_runner")
 
@@ -284,11 +285,12 @@ def test_mount_role_writes_private_credentials_and_no_fstab_secret(set_up, fleet
     assert fleet.exec(fleet.primary, "test -e /etc/systemd/system/srv-backup_share.mount", check=False).returncode != 0
     runner, _seconds = fleet.run("setup.yml", fleet.inventory(**mount_vars), limit=fleet.primary["name"])
     assert runner.rc == 0, _output(runner)
-    assert HOSTILE_PASSWORD not in _output(runner) and HOSTILE_PASSWORD not in _output(check)
+    assert_no_secret(_output(runner), HOSTILE_PASSWORD, "the setup run's output")
+    assert_no_secret(_output(check), HOSTILE_PASSWORD, "the check run's output")
     modes = fleet.exec(fleet.primary, "stat -c '%a %U' /etc/segura-backup/cifs-credentials").stdout.decode().strip()
     assert modes == "600 root"
     credentials = fleet.exec(fleet.primary, "cat /etc/segura-backup/cifs-credentials").stdout.decode()
-    assert "password=%s\n" % HOSTILE_PASSWORD in credentials
+    assert_has_secret(credentials, "password=%s\n" % HOSTILE_PASSWORD, "the credentials file")
     unit = fleet.exec(fleet.primary, "cat /etc/systemd/system/srv-backup_share.mount").stdout.decode()
     assert "What=//files.example.test/segura" in unit and "credentials=/etc/segura-backup/cifs-credentials" in unit
     assert "vers=3.1.1" in unit and "seal" in unit and "password" not in unit.replace("credentials=", "")

@@ -16,6 +16,7 @@ import time
 from tests.integration.conftest import sha256_file, snapshot_args
 from tests.integration.playbook import PYTHON, REPO, run_playbook, run_task
 from tests.lab.samba import smbstatus_json
+from tests.secret_checks import assert_no_secret
 
 MODULE = "segura.backup.snapshot"
 ALL_COMPONENTS = ("database", "config", "secrets", "sessions")
@@ -245,4 +246,4 @@ def test_backup_playbook_publishes_a_snapshot(lab_target_factory, reference_appl
     assert [f for f in files if f.endswith(".tar.zst.age")]
     assert [f for f in files if f.endswith(".verify.json")]
     assert [f for f in files if f.endswith(".json") and not f.endswith(".verify.json")]
-    assert target.options["password"] not in run.output
+    assert_no_secret(run.output, target.options["password"], "the snapshot run's output")

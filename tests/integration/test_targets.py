@@ -31,6 +31,7 @@ from ansible_collections.segura.backup.plugins.module_utils.errors import (
     TargetNotFound,
 )
 from ansible_collections.segura.backup.plugins.module_utils.targets import open_target
+from tests.secret_checks import assert_no_secret
 
 TARGET_KINDS = ["path", "smb_signed", "smb_encrypted", "nfs_v3", "nfs_v41"]
 MiB = 1024 * 1024
@@ -191,7 +192,7 @@ def test_paths_cannot_escape(target):
 
 def test_describe_has_no_secret(target, lab):
     text = "%s %r" % (target.describe(), target)
-    assert lab["smb_password"] not in text
+    assert_no_secret(text, lab["smb_password"], "describe() and repr()")
 
 
 # -- connection errors ---------------------------------------------------------------------------------
@@ -202,7 +203,7 @@ def test_smb_wrong_password(lab):
     options["password"] = "not-" + options["password"]
     with pytest.raises(TargetAuthError, match="refused the credentials for user %s" % lab["smb_username"]) as caught:
         open_target(options)
-    assert options["password"] not in str(caught.value)
+    assert_no_secret(str(caught.value), options["password"], "the error message")
 
 
 @pytest.mark.parametrize("kind", ["smb_signed", "nfs_v3", "nfs_v41", "path"])
@@ -358,7 +359,7 @@ def test_smb_refuses_server_without_encryption(lab, private_smbd):
                    password=private_smbd["password"], encrypt=True)
     with pytest.raises(TargetError, match="cannot encrypt") as caught:
         open_target(options)
-    assert options["password"] not in str(caught.value)
+    assert_no_secret(str(caught.value), options["password"], "the error message")
     # the same server is fine when encryption is not asked for (signing is still required)
     options["encrypt"] = False
     with open_target(options) as target:

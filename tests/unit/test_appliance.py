@@ -30,6 +30,7 @@ from ansible_collections.segura.backup.plugins.module_utils.appliance import (
     temporary_defaults_file,
 )
 from ansible_collections.segura.backup.plugins.module_utils.errors import ApplianceError, ConfigError
+from tests.secret_checks import assert_no_secret
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -133,7 +134,7 @@ def test_temporary_defaults_file_is_private_and_removed(tmp_path):
         text = open(path, encoding="utf-8").read()
         assert text == '[client]\nuser="backup"\npassword="p a\\"s\\\\s#w;o\'rd!&"\n'
         conn = DatabaseConnection(defaults_file=path)
-        assert password not in " ".join(DatabaseDump(conn).command())
+        assert_no_secret(" ".join(DatabaseDump(conn).command()), password, "the dump command line")
     assert not os.path.exists(path)
 
 

@@ -24,6 +24,7 @@ from ansible_collections.segura.backup.plugins.module_utils.verification import 
     verify_snapshot,
     verify_snapshots,
 )
+from tests.secret_checks import assert_no_secret
 
 UTC = timezone.utc
 CREATED = datetime(2026, 11, 27, 5, 0, 0, tzinfo=UTC)
@@ -181,7 +182,7 @@ def test_wrong_key_is_reported_not_raised(target):
     result = deep(target, only_record(target), decryption=Decryption.identities_of([other_secret]))
     assert not result.ok and result.problems == [
         "the object cannot be opened: no identity matches this archive's recipients"]
-    assert other_secret not in json.dumps(result.to_dict())
+    assert_no_secret(json.dumps(result.to_dict()), other_secret, "the verify result")
     missing_key = verify_snapshot(target, only_record(target), "deep")
     assert "give identities or a passphrase" in missing_key.problems[0]
 
