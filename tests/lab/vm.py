@@ -53,7 +53,7 @@ CUSTOMIZE_SCRIPT = os.path.join(RECIPE_DIR, "customize.sh")
 
 SUITE = containers.SUITE
 VM_INCLUDE = containers.BASE_INCLUDE + (
-    ",udev,kmod,initramfs-tools,linux-image-amd64,openssh-server,cifs-utils,nfs-common,sudo")
+    ",udev,kmod,initramfs-tools,linux-image-amd64,openssh-server,cifs-utils,nfs-common,sudo,python3-venv")
 # Bump when the way the image is made changes in vm.py itself (recipe files are hashed anyway).
 RECIPE_VERSION = "1"
 IMAGE_SIZE_HEADROOM = 768 * 1024 * 1024  # free space in the root file system beyond the rootfs
