@@ -4,7 +4,7 @@
 # Usage: scripts/molecule.sh [SCENARIO...]   (default: every scenario). Needs `make setup` done.
 # The lab (smbd, ganesha, MariaDB) is started if it is not running, and then stopped again at the end.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 export PATH="$PWD/.venv/bin:$PATH"
 export ANSIBLE_COLLECTIONS_PATH="$PWD/.build/collections" ANSIBLE_NOCOLOR=1 NO_COLOR=1
 

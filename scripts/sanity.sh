@@ -15,7 +15,7 @@ for key in cert index-url extra-index-url trusted-host; do
   value=$(pip config get "global.$key" 2>/dev/null || true)
   [ -z "$value" ] || export "PIP_$(echo "$key" | tr a-z- A-Z_)=$value"
 done
-cp scripts/get_pip_standin.py ~/.ansible/test/cache/get_pip_${pip_version//./_}.py
+cp scripts/get_pip_standin.py ~/.ansible/test/cache/get_pip_"${pip_version//./_}".py
 
 # A private copy per run, so two runs at once do not trip over each other.
 mkdir -p .build

@@ -3,7 +3,7 @@
 # lab (Samba, nfs-ganesha, MariaDB), which this script brings up and takes down again.
 # Every step runs even when an earlier one failed; the exit status says whether all passed.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 export PATH="$PWD/.venv/bin:$PATH"
 export ANSIBLE_COLLECTIONS_PATH="$PWD/.build/collections"
 failed=()
