@@ -8,14 +8,12 @@ The database dump itself is tested against a real mariadbd in tests/integration/
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import shutil
 import stat
 import subprocess
 import sys
-import threading
 
 import pytest
 
@@ -30,6 +28,7 @@ from ansible_collections.segura.backup.plugins.module_utils.appliance import (
     temporary_defaults_file,
 )
 from ansible_collections.segura.backup.plugins.module_utils.errors import ApplianceError, ConfigError
+from tests.doubles import serve_segura_health
 from tests.secret_checks import assert_no_secret
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -263,28 +262,10 @@ def test_unreadable_file_is_reported(tmp_path):
 # ----------------------------------------------------------------------------- facts
 
 
-class _HealthEndpointDouble(http.server.BaseHTTPRequestHandler):
-    """TEST DOUBLE of Segura's proprietary /flow/orbit/mntr endpoint: answers the code in the path."""
-
-    def do_GET(self):  # noqa: N802 (http.server naming)
-        code = int(self.path.rsplit("/", 1)[-1])
-        self.send_response(code)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def health_double():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HealthEndpointDouble)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+    with serve_segura_health() as server:
+        yield server
 
 
 @pytest.mark.parametrize("code, role, primary", [
@@ -316,22 +297,14 @@ def test_health_endpoint_tls_is_verified_unless_disabled(tmp_path):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
                     "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=60)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HealthEndpointDouble)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(str(cert), str(key))
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serve_segura_health(lambda sock: context.wrap_socket(sock, server_side=True)) as server:
         layout = make_appliance(tmp_path / "root")
         url = "https://127.0.0.1:%d/flow/orbit/mntr/203" % server.server_address[1]
         verified = appliance.cluster_role(layout, url, timeout=10)
         assert verified["role"] == "unknown" and "CERTIFICATE_VERIFY_FAILED" in verified["error"]
         assert appliance.cluster_role(layout, url, verify_tls=False, timeout=10)["role"] == "secondary"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 @pytest.mark.parametrize("galera, role, primary", [

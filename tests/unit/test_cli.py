@@ -7,18 +7,17 @@ passphrase. Syslog events are read from a real datagram socket: the job runs in 
 Segura's health endpoint (a local HTTP server) answers 203 "active, not primary" for the skip case.
 """
 
-import http.server
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
-import threading
 
 import pytest
 
 from tests.conftest import COLLECTIONS, ROOT
+from tests.doubles import serve_segura_health
 from tests.lab import reference
 
 from ansible_collections.segura.backup.plugins.module_utils import cli
@@ -187,28 +186,10 @@ def test_role_unknown_skip_and_fail(tmp_path, capsys, appliance_root, age_key):
     assert _sidecars(target) == []
 
 
-class _HealthDouble(http.server.BaseHTTPRequestHandler):
-    """Segura's /flow/orbit/mntr: 203 = active, not primary."""
-
-    def do_GET(self):  # noqa: N802 (http.server's name)
-        self.send_response(203)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def health_not_primary():
-    server = http.server.HTTPServer(("127.0.0.1", 0), _HealthDouble)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    thread.start()
-    try:
-        yield "http://127.0.0.1:%d/flow/orbit/mntr" % server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve_segura_health() as server:
+        yield "http://127.0.0.1:%d/flow/orbit/mntr/203" % server.server_address[1]  # 203: active, not primary
 
 
 def test_contingency_node_is_skipped(tmp_path, capsys, appliance_root, age_key, health_not_primary):
