@@ -1,7 +1,10 @@
 """pytest wiring: make the collection importable as ansible_collections.segura.backup."""
 
 import os
+import subprocess
 import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLLECTIONS = os.path.join(ROOT, ".build", "collections")
@@ -20,3 +23,15 @@ def _link_collection():
 
 
 _link_collection()
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 3 MiB tmpfs mounted for this test (a full disk made honestly, needs root); unmounted afterwards."""
+    mountpoint = str(tmp_path / "tmpfs")
+    os.makedirs(mountpoint)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs", mountpoint], check=True, timeout=30)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", mountpoint], check=False, timeout=60)

@@ -14,7 +14,6 @@ Each case, on the private fault lab (never the shared one):
 """
 
 import os
-import subprocess
 
 import pytest
 
@@ -189,17 +188,6 @@ def _full_case(case, kind, fault_appliance, server_root):
 
 def test_smb_share_fills_up_mid_upload(fault_lab, case, fault_appliance):
     _full_case(case, "smb_full", fault_appliance, fault_lab.info["smb_dir_encrypted"])
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    mountpoint = str(tmp_path / "full")
-    os.makedirs(mountpoint)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs", mountpoint], check=True, timeout=30)
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", mountpoint], check=False, timeout=60)
 
 
 def test_path_target_fills_up_mid_upload(case, fault_appliance, small_tmpfs):

@@ -64,6 +64,18 @@ def write_through(vm, path, data):
     vm.run("sudo sh -c 'cat > \"$1\" && sync \"$1\"' sh %s" % shlex.quote(path), stdin_data=data)
 
 
+def write_in_guest_check_on_host(vm, mount_point, host_dir):
+    """Write a fresh file through the guest's mount; the server's folder on the host must hold the same
+    bytes. Returns (name, sha256, host path)."""
+    name = "vm-%s.bin" % uuid.uuid4().hex
+    data = payload()
+    write_through(vm, "%s/%s" % (mount_point, name), data)
+    host_copy = os.path.join(host_dir, name)
+    with open(host_copy, "rb") as handle:
+        assert hashlib.sha256(handle.read()).hexdigest() == hashlib.sha256(data).hexdigest()
+    return name, hashlib.sha256(data).hexdigest(), host_copy
+
+
 def guest_sha256(vm, path):
     return vm.run("sudo sha256sum %s" % shlex.quote(path)).stdout.decode().split()[0]
 
@@ -90,12 +102,7 @@ def test_cifs_encrypted_share_round_trip(vm, lab):
         assert_no_secret(state, password, "the mount state")
         assert "password" not in state
 
-        name = "vm-%s.bin" % uuid.uuid4().hex
-        data = payload()
-        write_through(vm, "%s/%s" % (CIFS_MOUNT, name), data)
-        host_copy = os.path.join(lab["smb_dir_encrypted"], name)
-        with open(host_copy, "rb") as handle:
-            assert hashlib.sha256(handle.read()).hexdigest() == hashlib.sha256(data).hexdigest()
+        name, _digest, host_copy = write_in_guest_check_on_host(vm, CIFS_MOUNT, lab["smb_dir_encrypted"])
 
         back_name = "host-%s.bin" % uuid.uuid4().hex
         back = payload()
@@ -132,13 +139,8 @@ def test_nfs41_round_trip(vm, lab):
         assert state.startswith("nfs4 "), state
         assert "vers=4.1" in state, state
 
-        name = "vm-%s.bin" % uuid.uuid4().hex
-        data = payload()
-        write_through(vm, "%s/%s" % (NFS_MOUNT, name), data)
-        host_copy = os.path.join(lab["nfs_dir"], name)
-        with open(host_copy, "rb") as handle:
-            assert hashlib.sha256(handle.read()).hexdigest() == hashlib.sha256(data).hexdigest()
-        assert guest_sha256(vm, "%s/%s" % (NFS_MOUNT, name)) == hashlib.sha256(data).hexdigest()
+        name, digest, host_copy = write_in_guest_check_on_host(vm, NFS_MOUNT, lab["nfs_dir"])
+        assert guest_sha256(vm, "%s/%s" % (NFS_MOUNT, name)) == digest
         vm.run("sudo rm %s/%s" % (NFS_MOUNT, name))  # through the client: ganesha keeps no stale handle
         assert not os.path.exists(host_copy)
     finally:

@@ -82,18 +82,6 @@ def fault(lab, lab_target_factory, reference_appliance, age_identity):
     return make
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 2 MiB tmpfs mounted for this test (a full disk made honestly); unmounted afterwards."""
-    mountpoint = str(tmp_path / "tmpfs")
-    os.makedirs(mountpoint)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", mountpoint], check=True, timeout=30)
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", mountpoint], check=False, timeout=60)
-
-
 def _private_file(path, text):
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:

@@ -494,25 +494,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="reference seed number (with --seed-size)")
     options = parser.parse_args(argv)
     lab = ApplianceContainers(core.resolve_state_dir(options.state))
-    try:
-        if options.command == "build":
-            result = lab.build()
-        elif options.command == "up":
-            result = lab.up(options.count, options.seed_size, options.seed)
-        elif options.command == "down":
-            result = {"removed": lab.down()}
-        elif options.command == "status":
-            result = lab.status()
-        else:
-            result = lab.env()
-    except (core.LabError, reference.ReferenceSeedError) as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        return 1
-    json.dump(result, sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
-    if options.command == "status" and not result["running"]:
-        return 3
-    return 0
+    return core.run_command(options.command, {
+        "build": lab.build,
+        "up": lambda: lab.up(options.count, options.seed_size, options.seed),
+        "down": lambda: {"removed": lab.down()},
+        "status": lab.status,
+        "env": lab.env,
+    }, errors=(reference.ReferenceSeedError,))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from typing import Callable, Dict, Iterable, Iterator, List, Optional
 
@@ -352,3 +353,16 @@ def release_lease(state_dir: str, lease_path: str) -> int:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(folder, name))
     return remaining
+
+
+def run_command(command: str, actions: Dict[str, Callable[[], dict]], errors: tuple = ()) -> int:
+    """The lab CLIs' common ending: run ``actions[command]``, print its result as JSON and return the exit
+    status (1 with one line on stderr for a lab error; 3 when `status` finds it not running)."""
+    try:
+        result = actions[command]()
+    except (LabError,) + tuple(errors) as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 1
+    json.dump(result, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+    return 3 if command == "status" and not result["running"] else 0

@@ -15,6 +15,7 @@ import pwd
 from typing import List, Optional
 
 from tests.lab import core
+from tests.lab.ganesha import GaneshaService
 
 SMB_HOST = "127.0.0.1"
 DEFAULT_SMB_PORT = 445
@@ -63,7 +64,7 @@ class SambaService(core.Service):
         Podman containers and their Ansible runs cannot reach 127.0.0.1 of this machine, but they
         reach this lab-made address, so smbd listens there too.
         """
-        recorded = core.read_json(os.path.join(self.state_dir, "nfs", "network.json")) or {}
+        recorded = core.read_json(GaneshaService(self.state_dir).network_file) or {}
         address = recorded.get("host_addr")
         if not address:
             return None

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -493,30 +492,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("remote", nargs=argparse.REMAINDER, help="ssh: the command to run in the VM (after --)")
     options = parser.parse_args(argv)
     machine = KernelVM(core.resolve_state_dir(options.state))
-    try:
-        if options.command == "ssh":
-            if machine._running_pid() is None:
-                raise core.LabError("the VM is not running: python -m tests.lab.vm up")
-            remote = options.remote[1:] if options.remote[:1] == ["--"] else options.remote
-            os.execvp("ssh", machine.ssh_argv() + remote)
-        if options.command == "build":
-            result = machine.build()
-        elif options.command == "up":
-            result = machine.up()
-        elif options.command == "down":
-            result = {"stopped_pid": machine.down()}
-        elif options.command == "status":
-            result = machine.status()
-        else:
-            result = machine.env()
-    except core.LabError as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        return 1
-    json.dump(result, sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
-    if options.command == "status" and not result["running"]:
-        return 3
-    return 0
+    if options.command == "ssh":
+        if machine._running_pid() is None:
+            print("error: the VM is not running: python -m tests.lab.vm up", file=sys.stderr)
+            return 1
+        remote = options.remote[1:] if options.remote[:1] == ["--"] else options.remote
+        os.execvp("ssh", machine.ssh_argv() + remote)
+    return core.run_command(options.command, {
+        "build": machine.build,
+        "up": machine.up,
+        "down": lambda: {"stopped_pid": machine.down()},
+        "status": machine.status,
+        "env": machine.env,
+    })
 
 
 if __name__ == "__main__":
