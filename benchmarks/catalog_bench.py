@@ -31,9 +31,9 @@ sys.path[:0] = [os.path.join(REPO, ".build", "collections"), REPO]
 # Links the collection under .build/ so ansible_collections.segura.backup imports.
 import tests.conftest  # noqa: E402,F401  pylint: disable=unused-import
 
-from ansible_collections.segura.backup.plugins.module_utils import catalog, pruning, retention  # noqa: E402
-from ansible_collections.segura.backup.plugins.module_utils.targets import open_target  # noqa: E402
-from ansible_collections.segura.backup.plugins.module_utils.targets.path import PathTarget  # noqa: E402
+from ansible_collections.segura.backup.plugins.module_utils._engine import catalog, pruning, retention  # noqa: E402
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target  # noqa: E402
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.path import PathTarget  # noqa: E402
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 RECIPIENT = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"

@@ -38,7 +38,7 @@ sys.path[:0] = [os.path.join(REPO, ".build", "collections"), REPO]
 # Links the collection under .build/ so ansible_collections.segura.backup imports.
 import tests.conftest  # noqa: E402,F401  pylint: disable=unused-import
 
-from ansible_collections.segura.backup.plugins.module_utils.targets import open_target  # noqa: E402
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target  # noqa: E402
 from tests.lab import core as lab_core  # noqa: E402
 from tests.lab import reference  # noqa: E402
 from tests.lab.mariadb import PORT_ENV, MariaDBService  # noqa: E402

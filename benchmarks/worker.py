@@ -26,10 +26,10 @@ sys.path[:0] = [os.path.join(REPO, ".build", "collections"), REPO]
 # Links the collection under .build/ so ansible_collections.segura.backup imports.
 import tests.conftest  # noqa: E402,F401  pylint: disable=unused-import
 
-from ansible_collections.segura.backup.plugins.module_utils.appliance import (  # noqa: E402
-    ApplianceLayout, DatabaseConnection)
-from ansible_collections.segura.backup.plugins.module_utils.archive import Decryption, Encryption  # noqa: E402
-from ansible_collections.segura.backup.plugins.module_utils.targets import open_target  # noqa: E402
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import ApplianceLayout  # noqa: E402
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection  # noqa: E402
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption, Encryption  # noqa: E402
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target  # noqa: E402
 
 BLOCK = 1024 * 1024
 
@@ -37,7 +37,7 @@ BLOCK = 1024 * 1024
 def push(job):
     if job.get("generic_writes"):
         # Before/after comparison: send every WRITE through smbprotocol's Open.write(), as before the fast path.
-        from ansible_collections.segura.backup.plugins.module_utils.targets import smb
+        from ansible_collections.segura.backup.plugins.module_utils._engine.targets import smb
         smb._FastWrites.usable = staticmethod(lambda raw_open: False)
     with open_target(job["target"]) as target, open(job["file"], "rb") as source:
         started = time.perf_counter()
@@ -51,7 +51,7 @@ def push(job):
 
 
 def snapshot(job):
-    from ansible_collections.segura.backup.plugins.module_utils.snapshot import SnapshotRequest, take_snapshot
+    from ansible_collections.segura.backup.plugins.module_utils._engine.snapshot import SnapshotRequest, take_snapshot
 
     db = DatabaseConnection(defaults_file=job["defaults_file"], exclusive_defaults=True) if job.get("defaults_file") else None
     request = SnapshotRequest(appliance=job["appliance"], layout=ApplianceLayout(root=job["root"]),
@@ -71,7 +71,8 @@ def snapshot(job):
 
 
 def restore(job):
-    from ansible_collections.segura.backup.plugins.module_utils.restore import RestoreRequest, restore as run_restore
+    from ansible_collections.segura.backup.plugins.module_utils._engine.restore.apply import restore as run_restore
+    from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import RestoreRequest
 
     request = RestoreRequest(appliance=job["appliance"], layout=ApplianceLayout(root=job["root"]),
                              decryption=Decryption.identity_file(job["identity"]),

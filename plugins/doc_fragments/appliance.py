@@ -8,7 +8,7 @@ __metaclass__ = type
 
 
 class ModuleDocFragment(object):
-    # Where the appliance keeps its data; mirrors appliance_argument_spec() in plugins/module_utils/common_options.py.
+    # Where the appliance keeps its data; mirrors appliance_argument_spec() in plugins/module_utils/_engine/options.py.
     DOCUMENTATION = r"""
 options:
   appliance:

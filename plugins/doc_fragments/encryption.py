@@ -8,7 +8,7 @@ __metaclass__ = type
 
 
 class ModuleDocFragment(object):
-    # How snapshots are encrypted; mirrors encryption_argument_spec() in plugins/module_utils/common_options.py.
+    # How snapshots are encrypted; mirrors encryption_argument_spec() in plugins/module_utils/_engine/options.py.
     DOCUMENTATION = r"""
 options:
   encryption:

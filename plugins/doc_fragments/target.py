@@ -8,7 +8,7 @@ __metaclass__ = type
 
 
 class ModuleDocFragment(object):
-    # The shared target option; mirrors plugins/module_utils/target_options.py exactly.
+    # The shared target option; mirrors plugins/module_utils/_engine/target_spec.py exactly.
     DOCUMENTATION = r"""
 options:
   target:

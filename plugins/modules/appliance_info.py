@@ -187,14 +187,15 @@ appliance:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.segura.backup.plugins.module_utils import appliance as appliance_mod
-from ansible_collections.segura.backup.plugins.module_utils.common_options import (
+from ansible_collections.segura.backup.plugins.module_utils._engine.options import (
     appliance_argument_spec,
     appliance_name,
     build_database,
     build_layout,
 )
-from ansible_collections.segura.backup.plugins.module_utils.errors import BackupError
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.facts import estimate_snapshot_size
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.facts import facts as appliance_facts
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError
 
 
 def argument_spec():
@@ -221,12 +222,12 @@ def main():
     try:
         layout = build_layout(params["appliance"])
         db = build_database(params["database"]) if params["gather_database"] else None
-        facts = appliance_mod.facts(layout, db=db, health_url=params["appliance"].get("health_url"),
+        facts = appliance_facts(layout, db=db, health_url=params["appliance"].get("health_url"),
                                     verify_tls=params["appliance"]["validate_certs"],
                                     health_timeout=params["health_timeout"])
         facts["name"] = appliance_name(params["appliance"])
         facts["var"] = _var_usage(facts["free_space"])
-        facts["estimate"] = appliance_mod.estimate_snapshot_size(facts)
+        facts["estimate"] = estimate_snapshot_size(facts)
     except BackupError as exc:
         module.fail_json(msg=str(exc), error=type(exc).__name__)
     if facts["cluster"].get("error"):

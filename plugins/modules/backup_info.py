@@ -245,11 +245,11 @@ from datetime import datetime, timezone
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.segura.backup.plugins.module_utils import catalog, deps
-from ansible_collections.segura.backup.plugins.module_utils.errors import BackupError
-from ansible_collections.segura.backup.plugins.module_utils.pruning import list_session_files, referenced_sessions
-from ansible_collections.segura.backup.plugins.module_utils.target_options import target_argument_spec
-from ansible_collections.segura.backup.plugins.module_utils.targets import open_target
+from ansible_collections.segura.backup.plugins.module_utils._engine import catalog, deps
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError
+from ansible_collections.segura.backup.plugins.module_utils._engine.pruning import list_session_files, referenced_sessions
+from ansible_collections.segura.backup.plugins.module_utils._engine.target_spec import target_argument_spec
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
 
 
 def argument_spec():

@@ -227,11 +227,11 @@ from datetime import datetime, timedelta, timezone
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.segura.backup.plugins.module_utils import deps, retention
-from ansible_collections.segura.backup.plugins.module_utils.errors import BackupError, ConfigError
-from ansible_collections.segura.backup.plugins.module_utils.pruning import prune
-from ansible_collections.segura.backup.plugins.module_utils.target_options import target_argument_spec
-from ansible_collections.segura.backup.plugins.module_utils.targets import open_target
+from ansible_collections.segura.backup.plugins.module_utils._engine import deps, retention
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError, ConfigError
+from ansible_collections.segura.backup.plugins.module_utils._engine.pruning import prune
+from ansible_collections.segura.backup.plugins.module_utils._engine.target_spec import target_argument_spec
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
 
 
 def argument_spec():

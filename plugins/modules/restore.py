@@ -261,8 +261,8 @@ restore:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.segura.backup.plugins.module_utils import deps
-from ansible_collections.segura.backup.plugins.module_utils.common_options import (
+from ansible_collections.segura.backup.plugins.module_utils._engine import deps
+from ansible_collections.segura.backup.plugins.module_utils._engine.options import (
     appliance_argument_spec,
     appliance_name,
     build_database,
@@ -270,15 +270,12 @@ from ansible_collections.segura.backup.plugins.module_utils.common_options impor
     build_layout,
     decryption_argument_spec,
 )
-from ansible_collections.segura.backup.plugins.module_utils.errors import BackupError
-from ansible_collections.segura.backup.plugins.module_utils.restore import (
-    RESTORABLE_COMPONENTS,
-    RestoreRequest,
-    plan_restore,
-    restore,
-)
-from ansible_collections.segura.backup.plugins.module_utils.target_options import target_argument_spec
-from ansible_collections.segura.backup.plugins.module_utils.targets import open_target
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.apply import restore
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.plan import plan_restore
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import RESTORABLE_COMPONENTS, RestoreRequest
+from ansible_collections.segura.backup.plugins.module_utils._engine.target_spec import target_argument_spec
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
 
 
 def argument_spec():

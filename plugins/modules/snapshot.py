@@ -238,8 +238,8 @@ from datetime import timedelta
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.segura.backup.plugins.module_utils import deps
-from ansible_collections.segura.backup.plugins.module_utils.common_options import (
+from ansible_collections.segura.backup.plugins.module_utils._engine import deps
+from ansible_collections.segura.backup.plugins.module_utils._engine.options import (
     appliance_argument_spec,
     appliance_name,
     build_database,
@@ -247,10 +247,10 @@ from ansible_collections.segura.backup.plugins.module_utils.common_options impor
     build_layout,
     encryption_argument_spec,
 )
-from ansible_collections.segura.backup.plugins.module_utils.errors import BackupError
-from ansible_collections.segura.backup.plugins.module_utils.snapshot import SnapshotRequest, preflight, take_snapshot
-from ansible_collections.segura.backup.plugins.module_utils.target_options import target_argument_spec
-from ansible_collections.segura.backup.plugins.module_utils.targets import open_target
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError
+from ansible_collections.segura.backup.plugins.module_utils._engine.snapshot import SnapshotRequest, preflight, take_snapshot
+from ansible_collections.segura.backup.plugins.module_utils._engine.target_spec import target_argument_spec
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
 
 COMPONENTS = ["database", "config", "secrets", "sessions"]
 

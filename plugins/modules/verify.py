@@ -205,15 +205,15 @@ missing_ids:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.segura.backup.plugins.module_utils import catalog, deps
-from ansible_collections.segura.backup.plugins.module_utils.common_options import (
+from ansible_collections.segura.backup.plugins.module_utils._engine import catalog, deps
+from ansible_collections.segura.backup.plugins.module_utils._engine.options import (
     build_decryption,
     decryption_argument_spec,
 )
-from ansible_collections.segura.backup.plugins.module_utils.errors import BackupError
-from ansible_collections.segura.backup.plugins.module_utils.target_options import target_argument_spec
-from ansible_collections.segura.backup.plugins.module_utils.targets import open_target
-from ansible_collections.segura.backup.plugins.module_utils.verification import (
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError
+from ansible_collections.segura.backup.plugins.module_utils._engine.target_spec import target_argument_spec
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
+from ansible_collections.segura.backup.plugins.module_utils._engine.verification import (
     MODES,
     SELECTIONS,
     select_snapshots,

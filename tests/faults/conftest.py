@@ -40,13 +40,14 @@ from tests.integration.conftest import (  # noqa: F401 pylint: disable=unused-im
 from tests.integration.playbook import PYTHON, VENV_BIN, ansible_env
 from tests.lab import core
 
-from ansible_collections.segura.backup.plugins.module_utils import catalog, retention
-from ansible_collections.segura.backup.plugins.module_utils.appliance import ApplianceLayout, DatabaseConnection
-from ansible_collections.segura.backup.plugins.module_utils.archive import Decryption, Encryption
-from ansible_collections.segura.backup.plugins.module_utils.pruning import prune
-from ansible_collections.segura.backup.plugins.module_utils.snapshot import SnapshotRequest
-from ansible_collections.segura.backup.plugins.module_utils.targets import open_target
-from ansible_collections.segura.backup.plugins.module_utils.verification import verify_snapshot
+from ansible_collections.segura.backup.plugins.module_utils._engine import catalog, retention
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import ApplianceLayout
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption, Encryption
+from ansible_collections.segura.backup.plugins.module_utils._engine.pruning import prune
+from ansible_collections.segura.backup.plugins.module_utils._engine.snapshot import SnapshotRequest
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
+from ansible_collections.segura.backup.plugins.module_utils._engine.verification import verify_snapshot
 
 FAULT_NETNS = "segura-lab-f"
 FAULT_NET = "10.254.79"

@@ -16,9 +16,9 @@ import time
 
 import pytest
 
-from ansible_collections.segura.backup.plugins.module_utils.errors import ApplianceError
-from ansible_collections.segura.backup.plugins.module_utils.snapshot import take_snapshot
-from ansible_collections.segura.backup.plugins.module_utils.targets import open_target
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError
+from ansible_collections.segura.backup.plugins.module_utils._engine.snapshot import take_snapshot
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
 from tests.faults.conftest import (
     SHORT_TTL,
     HookedTarget,
@@ -207,7 +207,8 @@ def test_config_file_replaced_while_read_gives_the_old_copy(fault_appliance, age
     with open_target(case.target.options) as client:
         result = take_snapshot(HookedTarget(client, trigger), case.request)
     assert trigger.fired
-    from ansible_collections.segura.backup.plugins.module_utils.archive import ArchiveReader, Decryption
+    from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption
+    from ansible_collections.segura.backup.plugins.module_utils._engine.archive.reader import ArchiveReader
 
     with open(os.path.join(case.target.server_dir, result["object"]), "rb") as handle:
         reader = ArchiveReader(handle, Decryption.identity_file(case.identity_file))
@@ -227,8 +228,8 @@ from datetime import timedelta
 args = json.load(sys.stdin)
 sys.path[:0] = args["paths"]
 from tests.faults.conftest import snapshot_request
-from ansible_collections.segura.backup.plugins.module_utils.snapshot import take_snapshot
-from ansible_collections.segura.backup.plugins.module_utils.targets import open_target
+from ansible_collections.segura.backup.plugins.module_utils._engine.snapshot import take_snapshot
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
 request = snapshot_request(args["appliance"], args["recipient"])
 with open_target(args["target"]) as target:
     take_snapshot(target, request)
@@ -271,7 +272,7 @@ def test_snapshot_process_killed_leaves_a_lock_that_expires(fault_appliance, age
         assert json.load(handle)["pid"] == process.pid
 
     # Before the lock expires, a run is refused clearly; after, it takes the lock over.
-    from ansible_collections.segura.backup.plugins.module_utils.errors import LockBusy
+    from ansible_collections.segura.backup.plugins.module_utils._engine.errors import LockBusy
 
     with open_target(case.target.options) as client, pytest.raises(LockBusy):
         take_snapshot(client, case.request)

@@ -19,10 +19,10 @@ import time
 import pytest
 import zstandard
 
-from ansible_collections.segura.backup.plugins.module_utils import catalog
-from ansible_collections.segura.backup.plugins.module_utils.archive import Encryption
-from ansible_collections.segura.backup.plugins.module_utils.snapshot import take_snapshot
-from ansible_collections.segura.backup.plugins.module_utils.targets import open_target
+from ansible_collections.segura.backup.plugins.module_utils._engine import catalog
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Encryption
+from ansible_collections.segura.backup.plugins.module_utils._engine.snapshot import take_snapshot
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
 from tests.faults.conftest import (
     APPLIANCE_NAME,
     run_tasks,

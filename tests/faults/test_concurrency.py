@@ -14,9 +14,9 @@ import threading
 
 import pytest
 
-from ansible_collections.segura.backup.plugins.module_utils.errors import LockBusy
-from ansible_collections.segura.backup.plugins.module_utils.snapshot import take_snapshot
-from ansible_collections.segura.backup.plugins.module_utils.targets import open_target
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import LockBusy
+from ansible_collections.segura.backup.plugins.module_utils._engine.snapshot import take_snapshot
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
 from tests.faults.conftest import (
     APPLIANCE_NAME,
     HookedTarget,

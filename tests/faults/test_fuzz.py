@@ -17,10 +17,13 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.segura.backup.plugins.module_utils import archive, catalog
-from ansible_collections.segura.backup.plugins.module_utils.age import generate_identity
-from ansible_collections.segura.backup.plugins.module_utils.archive import ArchiveReader, ArchiveWriter, Decryption, Encryption
-from ansible_collections.segura.backup.plugins.module_utils.errors import BackupError, IntegrityError
+from ansible_collections.segura.backup.plugins.module_utils._engine import catalog
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive import reader as archive_reader
+from ansible_collections.segura.backup.plugins.module_utils._engine.age import generate_identity
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption, Encryption
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.reader import ArchiveReader
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.writer import ArchiveWriter
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError, IntegrityError
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
 
@@ -87,7 +90,7 @@ def test_mutated_plain_archive_never_yields_changed_members(mutations):
     members = _read_mutated(mutated, Decryption.none())  # anything but a BackupError fails the test
     if members is not None:
         assert members == PLAIN_MEMBERS  # accepted: then nothing that matters changed
-        report = archive.verify(io.BytesIO(mutated), Decryption.none())
+        report = archive_reader.verify(io.BytesIO(mutated), Decryption.none())
         assert report.ok, report.problems
 
 
@@ -99,7 +102,7 @@ def test_mutated_encrypted_archive_is_refused(mutations):
         return
     assert _read_mutated(mutated, KEY) is None
     try:
-        assert not archive.verify(io.BytesIO(mutated), KEY).ok
+        assert not archive_reader.verify(io.BytesIO(mutated), KEY).ok
     except BackupError:
         pass  # a header that no longer opens with the key: ArchiveError, as documented
 
@@ -161,13 +164,13 @@ MANIFEST_KEYS = ["format", "id", "appliance", "members", "db", "sessions"]
                                             ["name", "type", "size", "sha256", "mode"]), JSON), max_size=3),
                                         "db": JSON})))
 def test_manifest_checks_report_problems_never_crash(manifest):
-    report = archive.verify(io.BytesIO(_archive_with_manifest(json.dumps(manifest).encode())), Decryption.none())
+    report = archive_reader.verify(io.BytesIO(_archive_with_manifest(json.dumps(manifest).encode())), Decryption.none())
     assert not report.ok  # snapshot.json is not in any of these manifests
 
 
 def test_manifest_member_name_that_is_not_a_string_is_a_problem_not_a_crash():
     """Regression: a member list entry whose name was a list crashed problems() with TypeError."""
     manifest = {"format": "segura.backup/1", "members": [{"name": ["snapshot.json"]}]}
-    report = archive.verify(io.BytesIO(_archive_with_manifest(json.dumps(manifest).encode())), Decryption.none())
+    report = archive_reader.verify(io.BytesIO(_archive_with_manifest(json.dumps(manifest).encode())), Decryption.none())
     assert not report.ok
     assert "no valid member list" in "; ".join(report.problems)

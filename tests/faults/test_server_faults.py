@@ -17,9 +17,9 @@ import os
 
 import pytest
 
-from ansible_collections.segura.backup.plugins.module_utils.errors import BackupError
-from ansible_collections.segura.backup.plugins.module_utils.snapshot import take_snapshot
-from ansible_collections.segura.backup.plugins.module_utils.targets import open_target
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError
+from ansible_collections.segura.backup.plugins.module_utils._engine.snapshot import take_snapshot
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
 from tests.faults.conftest import (
     LabTarget,
     BIG_FILE_BYTES,

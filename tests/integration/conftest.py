@@ -183,7 +183,7 @@ def _remove_lab_target(target):
     if target.kind == "path" or target.kind.startswith("smb"):
         shutil.rmtree(target.server_dir, ignore_errors=True)
         return
-    from ansible_collections.segura.backup.plugins.module_utils.targets import open_target
+    from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
 
     base = dict(target.options, path="")
     try:

@@ -19,15 +19,11 @@ import time
 
 import pytest
 
-from ansible_collections.segura.backup.plugins.module_utils import appliance
-from ansible_collections.segura.backup.plugins.module_utils.appliance import (
-    ApplianceLayout,
-    DatabaseConnection,
-    DatabaseDump,
-    run_query,
-    temporary_defaults_file,
-)
-from ansible_collections.segura.backup.plugins.module_utils.errors import ApplianceError
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance import facts as appliance_facts
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.dump import DatabaseDump
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import ApplianceLayout
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection, run_query, temporary_defaults_file
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError
 from tests.lab.mariadb import PORT_ENV, MariaDBService
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -244,7 +240,8 @@ def test_consumer_that_stops_reading_early_is_refused(server):
 CONSUMER = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from ansible_collections.segura.backup.plugins.module_utils.appliance import DatabaseConnection, DatabaseDump
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.dump import DatabaseDump
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection
 with DatabaseDump(DatabaseConnection(defaults_file=sys.argv[2], exclusive_defaults=True)) as dump:
     dump.stdout.read(65536)
     print(dump.pid, flush=True)
@@ -283,12 +280,12 @@ def test_killed_consumer_leaves_no_dump_behind(server):
 def test_database_facts(server, tmp_path):
     layout = ApplianceLayout(root=str(tmp_path))
     run_query(server["admin"], "ANALYZE TABLE mt4.bulk;")  # sizes are InnoDB statistics, refreshed lazily
-    found = appliance.facts(layout, db=server["admin"])["mariadb"]
+    found = appliance_facts.facts(layout, db=server["admin"])["mariadb"]
     assert "MariaDB" in found["server_version"]
     assert found["databases"]["mt4"]["exists"] and found["databases"]["mt4"]["data_bytes"] >= BULK_ROWS * 1000
     assert found["databases"]["senhasegura"]["exists"]
-    missing = appliance.database_facts(ApplianceLayout(root=str(tmp_path), databases=("mt4", "absent_db")),
+    missing = appliance_facts.database_facts(ApplianceLayout(root=str(tmp_path), databases=("mt4", "absent_db")),
                                        server["admin"])
     assert missing["databases"]["absent_db"] == {"exists": False, "data_bytes": 0, "index_bytes": 0}
-    estimate = appliance.estimate_snapshot_size({"mariadb": found})
+    estimate = appliance_facts.estimate_snapshot_size({"mariadb": found})
     assert estimate["database_bytes"] >= BULK_ROWS * 1000

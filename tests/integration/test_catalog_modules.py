@@ -17,9 +17,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ansible_collections.segura.backup.plugins.module_utils import age, catalog
-from ansible_collections.segura.backup.plugins.module_utils.archive import Encryption
-from ansible_collections.segura.backup.plugins.module_utils.targets import open_target
+from ansible_collections.segura.backup.plugins.module_utils._engine import age, catalog
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Encryption
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
 from tests.integration.conftest import APPLIANCE_NAME, snapshot_args
 from tests.integration.playbook import run_task
 from tests.unit.test_verification import make_snapshot

@@ -30,11 +30,13 @@ from tests.lab.mariadb import PORT_ENV, MariaDBService
 # As a script (--measure), this import makes ansible_collections importable.
 import tests.conftest  # noqa: F401  pylint: disable=unused-import
 
-from ansible_collections.segura.backup.plugins.module_utils import catalog
-from ansible_collections.segura.backup.plugins.module_utils.appliance import ApplianceLayout, DatabaseConnection
-from ansible_collections.segura.backup.plugins.module_utils.archive import ArchiveWriter, Encryption
-from ansible_collections.segura.backup.plugins.module_utils.snapshot import SnapshotRequest, take_snapshot
-from ansible_collections.segura.backup.plugins.module_utils.targets import open_target
+from ansible_collections.segura.backup.plugins.module_utils._engine import catalog
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import ApplianceLayout
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Encryption
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.writer import ArchiveWriter
+from ansible_collections.segura.backup.plugins.module_utils._engine.snapshot import SnapshotRequest, take_snapshot
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
 from tests.secret_checks import assert_no_secret
 
 MODULE = "segura.backup.restore"
@@ -456,8 +458,9 @@ def measure(size_text):
         for top in ("etc/senhasegura", "etc/mysql", "srv/cache/coba", "var/senhasegura"):
             shutil.rmtree(os.path.join(root, top))
         write_version(root)
-        from ansible_collections.segura.backup.plugins.module_utils.archive import Decryption
-        from ansible_collections.segura.backup.plugins.module_utils.restore import RestoreRequest, restore
+        from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption
+        from ansible_collections.segura.backup.plugins.module_utils._engine.restore.apply import restore
+        from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import RestoreRequest
         request = RestoreRequest(appliance=APPLIANCE, layout=ApplianceLayout(root=root),
                                  decryption=Decryption.identity_file(key),
                                  db=DatabaseConnection(defaults_file=service.defaults_file, exclusive_defaults=True),

@@ -16,8 +16,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ansible_collections.segura.backup.plugins.module_utils.catalog import format_utc, lock_path
-from ansible_collections.segura.backup.plugins.module_utils.targets import open_target
+from ansible_collections.segura.backup.plugins.module_utils._engine.catalog import format_utc, lock_path
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
 from tests.integration.conftest import APPLIANCE_NAME, free_tcp_port, sha256_file, snapshot_args
 from tests.integration.playbook import run_task
 from tests.secret_checks import assert_no_secret

@@ -22,7 +22,7 @@ if __name__ == "__main__":  # run as a script (--measure): make the collection i
 
     importlib.import_module("tests.conftest")
 
-from ansible_collections.segura.backup.plugins.module_utils.errors import (
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
     ConfigError,
     TargetAuthError,
     TargetError,
@@ -30,7 +30,7 @@ from ansible_collections.segura.backup.plugins.module_utils.errors import (
     TargetFull,
     TargetNotFound,
 )
-from ansible_collections.segura.backup.plugins.module_utils.targets import open_target
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
 from tests.secret_checks import assert_no_secret
 
 TARGET_KINDS = ["path", "smb_signed", "smb_encrypted", "nfs_v3", "nfs_v41"]

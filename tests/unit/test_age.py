@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.segura.backup.plugins.module_utils import age
-from ansible_collections.segura.backup.plugins.module_utils.errors import ArchiveError, ConfigError, IntegrityError
+from ansible_collections.segura.backup.plugins.module_utils._engine import age
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ArchiveError, ConfigError, IntegrityError
 
 SIZES = [0, 1, 65535, 65536, 65537, 3 * 1024 * 1024 + 7]
 FAST = 10  # scrypt work factor for tests (the default 18 takes ~1 s per operation)

@@ -17,17 +17,13 @@ import sys
 
 import pytest
 
-from ansible_collections.segura.backup.plugins.module_utils import appliance
-from ansible_collections.segura.backup.plugins.module_utils.appliance import (
-    ApplianceLayout,
-    ConfigPath,
-    DatabaseConnection,
-    DatabaseDump,
-    collect_files,
-    estimate_snapshot_size,
-    temporary_defaults_file,
-)
-from ansible_collections.segura.backup.plugins.module_utils.errors import ApplianceError, ConfigError
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance import facts as appliance_facts
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.dump import DatabaseDump
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.facts import estimate_snapshot_size
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.files import collect_files
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import ApplianceLayout, ConfigPath
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection, temporary_defaults_file
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, ConfigError
 from tests.doubles import serve_segura_health
 from tests.secret_checks import assert_no_secret
 
@@ -235,7 +231,8 @@ def test_file_vanishing_during_the_walk_is_reported(tmp_path):
 UNPRIVILEGED_WALK = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from ansible_collections.segura.backup.plugins.module_utils.appliance import ApplianceLayout, collect_files
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.files import collect_files
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import ApplianceLayout
 problems = []
 items = list(collect_files(ApplianceLayout(root=sys.argv[2]), ["config", "secrets"], problems))
 print(json.dumps({"items": [i.archive_name for i in items], "problems": [list(p) for p in problems]}))
@@ -275,7 +272,7 @@ def health_double():
 def test_cluster_role_from_health_endpoint(tmp_path, health_double, code, role, primary):
     layout = make_appliance(tmp_path)
     url = "http://127.0.0.1:%d/flow/orbit/mntr/%d" % (health_double.server_address[1], code)
-    result = appliance.cluster_role(layout, health_url=url, timeout=10)
+    result = appliance_facts.cluster_role(layout, health_url=url, timeout=10)
     assert result == {"role": role, "is_primary": primary, "source": "health", "status": code}
 
 
@@ -283,10 +280,10 @@ def test_cluster_role_unreachable_health_is_unknown(tmp_path, health_double):
     port = health_double.server_address[1]
     health_double.shutdown()
     health_double.server_close()
-    result = appliance.cluster_role(make_appliance(tmp_path), "http://127.0.0.1:%d/flow/orbit/mntr" % port, timeout=5)
+    result = appliance_facts.cluster_role(make_appliance(tmp_path), "http://127.0.0.1:%d/flow/orbit/mntr" % port, timeout=5)
     assert result["role"] == "unknown" and result["is_primary"] is None and "did not answer" in result["error"]
     with pytest.raises(ConfigError):
-        appliance.cluster_role(make_appliance(tmp_path), "ftp://x/")
+        appliance_facts.cluster_role(make_appliance(tmp_path), "ftp://x/")
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed for a self-signed certificate")
@@ -302,9 +299,9 @@ def test_health_endpoint_tls_is_verified_unless_disabled(tmp_path):
     with serve_segura_health(lambda sock: context.wrap_socket(sock, server_side=True)) as server:
         layout = make_appliance(tmp_path / "root")
         url = "https://127.0.0.1:%d/flow/orbit/mntr/203" % server.server_address[1]
-        verified = appliance.cluster_role(layout, url, timeout=10)
+        verified = appliance_facts.cluster_role(layout, url, timeout=10)
         assert verified["role"] == "unknown" and "CERTIFICATE_VERIFY_FAILED" in verified["error"]
-        assert appliance.cluster_role(layout, url, verify_tls=False, timeout=10)["role"] == "secondary"
+        assert appliance_facts.cluster_role(layout, url, verify_tls=False, timeout=10)["role"] == "secondary"
 
 
 @pytest.mark.parametrize("galera, role, primary", [
@@ -320,25 +317,25 @@ def test_cluster_role_from_galera_config(tmp_path, galera, role, primary):
         cnf.unlink()
     else:
         cnf.write_text(galera)
-    result = appliance.cluster_role(layout)
+    result = appliance_facts.cluster_role(layout)
     assert (result["role"], result["is_primary"], result["source"]) == (role, primary, "galera.cnf")
 
 
 def test_appliance_version_sources(tmp_path):
     layout = make_appliance(tmp_path)
     if shutil.which("orbit") is None:
-        assert appliance.appliance_version(layout) == {"version": "unknown", "source": "none"}
+        assert appliance_facts.appliance_version(layout) == {"version": "unknown", "source": "none"}
     (tmp_path / "etc/senhasegura/version").write_text("3.32.0.12\n")
-    assert appliance.appliance_version(layout, orbit="") == {
+    assert appliance_facts.appliance_version(layout, orbit="") == {
         "version": "3.32.0.12", "source": str(tmp_path / "etc/senhasegura/version")}
     # TEST DOUBLE of the proprietary orbit CLI.
     orbit = tmp_path / "orbit"
     orbit.write_text("#!/bin/sh\n[ \"$1\" = version ] && echo 'Segura 4.0.1' && exit 0\nexit 3\n")
     orbit.chmod(0o755)
-    assert appliance.appliance_version(layout, orbit=str(orbit)) == {"version": "Segura 4.0.1", "source": "orbit"}
+    assert appliance_facts.appliance_version(layout, orbit=str(orbit)) == {"version": "Segura 4.0.1", "source": "orbit"}
     orbit.write_text("#!/bin/sh\necho 'orbit: needs root' >&2\nexit 1\n")
     with pytest.raises(ApplianceError, match="needs root"):
-        appliance.appliance_version(layout, orbit=str(orbit))
+        appliance_facts.appliance_version(layout, orbit=str(orbit))
 
 
 def test_network_mounts_keep_cifs_and_nfs_without_credentials(tmp_path):
@@ -348,7 +345,7 @@ def test_network_mounts_keep_cifs_and_nfs_without_credentials(tmp_path):
         "//nas/backup /srv/backup\\040remoto cifs rw,vers=3.0,username=bk,password=hunter2,domain=X 0 0\n"
         "nas:/export /mnt/nfs nfs4 rw,vers=4.1,addr=10.0.0.1 0 0\n"
         "proc /proc proc rw 0 0\n")
-    found = appliance.network_mounts(str(mounts))
+    found = appliance_facts.network_mounts(str(mounts))
     assert found == [
         {"source": "//nas/backup", "mountpoint": "/srv/backup remoto", "fstype": "cifs",
          "options": "rw,vers=3.0,username=bk,domain=X"},
@@ -358,7 +355,7 @@ def test_network_mounts_keep_cifs_and_nfs_without_credentials(tmp_path):
 
 def test_facts_without_database_and_size_estimate(tmp_path):
     layout = make_appliance(tmp_path)
-    result = appliance.facts(layout)
+    result = appliance_facts.facts(layout)
     assert result["hostname"] and result["root"] == str(tmp_path)
     assert result["cluster"]["role"] == "standalone"
     config = {item["path"]: item for item in result["paths"]["config"]}

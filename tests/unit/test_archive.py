@@ -18,18 +18,12 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.segura.backup.plugins.module_utils import age
-from ansible_collections.segura.backup.plugins.module_utils.archive import (
-    DB_PREFIX,
-    FORMAT,
-    ArchiveReader,
-    ArchiveWriter,
-    Decryption,
-    Encryption,
-    read_metadata,
-    verify,
-)
-from ansible_collections.segura.backup.plugins.module_utils.errors import (
+from ansible_collections.segura.backup.plugins.module_utils._engine import age
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption, Encryption
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.format import DB_PREFIX, FORMAT
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.reader import ArchiveReader, read_metadata, verify
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.writer import ArchiveWriter
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
     ApplianceError,
     ArchiveError,
     ConfigError,

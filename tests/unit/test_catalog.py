@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ansible_collections.segura.backup.plugins.module_utils import catalog
-from ansible_collections.segura.backup.plugins.module_utils.catalog import (
+from ansible_collections.segura.backup.plugins.module_utils._engine import catalog
+from ansible_collections.segura.backup.plugins.module_utils._engine.catalog import (
     AtomicUpload,
     Sidecar,
     list_snapshots,
@@ -19,14 +19,15 @@ from ansible_collections.segura.backup.plugins.module_utils.catalog import (
     record_verification,
     remove_snapshot,
 )
-from ansible_collections.segura.backup.plugins.module_utils.errors import (
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
     ConfigError,
     IntegrityError,
     TargetError,
     TargetExists,
+    TargetNotFound,
 )
-from ansible_collections.segura.backup.plugins.module_utils.retention import stale_partials
-from ansible_collections.segura.backup.plugins.module_utils.targets.path import PathTarget
+from ansible_collections.segura.backup.plugins.module_utils._engine.retention import stale_partials
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.path import PathTarget
 
 UTC = timezone.utc
 CREATED = datetime(2026, 11, 27, 10, 15, 0, tzinfo=UTC)
@@ -520,7 +521,7 @@ def test_small_reads_are_retried_but_not_forever(tmp_path):
     target.failures = 3
     with pytest.raises(TargetError):
         catalog.read_small(target, "f")
-    with pytest.raises(catalog.TargetNotFound):
+    with pytest.raises(TargetNotFound):
         catalog.read_small(target, "missing")
 
 

@@ -1,4 +1,4 @@
-"""The scheduled job's entry point (plugins/module_utils/cli.py), through its real code paths.
+"""The scheduled job's entry point (plugins/module_utils/_engine/cli.py), through its real code paths.
 
 The appliance is a seeded reference root under tmp_path (files only: the runs use `components` to leave the
 database out), the target a `path` folder under tmp_path, the encryption age X25519 (age-keygen) or a
@@ -20,7 +20,7 @@ from tests.conftest import COLLECTIONS, ROOT
 from tests.doubles import serve_segura_health
 from tests.lab import reference
 
-from ansible_collections.segura.backup.plugins.module_utils import cli
+from ansible_collections.segura.backup.plugins.module_utils._engine import cli
 
 APPLIANCE = "cli-appliance"
 COMPONENTS = ["config", "secrets"]
@@ -267,7 +267,7 @@ def _job(syslog_double, config_path, *extra):
     """python -m ...cli as the systemd unit runs it, in a private mount namespace with /dev/log = the double."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([COLLECTIONS, ROOT]))
     argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", NAMESPACE_SCRIPT, "job", syslog_double.folder,
-            sys.executable, "-m", "ansible_collections.segura.backup.plugins.module_utils.cli",
+            sys.executable, "-m", "ansible_collections.segura.backup.plugins.module_utils._engine.cli",
             "--config", config_path] + list(extra)
     result = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300,
                             cwd=ROOT, check=False)

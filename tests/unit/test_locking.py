@@ -8,9 +8,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ansible_collections.segura.backup.plugins.module_utils.errors import ConfigError, LockBusy
-from ansible_collections.segura.backup.plugins.module_utils.locking import AppliancesLock, ApplianceLock
-from ansible_collections.segura.backup.plugins.module_utils.targets.path import PathTarget
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError, LockBusy
+from ansible_collections.segura.backup.plugins.module_utils._engine.locking import AppliancesLock, ApplianceLock
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.path import PathTarget
 
 UTC = timezone.utc
 

@@ -8,16 +8,16 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ansible_collections.segura.backup.plugins.module_utils import catalog, retention
-from ansible_collections.segura.backup.plugins.module_utils.errors import TargetError
-from ansible_collections.segura.backup.plugins.module_utils.locking import ApplianceLock
-from ansible_collections.segura.backup.plugins.module_utils.pruning import (
+from ansible_collections.segura.backup.plugins.module_utils._engine import catalog, retention
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import TargetError
+from ansible_collections.segura.backup.plugins.module_utils._engine.locking import ApplianceLock
+from ansible_collections.segura.backup.plugins.module_utils._engine.pruning import (
     list_session_files,
     plan_appliance,
     prune,
     referenced_sessions,
 )
-from ansible_collections.segura.backup.plugins.module_utils.targets.path import PathTarget
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.path import PathTarget
 from tests.unit.test_catalog import make_sidecar
 
 UTC = timezone.utc

@@ -14,26 +14,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.segura.backup.plugins.module_utils import catalog
-from ansible_collections.segura.backup.plugins.module_utils.appliance import ApplianceLayout
-from ansible_collections.segura.backup.plugins.module_utils.archive import ArchiveWriter, Decryption, Encryption
-from ansible_collections.segura.backup.plugins.module_utils.errors import (
+from ansible_collections.segura.backup.plugins.module_utils._engine import catalog
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import ApplianceLayout
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption, Encryption
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.writer import ArchiveWriter
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
     ApplianceError,
     ArchiveError,
     ConfigError,
     IntegrityError,
 )
-from ansible_collections.segura.backup.plugins.module_utils.restore import (
-    DestinationTree,
-    DumpScanner,
-    RestoreRequest,
-    _Wanted,
-    check_symlink_target,
-    plan_restore,
-    restore,
-    run_commands,
-)
-from ansible_collections.segura.backup.plugins.module_utils.targets.path import PathTarget
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.apply import restore
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.commands import run_commands
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.logical import DumpScanner
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.plan import plan_restore
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import RestoreRequest
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.tree import DestinationTree, Wanted, check_symlink_target
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.path import PathTarget
 
 DUMP = (b"-- MariaDB dump 10.19\n-- Host: localhost    Database: mt4\n/*!40101 SET NAMES utf8mb4 */;\n"
         b"CREATE DATABASE /*!32312 IF NOT EXISTS*/ `mt4` /*!40100 DEFAULT CHARACTER SET utf8mb4 */;\nUSE `mt4`;\n"
@@ -87,7 +84,7 @@ def test_symlink_targets_must_stay_inside_the_restored_paths(relpath, link, ok):
 
 # ------------------------------------------------------------------ destination tree
 def _wanted(relpath, data=b"", kind="file", mode=0o640, link=""):
-    return _Wanted(relpath=relpath, type=kind, size=len(data), sha256=hashlib.sha256(data).hexdigest(), mode=mode,
+    return Wanted(relpath=relpath, type=kind, size=len(data), sha256=hashlib.sha256(data).hexdigest(), mode=mode,
                    mtime=1700000000, uid=os.getuid(), gid=os.getgid(), linkname=link)
 
 
@@ -173,7 +170,7 @@ def _appliance(root):
 
 
 def _snapshot(source_root, target_dir, appliance="box", passphrase="correct horse"):
-    from ansible_collections.segura.backup.plugins.module_utils.appliance import collect_files
+    from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.files import collect_files
 
     layout = ApplianceLayout(root=str(source_root))
     created = datetime.now(timezone.utc).replace(microsecond=0)

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.segura.backup.plugins.module_utils.catalog import SnapshotRecord
-from ansible_collections.segura.backup.plugins.module_utils.errors import ConfigError, IntegrityError
-from ansible_collections.segura.backup.plugins.module_utils.retention import (
+from ansible_collections.segura.backup.plugins.module_utils._engine.catalog import SnapshotRecord
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError, IntegrityError
+from ansible_collections.segura.backup.plugins.module_utils._engine.retention import (
     Policy,
     SnapshotRef,
     parse_duration,

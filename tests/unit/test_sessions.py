@@ -16,15 +16,15 @@ import os
 
 import pytest
 
-from ansible_collections.segura.backup.plugins.module_utils.appliance import ApplianceLayout
-from ansible_collections.segura.backup.plugins.module_utils.errors import ApplianceError, ConfigError
-from ansible_collections.segura.backup.plugins.module_utils.sessions import (
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import ApplianceLayout
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, ConfigError
+from ansible_collections.segura.backup.plugins.module_utils._engine.sessions import (
     BLOCK_SIZE,
     load_index,
     sync_sessions,
 )
-from ansible_collections.segura.backup.plugins.module_utils.targets.base import Target
-from ansible_collections.segura.backup.plugins.module_utils.targets.path import PathTarget
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.path import PathTarget
 
 APPLIANCE = "seg-01"
 

@@ -8,7 +8,7 @@ import pytest
 
 nfs_rs = pytest.importorskip("nfs_rs")
 
-from ansible_collections.segura.backup.plugins.module_utils.targets import nfs  # noqa: E402
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets import nfs  # noqa: E402
 
 REAL_BACKOFF = nfs._backoff  # before the autouse fixture below replaces it
 

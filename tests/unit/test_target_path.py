@@ -8,15 +8,15 @@ import tempfile
 
 import pytest
 
-from ansible_collections.segura.backup.plugins.module_utils.errors import (
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
     ConfigError,
     TargetError,
     TargetExists,
     TargetFull,
     TargetNotFound,
 )
-from ansible_collections.segura.backup.plugins.module_utils.targets import path as path_module
-from ansible_collections.segura.backup.plugins.module_utils.targets.path import PathTarget
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets import path as path_module
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.path import PathTarget
 
 
 @pytest.fixture
@@ -185,8 +185,8 @@ def test_full_filesystem_raises_target_full():
 
 # -- the shared `target` option and open_target() ------------------------------------------------------
 
-from ansible_collections.segura.backup.plugins.module_utils.target_options import target_argument_spec  # noqa: E402
-from ansible_collections.segura.backup.plugins.module_utils.targets import (  # noqa: E402
+from ansible_collections.segura.backup.plugins.module_utils._engine.target_spec import target_argument_spec  # noqa: E402
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets import (  # noqa: E402
     open_target,
     validate_target_options,
 )

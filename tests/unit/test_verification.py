@@ -14,11 +14,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ansible_collections.segura.backup.plugins.module_utils import age, catalog
-from ansible_collections.segura.backup.plugins.module_utils.archive import ArchiveWriter, Decryption, Encryption
-from ansible_collections.segura.backup.plugins.module_utils.errors import ConfigError
-from ansible_collections.segura.backup.plugins.module_utils.targets.path import PathTarget
-from ansible_collections.segura.backup.plugins.module_utils.verification import (
+from ansible_collections.segura.backup.plugins.module_utils._engine import age, catalog
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption, Encryption
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.writer import ArchiveWriter
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.path import PathTarget
+from ansible_collections.segura.backup.plugins.module_utils._engine.verification import (
     select_snapshots,
     summary,
     verify_snapshot,

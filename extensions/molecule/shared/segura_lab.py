@@ -134,7 +134,7 @@ def cleanup(scenario: str) -> dict:
         removed.append(smb_copy)
     if os.path.isdir(os.path.join(lab["nfs_dir"], folder)):  # looked at from here, removed through ganesha
         sys.path.insert(0, os.path.join(REPO, ".build", "collections"))
-        from ansible_collections.segura.backup.plugins.module_utils.targets import open_target
+        from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
 
         with open_target({"type": "nfs", "server": lab["nfs_server"], "export": lab["nfs_export"], "path": "",
                           "version": "3", "timeout": 15}) as client:

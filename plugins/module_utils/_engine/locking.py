@@ -43,14 +43,14 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from ansible_collections.segura.backup.plugins.module_utils.catalog import format_utc, lock_path, parse_utc
-from ansible_collections.segura.backup.plugins.module_utils.errors import (
+from ansible_collections.segura.backup.plugins.module_utils._engine.catalog import format_utc, lock_path, parse_utc
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
     ConfigError,
     LockBusy,
     TargetExists,
     TargetNotFound,
 )
-from ansible_collections.segura.backup.plugins.module_utils.targets.base import Target
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
 
 DEFAULT_TTL = timedelta(minutes=30)
 _LOCK_LIMIT = 64 * 1024

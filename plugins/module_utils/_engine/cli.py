@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Command line entry point of the scheduled backup: the same engine as the modules, without Ansible.
 
-    python -m ansible_collections.segura.backup.plugins.module_utils.cli --config /etc/segura-backup/backup.json
+    python -m ansible_collections.segura.backup.plugins.module_utils._engine.cli --config /etc/segura-backup/backup.json
 
 The config file (JSON, owned by root, mode 0600 - it may hold a share password or a passphrase) uses
 the option shapes of the modules::
@@ -31,16 +31,18 @@ import syslog
 from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, List, Optional
 
-from ansible_collections.segura.backup.plugins.module_utils import appliance as appliance_mod
-from ansible_collections.segura.backup.plugins.module_utils import catalog, retention
-from ansible_collections.segura.backup.plugins.module_utils.common_options import (
+from ansible_collections.segura.backup.plugins.module_utils._engine import catalog, retention
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.facts import (
+    cluster_role,
+)
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError, ConfigError
+from ansible_collections.segura.backup.plugins.module_utils._engine.options import (
     appliance_name,
     build_database,
     build_decryption,
     build_encryption,
     build_layout,
 )
-from ansible_collections.segura.backup.plugins.module_utils.errors import BackupError, ConfigError
 
 SYSLOG_IDENT = "segura-backup"
 EVENT_PERFORMED = 18
@@ -104,7 +106,7 @@ def _zone(name: str):
 
 def snapshot_request(config: Dict[str, Any]):
     """A SnapshotRequest from the config, with the snapshot module's defaults."""
-    from ansible_collections.segura.backup.plugins.module_utils.snapshot import SnapshotRequest
+    from ansible_collections.segura.backup.plugins.module_utils._engine.snapshot import SnapshotRequest
 
     components = config.get("components") or ["database", "config", "secrets"]
     # a bare string would be read letter by letter
@@ -154,10 +156,10 @@ def _whole_number(section: Dict[str, Any], key: str, default: int, label: str, m
 
 def run(config: Dict[str, Any]) -> Dict[str, Any]:
     """One scheduled run; returns the summary. BackupError on failure (the message names the cause)."""
-    from ansible_collections.segura.backup.plugins.module_utils import verification
-    from ansible_collections.segura.backup.plugins.module_utils.pruning import prune
-    from ansible_collections.segura.backup.plugins.module_utils.snapshot import take_snapshot
-    from ansible_collections.segura.backup.plugins.module_utils.targets import open_target
+    from ansible_collections.segura.backup.plugins.module_utils._engine import verification
+    from ansible_collections.segura.backup.plugins.module_utils._engine.pruning import prune
+    from ansible_collections.segura.backup.plugins.module_utils._engine.snapshot import take_snapshot
+    from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
 
     verify_options = _section(config, "verify", VERIFY_KEYS)
     prune_options = _section(config, "prune", PRUNE_KEYS)
@@ -183,7 +185,7 @@ def run(config: Dict[str, Any]) -> Dict[str, Any]:
     appliance = config.get("appliance") or {}
 
     summary: Dict[str, Any] = {"appliance": request.appliance, "status": "ok"}
-    role = appliance_mod.cluster_role(request.layout, appliance.get("health_url"),
+    role = cluster_role(request.layout, appliance.get("health_url"),
                                       bool(appliance.get("validate_certs", True)))
     summary["cluster"] = role
     if config.get("primary_only", True) and not role["is_primary"]:

@@ -15,7 +15,7 @@ import posixpath
 from dataclasses import dataclass
 from typing import BinaryIO, List, Optional
 
-from ansible_collections.segura.backup.plugins.module_utils.errors import ConfigError
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ class Target(abc.ABC):
     # Helpers built on the primitives above; implementations may override them for speed.
 
     def exists(self, relpath: str) -> bool:
-        from ansible_collections.segura.backup.plugins.module_utils.errors import TargetNotFound
+        from ansible_collections.segura.backup.plugins.module_utils._engine.errors import TargetNotFound
 
         try:
             self.stat(relpath)
@@ -148,7 +148,7 @@ class Target(abc.ABC):
                     break
                 total += len(data)
                 if total > limit:
-                    from ansible_collections.segura.backup.plugins.module_utils.errors import IntegrityError
+                    from ansible_collections.segura.backup.plugins.module_utils._engine.errors import IntegrityError
 
                     raise IntegrityError("%s is larger than %d bytes" % (self.describe_path(relpath), limit))
                 chunks.append(data)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set
 
-from ansible_collections.segura.backup.plugins.module_utils.errors import ConfigError, IntegrityError
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError, IntegrityError
 
 UNLIMITED = -1
 
@@ -250,7 +250,7 @@ def stale_partials(listing: Any, grace: timedelta, now: datetime) -> List[Any]:
 
 
 def _session_path(item: Any) -> str:
-    from ansible_collections.segura.backup.plugins.module_utils.targets.base import clean_relpath
+    from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import clean_relpath
 
     path = item.get("path") if isinstance(item, Mapping) else item
     return clean_relpath(path)

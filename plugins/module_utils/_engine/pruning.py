@@ -33,16 +33,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from ansible_collections.segura.backup.plugins.module_utils import catalog, retention
-from ansible_collections.segura.backup.plugins.module_utils.errors import (
+from ansible_collections.segura.backup.plugins.module_utils._engine import catalog, retention
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
     BackupError,
     ConfigError,
     IntegrityError,
     TargetError,
     TargetNotFound,
 )
-from ansible_collections.segura.backup.plugins.module_utils.locking import DEFAULT_TTL, ApplianceLock
-from ansible_collections.segura.backup.plugins.module_utils.targets.base import Target
+from ansible_collections.segura.backup.plugins.module_utils._engine.locking import DEFAULT_TTL, ApplianceLock
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
 
 DEFAULT_PARTIAL_GRACE = timedelta(hours=24)
 SESSION_INDEX_NAMES = ("index.json", "index.json.partial")  # the sync cache, not a recording

@@ -12,14 +12,14 @@ import os
 import stat as stat_module
 from typing import List, Optional
 
-from ansible_collections.segura.backup.plugins.module_utils.errors import (
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
     ConfigError,
     TargetError,
     TargetExists,
     TargetFull,
     TargetNotFound,
 )
-from ansible_collections.segura.backup.plugins.module_utils.targets.base import Entry, Target, WriteHandle, clean_relpath
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Entry, Target, WriteHandle, clean_relpath
 
 DEFAULT_FILE_MODE = 0o640
 DEFAULT_DIR_MODE = 0o750

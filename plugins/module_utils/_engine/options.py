@@ -13,14 +13,14 @@ import copy
 import socket
 from typing import Any, Dict, Optional
 
-from ansible_collections.segura.backup.plugins.module_utils.appliance import (
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import (
     DEFAULT_CONFIG_PATHS,
     DEFAULT_DATABASES,
     ApplianceLayout,
-    DatabaseConnection,
 )
-from ansible_collections.segura.backup.plugins.module_utils.archive import Decryption, Encryption
-from ansible_collections.segura.backup.plugins.module_utils.errors import ConfigError
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption, Encryption
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError
 
 _ENCRYPTION = {
     "type": "dict",

@@ -24,15 +24,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from ansible_collections.segura.backup.plugins.module_utils import catalog
-from ansible_collections.segura.backup.plugins.module_utils.errors import (
+from ansible_collections.segura.backup.plugins.module_utils._engine import catalog
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
     ArchiveError,
     BackupError,
     ConfigError,
     IntegrityError,
     TargetNotFound,
 )
-from ansible_collections.segura.backup.plugins.module_utils.targets.base import Target, clean_relpath
+from ansible_collections.segura.backup.plugins.module_utils._engine.retry import retry_read
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target, clean_relpath
 
 MODES = ("quick", "deep")
 SELECTIONS = ("latest", "all", "ids", "sample")
@@ -161,8 +162,8 @@ class _HashingReader:
 
 
 def _stream_digest(target: Target, relpath: str) -> Tuple[int, str]:
-    """(bytes, sha256) of a file on the target; a failed attempt starts over (catalog.retry_read)."""
-    return catalog.retry_read(_stream_digest_once, target, relpath)
+    """(bytes, sha256) of a file on the target; a failed attempt starts over (retry.py)."""
+    return retry_read(_stream_digest_once, target, relpath)
 
 
 def _stream_digest_once(target: Target, relpath: str) -> Tuple[int, str]:
@@ -340,14 +341,14 @@ def _verify_into(target: Target, record: catalog.SnapshotRecord, mode: str, decr
     if mode == "quick":
         result.size, result.sha256 = _stream_digest(target, record.object_relpath)
     else:
-        from ansible_collections.segura.backup.plugins.module_utils import archive
+        from ansible_collections.segura.backup.plugins.module_utils._engine.archive import encryption, reader
 
         if decryption is None:
-            decryption = archive.Decryption.none()
-        with catalog.retry_read(target.open_read, record.object_relpath) as handle:
+            decryption = encryption.Decryption.none()
+        with retry_read(target.open_read, record.object_relpath) as handle:
             source = _HashingReader(handle)
             try:
-                report = archive.verify(source, decryption, max_content_bytes=sidecar.bytes_in)
+                report = reader.verify(source, decryption, max_content_bytes=sidecar.bytes_in)
             except IntegrityError as exc:
                 result.problems.append("the object is corrupt: %s" % exc)
                 return

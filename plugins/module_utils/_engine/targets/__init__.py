@@ -9,15 +9,15 @@
 
 from __future__ import annotations
 
-from ansible_collections.segura.backup.plugins.module_utils.errors import ConfigError
-from ansible_collections.segura.backup.plugins.module_utils.target_options import (
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError
+from ansible_collections.segura.backup.plugins.module_utils._engine.target_spec import (
     NFS_VERSIONS,
     REQUIRED_BY_TYPE,
     SMB_DEFAULT_PORT,
     TARGET_TYPES,
     target_defaults,
 )
-from ansible_collections.segura.backup.plugins.module_utils.targets.base import Entry, Target, clean_relpath
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Entry, Target, clean_relpath
 
 __all__ = ["Entry", "Target", "clean_relpath", "open_target", "validate_target_options"]
 
@@ -74,11 +74,11 @@ def open_target(options: dict) -> Target:
     opts = validate_target_options(options)
     kind = opts["type"]
     if kind == "path":
-        from ansible_collections.segura.backup.plugins.module_utils.targets.path import PathTarget
+        from ansible_collections.segura.backup.plugins.module_utils._engine.targets.path import PathTarget
 
         return PathTarget(opts["path"], file_mode=opts["mode"], dir_mode=opts["directory_mode"])
     if kind == "smb":
-        from ansible_collections.segura.backup.plugins.module_utils.targets.smb import SmbTarget
+        from ansible_collections.segura.backup.plugins.module_utils._engine.targets.smb import SmbTarget
 
         return SmbTarget(
             server=opts["server"],
@@ -91,7 +91,7 @@ def open_target(options: dict) -> Target:
             encrypt=opts["encrypt"],
             timeout=opts["timeout"],
         )
-    from ansible_collections.segura.backup.plugins.module_utils.targets.nfs import NfsTarget
+    from ansible_collections.segura.backup.plugins.module_utils._engine.targets.nfs import NfsTarget
 
     return NfsTarget(
         server=opts["server"],

@@ -16,7 +16,7 @@ import time
 import uuid
 from typing import List, Optional
 
-from ansible_collections.segura.backup.plugins.module_utils.errors import (
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
     BackupError,
     ConfigError,
     TargetError,
@@ -24,7 +24,7 @@ from ansible_collections.segura.backup.plugins.module_utils.errors import (
     TargetFull,
     TargetNotFound,
 )
-from ansible_collections.segura.backup.plugins.module_utils.targets.base import Entry, ReadHandle, Target, WriteHandle, clean_relpath
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Entry, ReadHandle, Target, WriteHandle, clean_relpath
 
 try:
     import nfs_rs

@@ -19,7 +19,7 @@ import stat as stat_module
 import struct
 from typing import List, Optional
 
-from ansible_collections.segura.backup.plugins.module_utils.errors import (
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
     BackupError,
     ConfigError,
     TargetAuthError,
@@ -28,7 +28,7 @@ from ansible_collections.segura.backup.plugins.module_utils.errors import (
     TargetFull,
     TargetNotFound,
 )
-from ansible_collections.segura.backup.plugins.module_utils.targets.base import Entry, ReadHandle, Target, WriteHandle, clean_relpath
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Entry, ReadHandle, Target, WriteHandle, clean_relpath
 
 try:
     import smbclient

@@ -24,10 +24,26 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ansible_collections.segura.backup.plugins.module_utils import appliance as appliance_mod
-from ansible_collections.segura.backup.plugins.module_utils import catalog
-from ansible_collections.segura.backup.plugins.module_utils.archive import ArchiveWriter, Encryption
-from ansible_collections.segura.backup.plugins.module_utils.errors import (
+from ansible_collections.segura.backup.plugins.module_utils._engine import catalog
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.dump import DatabaseDump
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.facts import (
+    estimate_snapshot_size,
+)
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.facts import facts as appliance_facts
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.files import (
+    Problem,
+    collect_files,
+    problems_message,
+)
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import (
+    COMPONENTS,
+    ApplianceLayout,
+)
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Encryption
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.writer import ArchiveWriter
+from ansible_collections.segura.backup.plugins.module_utils._engine.constants import TOOL_VERSION, MiB
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
     ApplianceError,
     ConfigError,
     LockBusy,
@@ -35,14 +51,12 @@ from ansible_collections.segura.backup.plugins.module_utils.errors import (
     TargetFull,
     TargetNotFound,
 )
-from ansible_collections.segura.backup.plugins.module_utils.locking import ApplianceLock
-from ansible_collections.segura.backup.plugins.module_utils.sessions import sync_sessions
-from ansible_collections.segura.backup.plugins.module_utils.targets.base import Target
-from ansible_collections.segura.backup.plugins.module_utils.text import describe_bytes
+from ansible_collections.segura.backup.plugins.module_utils._engine.locking import ApplianceLock
+from ansible_collections.segura.backup.plugins.module_utils._engine.sessions import sync_sessions
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
+from ansible_collections.segura.backup.plugins.module_utils._engine.text import describe_bytes
 
-TOOL_VERSION = "0.1.0"
 DEFAULT_COMPONENTS = ("database", "config", "secrets")
-MiB = 1024 * 1024
 
 
 @dataclass
@@ -50,9 +64,9 @@ class SnapshotRequest:
     """What to back up and how. ``db`` may be None only when 'database' is not a component."""
 
     appliance: str
-    layout: appliance_mod.ApplianceLayout
+    layout: ApplianceLayout
     encryption: Encryption
-    db: Optional[appliance_mod.DatabaseConnection] = None
+    db: Optional[DatabaseConnection] = None
     components: Sequence[str] = DEFAULT_COMPONENTS
     zstd_level: int = 3
     zstd_threads: int = 0
@@ -65,15 +79,15 @@ class SnapshotRequest:
     def __post_init__(self):
         self.appliance = catalog.validate_appliance(self.appliance)
         components = list(self.components)
-        unknown = sorted(set(components) - set(appliance_mod.COMPONENTS))
+        unknown = sorted(set(components) - set(COMPONENTS))
         if unknown:
             raise ConfigError("unknown component(s): %s (known: %s)"
-                              % (", ".join(unknown), ", ".join(appliance_mod.COMPONENTS)))
+                              % (", ".join(unknown), ", ".join(COMPONENTS)))
         if not components:
-            raise ConfigError("components must name at least one of: %s" % ", ".join(appliance_mod.COMPONENTS))
+            raise ConfigError("components must name at least one of: %s" % ", ".join(COMPONENTS))
         if len(set(components)) != len(components):
             raise ConfigError("components lists a name twice: %s" % ", ".join(components))
-        self.components = tuple(c for c in appliance_mod.COMPONENTS if c in components)
+        self.components = tuple(c for c in COMPONENTS if c in components)
         if "database" in self.components and self.db is None:
             raise ConfigError("the database component needs a database connection")
         if not isinstance(self.chunk_size, int) or self.chunk_size < MiB or self.chunk_size > 256 * MiB:
@@ -119,12 +133,12 @@ def _utc_now() -> datetime:
 
 def _facts(request: SnapshotRequest) -> Dict[str, Any]:
     db = request.db if "database" in request.components else None
-    return appliance_mod.facts(request.layout, db=db, health_url=request.health_url)
+    return appliance_facts(request.layout, db=db, health_url=request.health_url)
 
 
 def _check_free_space(target: Target, request: SnapshotRequest, facts: Dict[str, Any]) -> Dict[str, Any]:
     """Compare the target's free space with what this snapshot may need (an upper bound)."""
-    estimate = appliance_mod.estimate_snapshot_size(facts)
+    estimate = estimate_snapshot_size(facts)
     need = estimate["snapshot_bytes"] + request.free_space_margin
     if "sessions" in request.components:
         need += estimate["sessions_bytes"]  # upper bound: only new recordings move
@@ -206,16 +220,16 @@ def _lock_state(target: Target, appliance: str) -> Dict[str, Any]:
 
 
 def _check_components(request: SnapshotRequest) -> Dict[str, Any]:
-    problems: List[appliance_mod.Problem] = []
+    problems: List[Problem] = []
     count = 0
     wanted = [c for c in request.components if c in ("config", "secrets")]
     if wanted:
-        for _entry in appliance_mod.collect_files(request.layout, wanted, problems):
+        for _entry in collect_files(request.layout, wanted, problems):
             count += 1
     if "sessions" in request.components and not os.path.isdir(request.layout.arz_path):
         raise ApplianceError("session recordings folder %s does not exist" % request.layout.arz_path)
     if problems:
-        raise ApplianceError(appliance_mod.problems_message(problems))
+        raise ApplianceError(problems_message(problems))
     return {"ok": True, "entries": count}
 
 
@@ -241,7 +255,7 @@ def take_snapshot(target: Target, request: SnapshotRequest,
 
             sessions = sync_sessions(target, request.appliance, request.layout, progress=on_file)
             if sessions.problems:
-                raise ApplianceError(appliance_mod.problems_message(sessions.problems, what="session recordings"))
+                raise ApplianceError(problems_message(sessions.problems, what="session recordings"))
 
         created = _utc_now()
         snap_id = catalog.new_snapshot_id()
@@ -264,7 +278,7 @@ def take_snapshot(target: Target, request: SnapshotRequest,
             try:
                 writer.add_json("snapshot.json", header)
                 if "database" in request.components:
-                    with appliance_mod.DatabaseDump(request.db, request.layout.databases) as dump:
+                    with DatabaseDump(request.db, request.layout.databases) as dump:
                         db_info = writer.add_stream("db/dump.sql", dump.stdout).as_dict()
                 _archive_files(writer, request, counts)
                 extra = {"facts": facts, "components": list(request.components),
@@ -339,12 +353,12 @@ def _archive_files(writer: ArchiveWriter, request: SnapshotRequest, counts: _Cou
     wanted = [c for c in request.components if c in ("config", "secrets")]
     if not wanted:
         return
-    problems: List[appliance_mod.Problem] = []
+    problems: List[Problem] = []
     add = {"file": writer.add_file, "dir": writer.add_dir, "symlink": writer.add_symlink}
-    for entry in appliance_mod.collect_files(request.layout, wanted, problems):
+    for entry in collect_files(request.layout, wanted, problems):
         # A file that changes or vanishes while read raises here and fails the snapshot at once:
         # the tar stream is cut mid-member, so nothing more could be added anyway.
         add[entry.kind](entry.archive_name, entry.abs_path)
         counts.add(entry.kind)
     if problems:
-        raise ApplianceError(appliance_mod.problems_message(problems))
+        raise ApplianceError(problems_message(problems))

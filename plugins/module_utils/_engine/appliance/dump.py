@@ -1,0 +1,249 @@
+# -*- coding: utf-8 -*-
+# Copyright: segura.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# PRIVATE to the segura.backup collection (see _engine/__init__.py): may change in any release.
+"""One streaming ``mariadb-dump`` of the appliance's databases; nothing is staged on disk."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import signal
+import subprocess
+import threading
+from typing import Callable, List, Optional, Sequence
+
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import DEFAULT_DATABASES, check_database_names
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection, first_tool, stderr_excerpt
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError
+
+DUMP_TRAILER = b"-- Dump completed"
+
+# --------------------------------------------------------------------------- database dump
+
+#: Options of the one dump run, and why:
+#: --single-transaction   one consistent InnoDB snapshot of BOTH databases, without locking them
+#:                        (it also turns --lock-tables off);
+#: --quick                stream rows instead of buffering whole tables in the client;
+#: --routines --triggers --events   the schema objects a restore needs besides tables and views;
+#: --hex-blob             binary columns survive any charset handling;
+#: --add-drop-database --databases  the dump recreates each database, so restore replaces cleanly;
+#: --default-character-set=utf8mb4  no lossy conversion of text;
+#: --skip-dump-date       two dumps of the same data compare equal (trailer without a date);
+#: --max-allowed-packet=1G  the client never refuses a large row.
+#: Not used: --master-data / --gtid (nobody builds a replica from these dumps: Galera nodes join by
+#: SST), --flush-logs (the binary logs are not part of the backup), the 'mysql' system database
+#: (a fresh appliance has its own accounts).
+DUMP_OPTIONS = (
+    "--single-transaction",
+    "--quick",
+    "--routines",
+    "--triggers",
+    "--events",
+    "--hex-blob",
+    "--add-drop-database",
+    "--default-character-set=utf8mb4",
+    "--skip-dump-date",
+    "--max-allowed-packet=1G",
+)
+
+_TAIL_BYTES = 256
+_STDERR_LIMIT = 64 * 1024
+_STOP_TIMEOUT = 10.0
+
+_PR_SET_PDEATHSIG = 1
+_libc = None
+
+
+def _load_libc():
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        except OSError:
+            _libc = False
+    return _libc
+
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """preexec_fn: the dump gets SIGKILL if our process dies (Linux), so a killed run leaves no dump.
+
+    The signal is tied to the *thread* that started the dump: keep the dump in the thread that
+    created it (the context manager does).
+    """
+    libc = _load_libc()
+
+    def preexec():
+        if libc:
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+class _DumpReader:
+    """The dump's stdout as a binary stream; remembers the byte count and the last bytes read."""
+
+    def __init__(self, raw):
+        self._raw = raw
+        self.bytes_read = 0
+        self.at_eof = False
+        self.tail = b""
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size) if size is not None and size >= 0 else self._raw.read()
+        if data:
+            self.bytes_read += len(data)
+            self.tail = (self.tail + data[-_TAIL_BYTES:])[-_TAIL_BYTES:]
+        elif size != 0:
+            self.at_eof = True
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._raw.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._raw.closed
+
+
+class DatabaseDump:
+    """One ``mariadb-dump`` of the layout's databases, streamed; nothing is staged on disk.
+
+        with DatabaseDump(connection, layout.databases) as dump:
+            for block in iter(lambda: dump.stdout.read(1 << 20), b''):
+                ...
+        # leaving the block checks exit code and trailer; ApplianceError on failure
+
+    If the body raises, the dump is terminated (by its PID) and reaped. If this process dies, the
+    kernel kills the dump too (PR_SET_PDEATHSIG), so a killed run leaves no dump behind.
+
+    The account needs, on each database: SELECT, SHOW VIEW, TRIGGER, EVENT, LOCK TABLES; and SELECT
+    on mysql.proc for the routines. On an appliance, root over the unix socket has all of it.
+    """
+
+    def __init__(self, connection: DatabaseConnection, databases: Sequence[str] = DEFAULT_DATABASES,
+                 tool: Optional[str] = None, extra_args: Sequence[str] = ()):
+        self.connection = connection
+        self.databases = check_database_names(databases)
+        self.tool = tool
+        self.extra_args = tuple(extra_args)
+        self.process: Optional[subprocess.Popen] = None
+        self.stdout: Optional[_DumpReader] = None
+        self._stderr = bytearray()
+        self._stderr_thread: Optional[threading.Thread] = None
+
+    def command(self) -> List[str]:
+        tool = self.tool or first_tool("mariadb-dump", "mysqldump")
+        return ([tool] + self.connection.client_args() + list(DUMP_OPTIONS) + list(self.extra_args)
+                + ["--databases"] + list(self.databases))
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.process.pid if self.process else None
+
+    @property
+    def bytes_read(self) -> int:
+        return self.stdout.bytes_read if self.stdout else 0
+
+    def start(self) -> "DatabaseDump":
+        command = self.command()
+        try:
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                close_fds=True, preexec_fn=_die_with_parent(os.getpid()))
+        except OSError as exc:
+            raise ApplianceError("could not start %s: %s" % (command[0], exc.strerror or exc)) from None
+        self.stdout = _DumpReader(self.process.stdout)
+        self._stderr_thread = threading.Thread(target=self._drain_stderr, name="dump-stderr", daemon=True)
+        self._stderr_thread.start()
+        return self
+
+    def _drain_stderr(self) -> None:
+        """Keep the first 64 KiB of stderr; read (and drop) the rest so the tool never blocks on it."""
+        stream = self.process.stderr
+        while True:
+            data = stream.read1(65536) if hasattr(stream, "read1") else stream.read(65536)
+            if not data:
+                break
+            room = _STDERR_LIMIT - len(self._stderr)
+            if room > 0:
+                self._stderr += data[:room]
+
+    @property
+    def stderr_text(self) -> str:
+        return stderr_excerpt(bytes(self._stderr))
+
+    def abort(self) -> None:
+        """Stop the dump (SIGTERM, then SIGKILL) and reap it. Safe to call twice."""
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+            try:
+                process.wait(timeout=_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                process.wait(timeout=_STOP_TIMEOUT)
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        if self.stdout is not None:
+            with contextlib.suppress(OSError):
+                self.stdout.close()
+        if self._stderr_thread is not None:
+            self._stderr_thread.join(timeout=_STOP_TIMEOUT)
+        if self.process is not None and self.process.stderr is not None:
+            with contextlib.suppress(OSError):
+                self.process.stderr.close()
+
+    def finish(self) -> None:
+        """Wait for the tool and check that the dump is complete; ApplianceError otherwise."""
+        if not self.stdout.at_eof:
+            # A consumer that stopped early would store a truncated dump: refuse.
+            extra = self.stdout.read(1)
+            if extra:
+                self.abort()
+                raise ApplianceError("the database dump was not read to its end (stopped after %d bytes)"
+                                     % (self.stdout.bytes_read - 1))
+        try:
+            code = self.process.wait(timeout=_STOP_TIMEOUT * 6)
+        except subprocess.TimeoutExpired:
+            self.abort()
+            raise ApplianceError("%s did not exit after its output ended" % os.path.basename(self.command()[0]))
+        self._close_pipes()
+        tool = os.path.basename(self.process.args[0])
+        if code != 0:
+            raise ApplianceError("database dump of %s failed (%s exit code %d): %s"
+                                 % (", ".join(self.databases), tool, code, self.stderr_text))
+        last_line = self.stdout.tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+        if not last_line.startswith(DUMP_TRAILER):
+            raise ApplianceError("database dump of %s is incomplete: %s ended without its '-- Dump completed' "
+                                 "line (%d bytes; stderr: %s)"
+                                 % (", ".join(self.databases), tool, self.stdout.bytes_read, self.stderr_text))
+
+    def __enter__(self) -> "DatabaseDump":
+        return self.start()
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.abort()
+            return False
+        self.finish()
+        return False
+

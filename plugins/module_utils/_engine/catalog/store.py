@@ -1,0 +1,270 @@
+# -*- coding: utf-8 -*-
+# Copyright: segura.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# PRIVATE to the segura.backup collection (see _engine/__init__.py): may change in any release.
+"""Writing to the catalog safely: atomic uploads, sidecars, verification records, session lists, removal."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from datetime import datetime, timezone
+from typing import Any, BinaryIO, Dict, List, Optional
+
+from ansible_collections.segura.backup.plugins.module_utils._engine.catalog.names import (
+    FORMAT,
+    SIDECAR_SUFFIX,
+    SNAPSHOT_FILE,
+    SESSIONS_LIST_LIMIT,
+    SIDECAR_LIMIT,
+    format_utc,
+    parse_object_name,
+    partial_name,
+    sessions_dir,
+    sessions_list_name,
+    sidecar_name,
+    snapshots_dir,
+    validate_appliance,
+    verification_name,
+)
+from ansible_collections.segura.backup.plugins.module_utils._engine.catalog.sidecar import Sidecar, need_field, sha256_field
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError, IntegrityError, TargetError, TargetExists, TargetNotFound
+from ansible_collections.segura.backup.plugins.module_utils._engine.retry import remove_checked, retry_read
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target, clean_relpath
+
+
+def read_small(target: Target, relpath: str, limit: int = SIDECAR_LIMIT) -> bytes:
+    """The whole content of a small file (sidecar, verification record, session list), retried."""
+    return retry_read(target.read_bytes, relpath, limit=limit)
+
+
+def _best_effort_remove(target: Target, relpath: str) -> None:
+    try:
+        target.remove(relpath)
+    except Exception:  # cleanup must never mask the error that brought us here
+        pass
+
+
+def _close_quietly(handle: Any) -> None:
+    try:
+        abort = getattr(handle, "abort", None)
+        (abort or handle.close)()
+    except Exception:
+        pass
+
+
+class AtomicUpload:
+    """Write one object under ``<final>.partial``, then check and rename it to ``final``.
+
+    ``write()`` counts the bytes and hashes them as they pass. On a clean exit the partial is
+    closed, its size on the target compared with the count (IntegrityError if they differ), and
+    renamed WITHOUT replace (TargetExists if ``final`` exists: a snapshot is never overwritten).
+    ``size`` and ``sha256`` are then set. On an exception the partial is removed, best effort, and
+    the exception propagates unchanged.
+    """
+
+    def __init__(self, target: Target, final_relpath: str):
+        self.target = target
+        self.final_relpath = final_relpath
+        self.partial_relpath = partial_name(final_relpath)
+        self.size: Optional[int] = None
+        self.sha256: Optional[str] = None
+        self._handle: Optional[BinaryIO] = None
+        self._hash = hashlib.sha256()
+        self._count = 0
+
+    @property
+    def bytes_written(self) -> int:
+        return self._count
+
+    def __enter__(self) -> "AtomicUpload":
+        if self.target.exists(self.final_relpath):  # fail before uploading gigabytes that cannot be published
+            raise TargetExists("%s already exists; snapshots are never overwritten" % self.target.describe_path(self.final_relpath))
+        self._handle = self.target.open_write(self.partial_relpath, exclusive=True)
+        return self
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        total = len(view)
+        while view:
+            written = self._handle.write(view)
+            written = len(view) if written is None else written
+            if written <= 0:
+                raise TargetError("%s accepted no data" % self.target.describe_path(self.partial_relpath))
+            self._hash.update(view[:written])
+            self._count += written
+            view = view[written:]
+        return total
+
+    def flush(self) -> None:
+        """Nothing to do: the target makes data durable on close."""
+
+    def writable(self) -> bool:
+        return True
+
+    def __exit__(self, exc_type, exc, traceback) -> bool:
+        if exc_type is not None:
+            _close_quietly(self._handle)
+            _best_effort_remove(self.target, self.partial_relpath)
+            return False
+        try:
+            self._handle.close()
+            stored = self.target.stat(self.partial_relpath).size
+            if stored != self._count:
+                raise IntegrityError(
+                    "%s holds %d bytes but %d were written"
+                    % (self.target.describe_path(self.partial_relpath), stored, self._count)
+                )
+            self.target.rename(self.partial_relpath, self.final_relpath, replace=False)
+        except BaseException:
+            _close_quietly(self._handle)
+            _best_effort_remove(self.target, self.partial_relpath)
+            raise
+        self.size = self._count
+        self.sha256 = self._hash.hexdigest()
+        return False
+
+
+def _write_via_partial(target: Target, relpath: str, data: bytes, replace: bool) -> None:
+    partial = partial_name(relpath)
+    try:
+        target.write_bytes(partial, data)
+        target.rename(partial, relpath, replace=replace)
+    except BaseException:
+        _best_effort_remove(target, partial)
+        raise
+
+
+def publish_sidecar(target: Target, sidecar: Sidecar) -> str:
+    """Write the sidecar (via its own partial + rename, never replacing): the last step of a snapshot.
+
+    Refuses (IntegrityError) when the object is missing or its size differs from the sidecar's, so a
+    sidecar can never make a wrong object look complete. Returns the sidecar's relative path.
+    """
+    data = sidecar.to_json()
+    directory = snapshots_dir(sidecar.appliance)
+    object_relpath = "%s/%s" % (directory, sidecar.object)
+    try:
+        stored = target.stat(object_relpath).size
+    except TargetNotFound:
+        raise IntegrityError("cannot publish the sidecar: %s does not exist" % target.describe_path(object_relpath)) from None
+    if stored != sidecar.size:
+        raise IntegrityError(
+            "cannot publish the sidecar: %s holds %d bytes, the sidecar says %d"
+            % (target.describe_path(object_relpath), stored, sidecar.size)
+        )
+    relpath = "%s/%s" % (directory, sidecar_name(sidecar.object))
+    _write_via_partial(target, relpath, data, replace=False)
+    return relpath
+
+
+def record_verification(target: Target, snapshot: Any, result: Dict[str, Any]) -> Dict[str, Any]:
+    """Store a verification result as ``<stem>.verify.json`` (replacing the previous one, atomically).
+
+    ``snapshot`` is a SnapshotRecord or a Sidecar (anything with ``appliance`` and ``object``).
+    The stored record is ``result`` plus id, object and 'recorded' (UTC now unless given).
+    """
+    record = dict(result)
+    parsed = parse_object_name(snapshot.object)
+    if parsed is None:
+        raise ConfigError("%r is not a snapshot object name" % (snapshot.object,))
+    record["id"] = parsed[1]
+    record["object"] = snapshot.object
+    record.setdefault("recorded", format_utc(datetime.now(timezone.utc)))
+    relpath = "%s/%s" % (snapshots_dir(snapshot.appliance), verification_name(snapshot.object))
+    data = (json.dumps(record, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
+    _write_via_partial(target, relpath, data, replace=True)
+    return record
+
+
+# ---------------------------------------------------------------------------------------------
+# Session list: which recordings a snapshot references, readable without the decryption key
+
+
+def _session_entry(item: Any, appliance: str, source: str, index: int) -> Dict[str, Any]:
+    where = "sessions[%d]." % index
+    if not isinstance(item, dict):
+        raise IntegrityError("session list %s is invalid: sessions[%d] is not an object" % (source, index))
+    try:
+        path = clean_relpath(need_field(item, "path", str, source, where))
+    except ConfigError as exc:
+        raise IntegrityError("session list %s is invalid: %s" % (source, exc)) from None
+    if not path.startswith(sessions_dir(appliance) + "/"):
+        raise IntegrityError("session list %s is invalid: %s is not below %s/" % (source, path, sessions_dir(appliance)))
+    return {"path": path, "size": need_field(item, "size", int, source, where),
+            "sha256": sha256_field(item, "sha256", source, where)}
+
+
+def write_sessions_list(target: Target, appliance: str, name: str, sessions: List[Dict[str, Any]]) -> str:
+    """Write ``<stem>.sessions.json`` (via partial + rename, never replacing); returns its relative path.
+
+    ``sessions`` is the manifest's list: [{"path" (target-relative), "size", "sha256"}]. Call it
+    after the object is in place and BEFORE publish_sidecar, so a complete snapshot always has it.
+    """
+    parsed = parse_object_name(name)
+    if parsed is None:
+        raise ConfigError("%r is not a snapshot object name" % (name,))
+    source = "for snapshot %s" % parsed[1]
+    entries = [_session_entry(item, appliance, source, index) for index, item in enumerate(sessions)]
+    doc = {"format": FORMAT, "id": parsed[1], "appliance": validate_appliance(appliance), "sessions": entries}
+    relpath = "%s/%s" % (snapshots_dir(appliance), sessions_list_name(name))
+    data = (json.dumps(doc, separators=(",", ":"), sort_keys=True) + "\n").encode("utf-8")
+    _write_via_partial(target, relpath, data, replace=False)
+    return relpath
+
+
+def parse_sessions_list(data: bytes, source: str, snap_id: str, appliance: str) -> List[Dict[str, Any]]:
+    """The validated entries of a session list; IntegrityError naming ``source`` on any problem."""
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise IntegrityError("session list %s is invalid: not JSON (%s)" % (source, exc)) from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise IntegrityError("session list %s is invalid: not a %s document" % (source, FORMAT))
+    if doc.get("id") != snap_id or doc.get("appliance") != appliance:
+        raise IntegrityError("session list %s describes %r/%r, not %s/%s"
+                             % (source, doc.get("appliance"), doc.get("id"), appliance, snap_id))
+    items = doc.get("sessions")
+    if not isinstance(items, list):
+        raise IntegrityError("session list %s is invalid: 'sessions' must be a list" % source)
+    return [_session_entry(item, appliance, source, index) for index, item in enumerate(items)]
+
+
+def read_sessions_list(target: Target, record: Any) -> List[Dict[str, Any]]:
+    """The session list of a snapshot (a SnapshotRecord or Sidecar); TargetNotFound if it has none."""
+    parsed = parse_object_name(record.object)
+    if parsed is None:
+        raise ConfigError("%r is not a snapshot object name" % (record.object,))
+    relpath = "%s/%s" % (snapshots_dir(record.appliance), sessions_list_name(record.object))
+    data = read_small(target, relpath, limit=SESSIONS_LIST_LIMIT)
+    return parse_sessions_list(data, target.describe_path(relpath), parsed[1], record.appliance)
+
+
+def _removal_order(relpath: str) -> int:
+    """Sidecar first (the snapshot stops being complete), then the object, then the rest."""
+    match = SNAPSHOT_FILE.fullmatch(posixpath.basename(relpath))
+    kind = match.group("kind") if match else ""
+    if kind == SIDECAR_SUFFIX:
+        return 0
+    if kind.startswith(".tar.zst"):
+        return 1
+    return 2
+
+
+def remove_snapshot(target: Target, record: Any) -> List[str]:
+    """Remove every file of a snapshot, sidecar FIRST so it stops being complete before anything else goes.
+
+    Files already gone are skipped. Returns the relative paths removed.
+    """
+    removed = []
+    for relpath in sorted(record.files, key=_removal_order):
+        if remove_file(target, relpath):
+            removed.append(relpath)
+    return removed
+
+
+def remove_file(target: Target, relpath: str) -> bool:
+    """Remove one file: True if we removed it, False if it was already gone (see retry.py)."""
+    return remove_checked(target.remove, target.exists, relpath)

@@ -1,0 +1,201 @@
+# -*- coding: utf-8 -*-
+# Copyright: segura.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# PRIVATE to the segura.backup collection (see _engine/__init__.py): may change in any release.
+"""Pass 2: the restore itself, every member re-checked against the manifest of pass 1 before use."""
+
+from __future__ import annotations
+
+import posixpath
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.format import (
+    SNAPSHOT_MEMBER,
+)
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.reader import ArchiveReader
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
+    ArchiveError,
+    ConfigError,
+    IntegrityError,
+)
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.check import post_verify
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.commands import run_commands
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.logical import DatabaseLoader, spool_chunk
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.plan import (
+    RestorePlan,
+    open_object,
+    plan_restore,
+    snapshot_facts,
+)
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import (
+    BLOCK,
+    DB_CHUNK,
+    FILES_PREFIX,
+    MAX_LISTED,
+    RestoreRequest,
+)
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.sessions import restore_sessions
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.tree import (
+    DestinationTree,
+    Wanted,
+    allowed_roots,
+)
+from ansible_collections.segura.backup.plugins.module_utils._engine.streams import HashingReader
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
+
+
+def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan] = None,
+            progress: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+    """Restore a snapshot onto the appliance; returns what was done, per-phase durations included."""
+    started = time.monotonic()
+    if plan is None:
+        plan = plan_restore(target, request)
+        preflight_outside = 0.0  # the preflight ran here: already inside the total
+    else:
+        # The caller planned (the module does): count the preflight's pass 1 into the total (RTO).
+        preflight_outside = plan.fetch_seconds
+    if not plan.ok:
+        raise ConfigError("restore refused, nothing was written: %s" % "; ".join(plan.problems))
+    durations = {"fetch_verify": round(plan.fetch_seconds, 3), "database": 0.0, "files": 0.0, "sessions": 0.0,
+                 "post_verify": 0.0}
+    result: Dict[str, Any] = {"snapshot": snapshot_facts(plan.record, plan.snapshot),
+                              "components": list(plan.components), "warnings": []}
+    result["pre_commands"] = run_commands(request.pre_commands, "pre", request.command_timeout)
+
+    written = {"files": 0, "dirs": 0, "symlinks": 0, "metadata": 0, "unchanged": 0}
+    overwritten: List[str] = []
+    roots = allowed_roots(request.layout)
+    tree = DestinationTree(request.layout.root, list(roots))
+    by_relpath = {w.relpath: w for w in plan.wanted}
+    loader: Optional[DatabaseLoader] = None
+    db_done = False
+    db_seconds = files_seconds = 0.0
+    dir_entries: List[Wanted] = []
+    with open_object(target, plan.record) as handle:
+        counted = HashingReader(handle)
+        reader = ArchiveReader(counted, request.decryption, max_content_bytes=plan.record.sidecar.bytes_in)
+        try:
+            for info, content in reader:
+                expected = plan.members.get(info.name)
+                if info.name == SNAPSHOT_MEMBER:
+                    continue
+                if expected is None:
+                    raise IntegrityError("member %s is not in the manifest verified in the first pass" % info.name)
+                if DB_CHUNK.fullmatch(info.name):
+                    if not plan.restores_database:
+                        continue
+                    tick = time.monotonic()
+                    spool = spool_chunk(content, expected, info.name)
+                    try:
+                        if loader is None:
+                            loader = DatabaseLoader(request.db).start()
+                        loader.feed(spool)
+                    finally:
+                        spool.close()
+                    db_seconds += time.monotonic() - tick
+                    if progress:
+                        progress({"phase": "database", "member": info.name, "bytes": loader.bytes})
+                    continue
+                if loader is not None and not db_done:  # the dump ended: let the client finish
+                    tick = time.monotonic()
+                    loader.finish()
+                    db_done = True
+                    db_seconds += time.monotonic() - tick
+                wanted = by_relpath.get(info.name[len(FILES_PREFIX):]) if info.name.startswith(FILES_PREFIX) else None
+                if wanted is None:
+                    continue  # a component not restored this time
+                if info.type != wanted.type or info.size != wanted.size or info.linkname != wanted.linkname:
+                    raise IntegrityError("member %s differs from the manifest verified in the first pass" % info.name)
+                tick = time.monotonic()
+                _restore_entry(tree, wanted, content, written, overwritten, dir_entries)
+                files_seconds += time.monotonic() - tick
+            if loader is not None and not db_done:
+                tick = time.monotonic()
+                loader.finish()
+                db_done = True
+                db_seconds += time.monotonic() - tick
+        except BaseException:
+            if loader is not None and not db_done:
+                loader.abort()
+            raise
+        finally:
+            reader.close()
+    tick = time.monotonic()
+    # Directories last and deepest first: creating entries changes a directory's mtime.
+    for wanted in sorted(dir_entries, key=lambda w: w.relpath.count("/"), reverse=True):
+        tree.set_metadata(wanted)
+    tree.fsync_dirs(sorted({posixpath.dirname(w.relpath) for w in plan.wanted} | {w.relpath for w in dir_entries}))
+    files_seconds += time.monotonic() - tick
+    if counted.sha256.hexdigest() != plan.record.sha256:
+        result["warnings"].append("the object changed on the target between the two passes; every restored "
+                                  "member still matched the verified manifest")
+    durations["database"] = round(db_seconds, 3)
+    durations["files"] = round(files_seconds, 3)
+
+    sessions = {"restored": 0, "skipped": 0, "bytes": 0}
+    if request.restore_sessions:
+        tick = time.monotonic()
+        sessions = restore_sessions(target, request, plan)
+        durations["sessions"] = round(time.monotonic() - tick, 3)
+
+    verification: Dict[str, Any] = {}
+    if request.post_verify:
+        tick = time.monotonic()
+        verification = post_verify(request, plan)
+        durations["post_verify"] = round(time.monotonic() - tick, 3)
+        if not verification["ok"]:
+            raise IntegrityError("the restore finished but its verification failed: %s"
+                                 % "; ".join(verification["problems"][:10]))
+
+    result["post_commands"] = run_commands(request.post_commands, "post", request.command_timeout)
+    durations["total"] = round(time.monotonic() - started + preflight_outside, 3)
+    result.update({
+        "databases": list(plan.databases) if plan.restores_database else [],
+        "database_bytes": loader.bytes if loader else 0,
+        "written": written,
+        "overwritten": overwritten[:MAX_LISTED],
+        "overwritten_count": len(overwritten),
+        "sessions": sessions,
+        "verification": verification,
+        "durations": durations,
+        "changed": bool(plan.restores_database or written["files"] or written["dirs"] or written["symlinks"]
+                        or written["metadata"] or sessions["restored"]),
+    })
+    return result
+
+
+def _restore_entry(tree: DestinationTree, wanted: Wanted, content, written: Dict[str, int],
+                   overwritten: List[str], dir_entries: List[Wanted]) -> None:
+    state = tree.state(wanted)
+    if wanted.type == "dir":
+        if state == "missing":
+            tree.make_dir(wanted)
+            written["dirs"] += 1
+        elif state == "conflict":
+            raise ArchiveError("%s exists and is not a directory; refusing to replace it" % tree._local(wanted.relpath))
+        dir_entries.append(wanted)  # metadata at the end, deepest first (counted there if it changed)
+        if state == "metadata":
+            written["metadata"] += 1
+        return
+    if state == "same":
+        written["unchanged"] += 1
+        return
+    if state == "metadata":
+        tree.set_metadata(wanted)
+        written["metadata"] += 1
+        overwritten.append("/" + wanted.relpath)
+        return
+    if state == "conflict":
+        raise ArchiveError("%s is a directory where the snapshot has a %s; refusing to replace it"
+                           % (tree._local(wanted.relpath), wanted.type))
+    if state == "differs":
+        overwritten.append("/" + wanted.relpath)
+    if wanted.type == "symlink":
+        tree.write_symlink(wanted)
+        written["symlinks"] += 1
+    else:
+        tree.write_file(wanted, iter(lambda: content.read(BLOCK), b""))
+        written["files"] += 1
+

@@ -1,0 +1,358 @@
+# -*- coding: utf-8 -*-
+# Copyright: segura.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# PRIVATE to the segura.backup collection (see _engine/__init__.py): may change in any release.
+"""Pass 1, the preflight: what the snapshot holds, proven, and what a restore would do."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ansible_collections.segura.backup.plugins.module_utils._engine import catalog
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.facts import appliance_version
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import (
+    run_query,
+)
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.format import (
+    MANIFEST_MEMBER,
+    SNAPSHOT_MEMBER,
+    check_member_name,
+)
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.reader import ArchiveReader
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
+    ArchiveError,
+    ConfigError,
+    IntegrityError,
+    TargetNotFound,
+)
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.logical import DumpScanner
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import (
+    BLOCK,
+    DB_CHUNK,
+    DB_SPACE_FACTOR,
+    FILES_PREFIX,
+    MAX_LISTED,
+    RESTORABLE_COMPONENTS,
+    RestoreRequest,
+    select_snapshot,
+)
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.sessions import (
+    plan_sessions,
+    session_entries,
+)
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.tree import (
+    DestinationTree,
+    Wanted,
+    allowed_roots,
+    check_symlink_target,
+    component_of,
+)
+from ansible_collections.segura.backup.plugins.module_utils._engine.streams import HashingReader
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
+from ansible_collections.segura.backup.plugins.module_utils._engine.text import describe_bytes
+
+
+@dataclass
+class RestorePlan:
+    """What the preflight found. ``problems`` non-empty means the restore is refused."""
+
+    record: catalog.SnapshotRecord
+    snapshot: Dict[str, Any]  # snapshot.json
+    manifest: Dict[str, Any]  # manifest.json, verified against every member
+    components: List[str]
+    wanted: List[Wanted]  # files/dirs/symlinks to restore, in archive order
+    members: Dict[str, Dict[str, Any]]  # manifest entries by name
+    databases: List[str]  # in the order the dump creates them
+    dump_digest: Optional[str]  # DumpScanner digest of the snapshot's dump
+    states: Dict[str, str] = field(default_factory=dict)  # relpath -> state()
+    sessions: List[Dict[str, Any]] = field(default_factory=list)
+    session_states: Dict[str, str] = field(default_factory=dict)
+    checks: Dict[str, Any] = field(default_factory=dict)
+    problems: List[str] = field(default_factory=list)
+    fetch_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def restores_database(self) -> bool:
+        return "database" in self.components
+
+    def would_write(self) -> bool:
+        if self.restores_database:
+            return True
+        if any(state != "same" for state in self.states.values()):
+            return True
+        return any(state != "same" for state in self.session_states.values())
+
+    def summary(self) -> Dict[str, Any]:
+        """The check-mode report (no secrets: names, sizes, hashes)."""
+        counts = {"file": 0, "dir": 0, "symlink": 0}
+        file_bytes = 0
+        for entry in self.wanted:
+            counts[entry.type] += 1
+            file_bytes += entry.size
+        # Existing files and links that differ; a folder whose mtime or mode differs is not "overwritten".
+        overwrite = [w.relpath for w in self.wanted
+                     if w.type != "dir" and self.states.get(w.relpath) in ("differs", "metadata")]
+        db = self.manifest.get("db") or {}
+        return {
+            "snapshot": snapshot_facts(self.record, self.snapshot),
+            "components": list(self.components),
+            "databases": list(self.databases) if self.restores_database else [],
+            "database_bytes": int(db.get("bytes", 0)) if self.restores_database else 0,
+            "database_chunks": int(db.get("chunks", 0)) if self.restores_database else 0,
+            "files": counts["file"], "dirs": counts["dir"], "symlinks": counts["symlink"],
+            "file_bytes": file_bytes,
+            "unchanged": sum(1 for s in self.states.values() if s == "same"),
+            "new": sum(1 for s in self.states.values() if s == "missing"),
+            "overwrite_count": len(overwrite),
+            "overwrite": overwrite[:MAX_LISTED],
+            "sessions": len(self.sessions),
+            "session_bytes": sum(int(s["size"]) for s in self.sessions),
+            "sessions_to_copy": sum(1 for s in self.session_states.values() if s != "same"),
+            "checks": self.checks,
+            "problems": list(self.problems),
+            "ok": self.ok,
+        }
+
+
+def snapshot_facts(record: catalog.SnapshotRecord, snapshot: Dict[str, Any]) -> Dict[str, Any]:
+    facts = snapshot.get("facts") if isinstance(snapshot.get("facts"), dict) else {}
+    return {"id": record.id, "appliance": record.appliance, "created": catalog.format_utc(record.created),
+            "object": record.object_relpath, "size": record.size, "sha256": record.sha256,
+            "appliance_version": facts.get("appliance_version")}
+
+
+def _manifest_entries(manifest: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    members = manifest.get("members")
+    if not isinstance(members, list):
+        raise IntegrityError("manifest.json has no member list")
+    return {m["name"]: m for m in members if isinstance(m, dict) and isinstance(m.get("name"), str)}
+
+
+def _wanted_of(name: str, entry: Dict[str, Any], component: str) -> Wanted:
+    try:
+        return Wanted(relpath=name[len(FILES_PREFIX):], type=entry["type"], size=int(entry.get("size") or 0),
+                       sha256=entry.get("sha256"), mode=int(entry["mode"]) & 0o7777, mtime=int(entry["mtime"]),
+                       uid=int(entry["uid"]), gid=int(entry["gid"]), linkname=entry.get("linkname") or "",
+                       component=component)
+    except (KeyError, TypeError, ValueError):
+        raise IntegrityError("manifest entry of %s lacks type, mode, mtime, uid or gid" % name) from None
+
+
+def open_object(target: Target, record: catalog.SnapshotRecord):
+    try:
+        return target.open_read(record.object_relpath)
+    except TargetNotFound:
+        raise IntegrityError("%s vanished from the target" % target.describe_path(record.object_relpath)) from None
+
+
+def _first_pass(target: Target, record: catalog.SnapshotRecord, decryption: Decryption) -> Tuple[ArchiveReader, Optional[str], List[str]]:
+    """Stream the object once: quick check (size, sha256) and deep check (every member). Nothing is written."""
+    problems: List[str] = []
+    stored = target.stat(record.object_relpath).size
+    if stored != record.sidecar.size:
+        raise IntegrityError("%s holds %d bytes, its sidecar says %d"
+                             % (target.describe_path(record.object_relpath), stored, record.sidecar.size))
+    scanner = DumpScanner()
+    saw_db = False
+    where = "snapshot %s (%s)" % (record.id, target.describe_path(record.object_relpath))
+    with open_object(target, record) as handle:
+        counted = HashingReader(handle)
+        try:
+            reader = ArchiveReader(counted, decryption, max_content_bytes=record.sidecar.bytes_in)
+        except IntegrityError as exc:
+            raise IntegrityError("%s failed deep verification, nothing was restored: %s" % (where, exc)) from None
+        except ArchiveError as exc:  # wrong key or passphrase, or none given
+            raise ArchiveError("cannot open %s: %s" % (where, exc)) from None
+        try:
+            for info, content in reader.members(strict=False):
+                if DB_CHUNK.fullmatch(info.name):
+                    saw_db = True
+                    for block in iter(lambda: content.read(BLOCK), b""):
+                        scanner.feed(block)
+            problems.extend(reader.problems())
+        except IntegrityError as exc:
+            raise IntegrityError("%s failed deep verification, nothing was restored: %s" % (where, exc)) from None
+        finally:
+            reader.close()
+    if counted.bytes != record.sidecar.size or counted.sha256.hexdigest() != record.sidecar.sha256:
+        problems.insert(0, "the object's sha256 differs from its sidecar (the stored object was changed or damaged)")
+    digest = scanner.finish() if saw_db else None
+    reader.dump_databases = scanner.databases  # type: ignore[attr-defined]
+    return reader, digest, problems
+
+
+def plan_restore(target: Target, request: RestoreRequest) -> RestorePlan:
+    """Preflight: select, quick-check and deep-verify the snapshot, and compare it with the appliance.
+
+    Writes nothing. Raises for what makes a plan impossible (no snapshot, wrong key, corrupt or
+    tampered object, unsafe member); returns a plan whose ``problems`` say what else refuses it.
+    """
+    record = select_snapshot(target, request)
+    sidecar = record.sidecar
+    checks: Dict[str, Any] = {}
+    problems: List[str] = []
+    if record.appliance != request.appliance and not request.allow_other_appliance:
+        raise ConfigError("snapshot %s belongs to appliance %r, not %r: set allow_other_appliance to restore it "
+                          "here on purpose" % (record.id, record.appliance, request.appliance))
+
+    components = list(request.components) if request.components is not None else \
+        [c for c in RESTORABLE_COMPONENTS if c in sidecar.components]
+    missing = [c for c in components if c not in sidecar.components]
+    if missing:
+        raise ConfigError("snapshot %s holds no %s (it has: %s)"
+                          % (record.id, ", ".join(missing), ", ".join(sidecar.components)))
+    if "database" in components and request.db is None:
+        raise ConfigError("restoring the database component needs a database connection")
+
+    current = appliance_version(request.layout)
+    # Fail fast on the sidecar's word before downloading; snapshot.json confirms it below.
+    _check_version(sidecar.versions.get("appliance"), current, request, record.id)
+
+    started = time.monotonic()
+    reader, dump_digest, integrity = _first_pass(target, record, request.decryption)
+    fetch_seconds = time.monotonic() - started
+    if integrity:
+        raise IntegrityError("snapshot %s failed deep verification, nothing was restored: %s"
+                             % (record.id, "; ".join(integrity[:10])))
+    snapshot, manifest = reader.snapshot or {}, reader.manifest or {}
+    checks["quick"] = {"ok": True, "size": sidecar.size, "sha256": sidecar.sha256}
+    checks["deep"] = {"ok": True, "members": len(reader.seen) + 1, "seconds": round(fetch_seconds, 3)}
+
+    for doc, label in ((snapshot, SNAPSHOT_MEMBER), (manifest, MANIFEST_MEMBER)):
+        if doc.get("appliance") != record.appliance or doc.get("id") != record.id:
+            raise IntegrityError("%s of snapshot %s says appliance %r, id %r, but it is filed as %s/%s; refusing "
+                                 "a snapshot made by another appliance"
+                                 % (label, record.id, doc.get("appliance"), doc.get("id"), record.appliance, record.id))
+    if snapshot.get("appliance") != request.appliance and not request.allow_other_appliance:
+        raise ConfigError("snapshot %s was made by appliance %r, not %r: set allow_other_appliance to restore "
+                          "it here on purpose" % (record.id, snapshot.get("appliance"), request.appliance))
+    facts = snapshot.get("facts") if isinstance(snapshot.get("facts"), dict) else {}
+    checks["version"] = _check_version(facts.get("appliance_version"), current, request, record.id)
+
+    entries = _manifest_entries(manifest)
+    roots = allowed_roots(request.layout)
+    wanted: List[Wanted] = []
+    for name, entry in entries.items():
+        if name in (SNAPSHOT_MEMBER, MANIFEST_MEMBER) or DB_CHUNK.fullmatch(name):
+            continue
+        if not name.startswith(FILES_PREFIX):
+            raise IntegrityError("snapshot %s holds member %r outside files/ and db/; refusing it" % (record.id, name))
+        relpath = name[len(FILES_PREFIX):]
+        check_member_name(relpath)
+        component = component_of(relpath, roots)
+        if component is None:
+            raise IntegrityError("snapshot %s holds %s, outside the configured paths of this appliance (%s); "
+                                 "refusing it (add the path to appliance.config_paths if it is wanted)"
+                                 % (record.id, "/" + relpath, ", ".join("/" + r for r in sorted(roots))))
+        item = _wanted_of(name, entry, component)
+        if item.type == "symlink":
+            reason = check_symlink_target(relpath, item.linkname, list(roots))
+            if reason:
+                raise IntegrityError("snapshot %s holds the symbolic link %s whose %s; refusing it"
+                                     % (record.id, "/" + relpath, reason))
+        if component in components:
+            wanted.append(item)
+
+    databases: List[str] = list(getattr(reader, "dump_databases", []))
+    if "database" in components:
+        checks["database_order"] = _check_database_order(databases, request.layout.databases, record.id)
+
+    plan = RestorePlan(record=record, snapshot=snapshot, manifest=manifest, components=components, wanted=wanted,
+                       members=entries, databases=databases, dump_digest=dump_digest, checks=checks,
+                       problems=problems, fetch_seconds=fetch_seconds)
+    tree = DestinationTree(request.layout.root, list(roots))
+    for item in wanted:
+        plan.states[item.relpath] = tree.state(item)
+    conflicts = [w.relpath for w in wanted if plan.states[w.relpath] == "conflict"]
+    if conflicts:
+        problems.append("these paths exist with another type (a directory where the snapshot has a file, or the "
+                        "reverse) and are not replaced: %s" % ", ".join("/" + c for c in conflicts[:10]))
+    if request.restore_sessions:
+        plan.sessions = session_entries(manifest, record.appliance)
+        plan_sessions(target, request, plan)
+    if "database" in components:
+        checks["database_reachable"] = _check_database(request, plan)
+    checks["free_space"] = _check_free_space(request, plan)
+    return plan
+
+
+def _check_version(recorded: Optional[str], current: Dict[str, str], request: RestoreRequest,
+                   snap_id: str) -> Dict[str, Any]:
+    recorded = recorded or "unknown"
+    result = {"snapshot": recorded, "appliance": current["version"], "source": current["source"],
+              "ok": recorded == current["version"]}
+    if not result["ok"]:
+        if not request.force_version_mismatch:
+            raise ConfigError("snapshot %s was taken on Segura %s but this appliance runs %s (from %s); restore "
+                              "needs the same application version (set force_version_mismatch to override)"
+                              % (snap_id, recorded, current["version"], current["source"]))
+        result["forced"] = True
+    return result
+
+
+def _check_database_order(databases: List[str], expected: Sequence[str], snap_id: str) -> Dict[str, Any]:
+    """The dump must create the layout's databases in the layout's order (mt4 before senhasegura)."""
+    if not databases:
+        raise IntegrityError("the database dump of snapshot %s creates no database" % snap_id)
+    if len(set(databases)) != len(databases):
+        raise IntegrityError("the database dump of snapshot %s creates a database twice: %s"
+                             % (snap_id, ", ".join(databases)))
+    unexpected = [d for d in databases if d not in expected]
+    if unexpected:
+        raise IntegrityError("the database dump of snapshot %s creates %s, which this appliance does not hold "
+                             "(expected %s)" % (snap_id, ", ".join(unexpected), ", ".join(expected)))
+    order = [d for d in expected if d in databases]
+    if databases != order:
+        raise IntegrityError("the database dump of snapshot %s creates %s in the order %s; Segura needs %s"
+                             % (snap_id, ", ".join(databases), " then ".join(databases), " then ".join(order)))
+    return {"ok": True, "order": list(databases), "missing": [d for d in expected if d not in databases]}
+
+
+def _check_database(request: RestoreRequest, plan: RestorePlan) -> Dict[str, Any]:
+    """The server answers, and where its data lives (for the free-space estimate)."""
+    rows = run_query(request.db, "SELECT @@datadir, VERSION();")
+    datadir, version = (rows[0] + ["", ""])[:2] if rows else ("", "")
+    return {"ok": True, "datadir": datadir, "server_version": version}
+
+
+def _free_bytes(path: str) -> Optional[int]:
+    while path and not os.path.isdir(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+    try:
+        result = os.statvfs(path)
+    except OSError:
+        return None
+    return result.f_bavail * result.f_frsize
+
+
+def _check_free_space(request: RestoreRequest, plan: RestorePlan) -> Dict[str, Any]:
+    need_files = sum(w.size for w in plan.wanted if plan.states.get(w.relpath) != "same")
+    need_files += sum(int(s["size"]) for s in plan.sessions if plan.session_states.get(s["path"]) != "same")
+    result: Dict[str, Any] = {"files_bytes": need_files, "files_free": _free_bytes(request.layout.root)}
+    if result["files_free"] is not None and result["files_free"] < need_files:
+        plan.problems.append("the appliance has %s free below %s but the restore writes %s of files"
+                             % (describe_bytes(result["files_free"]), request.layout.root, describe_bytes(need_files)))
+    if plan.restores_database:
+        db_bytes = int((plan.manifest.get("db") or {}).get("bytes", 0))
+        need_db = int(db_bytes * DB_SPACE_FACTOR)
+        datadir = plan.checks.get("database_reachable", {}).get("datadir") or ""
+        free = _free_bytes(datadir) if datadir and os.path.isabs(datadir) else None
+        result.update({"database_estimate_bytes": need_db, "database_free": free, "datadir": datadir or None})
+        if free is not None and free < need_db:
+            plan.problems.append("the database server has %s free in %s but the restored databases may need about %s"
+                                 % (describe_bytes(free), datadir, describe_bytes(need_db)))
+    result["ok"] = not plan.problems
+    return result
+

@@ -1,0 +1,140 @@
+# -*- coding: utf-8 -*-
+# Copyright: segura.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# PRIVATE to the segura.backup collection (see _engine/__init__.py): may change in any release.
+"""What a restore is asked to do, and which snapshot it takes."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+from ansible_collections.segura.backup.plugins.module_utils._engine import catalog
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import ApplianceLayout
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import (
+    DatabaseConnection,
+)
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.format import (
+    DB_PREFIX,
+)
+from ansible_collections.segura.backup.plugins.module_utils._engine.constants import MiB
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
+    ConfigError,
+    IntegrityError,
+)
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
+
+RESTORABLE_COMPONENTS = ("database", "config", "secrets")
+FILES_PREFIX = "files/"
+BLOCK = 1024 * 1024
+#: DB chunks larger than this are spooled to an anonymous temporary file (0600, unlinked) while checked.
+SPOOL_IN_MEMORY = 64 * MiB
+#: InnoDB takes roughly 1.06 bytes per byte of INSERT text (tests/lab/reference.py); keep a margin.
+DB_SPACE_FACTOR = 1.25
+#: The manifest does not record mode or owner of session recordings: Segura's own (*inferred*).
+SESSION_FILE_MODE = 0o640
+SESSION_DIR_MODE = 0o750
+MAX_LISTED = 50  # paths listed in a result (overwrites, problems)
+
+DB_CHUNK = re.compile(re.escape(DB_PREFIX) + r"\.\d{6}")
+CREATE_DATABASE = re.compile(rb"^CREATE DATABASE (?:/\*!\d+ IF NOT EXISTS\*/ )?`([^`]+)`")
+_SNAPSHOT_ID = re.compile(r"[0-9a-f]{8}")
+
+
+
+@dataclass
+class RestoreRequest:
+    """What to restore, from where, onto which appliance.
+
+    ``appliance`` is the name of the appliance restored ONTO (and, unless ``source_appliance`` says
+    otherwise, the folder its snapshots are read from). ``components`` None means every restorable
+    component the snapshot holds. ``db`` may be None only when 'database' is not restored.
+    """
+
+    appliance: str
+    layout: ApplianceLayout
+    decryption: Decryption
+    db: Optional[DatabaseConnection] = None
+    snapshot: str = "latest"
+    source_appliance: Optional[str] = None
+    allow_other_appliance: bool = False
+    components: Optional[Sequence[str]] = None
+    restore_sessions: bool = False
+    force_version_mismatch: bool = False
+    pre_commands: Sequence[Sequence[str]] = ()
+    post_commands: Sequence[Sequence[str]] = ()
+    command_timeout: float = 600.0
+    post_verify: bool = True
+
+    def __post_init__(self):
+        self.appliance = catalog.validate_appliance(self.appliance)
+        if self.source_appliance in (None, ""):
+            self.source_appliance = None
+        else:
+            self.source_appliance = catalog.validate_appliance(self.source_appliance)
+        if self.source_appliance and self.source_appliance != self.appliance and not self.allow_other_appliance:
+            raise ConfigError("snapshots of appliance %r would be restored onto %r: set allow_other_appliance "
+                              "to do that on purpose" % (self.source_appliance, self.appliance))
+        if not isinstance(self.snapshot, str) or not (self.snapshot == "latest" or _SNAPSHOT_ID.fullmatch(self.snapshot)):
+            raise ConfigError("snapshot must be 'latest' or a snapshot id (8 hex digits), got %r" % (self.snapshot,))
+        if self.components is not None:
+            components = list(self.components)
+            unknown = sorted(set(components) - set(RESTORABLE_COMPONENTS))
+            if unknown:
+                raise ConfigError("unknown component(s) to restore: %s (known: %s)"
+                                  % (", ".join(unknown), ", ".join(RESTORABLE_COMPONENTS)))
+            if not components and not self.restore_sessions:
+                raise ConfigError("nothing to restore: components is empty and restore_sessions is off")
+            self.components = tuple(c for c in RESTORABLE_COMPONENTS if c in components)
+        self.pre_commands = _check_commands(self.pre_commands, "pre_commands")
+        self.post_commands = _check_commands(self.post_commands, "post_commands")
+
+    @property
+    def listed_appliance(self) -> str:
+        """The folder on the target whose snapshots are considered."""
+        return self.source_appliance or self.appliance
+
+
+def _check_commands(commands, what: str) -> Tuple[Tuple[str, ...], ...]:
+    if commands is None:
+        return ()
+    if isinstance(commands, (str, bytes)):
+        raise ConfigError("%s must be a list of argument lists, e.g. [[systemctl, stop, nginx]]" % what)
+    checked = []
+    for command in commands:
+        if isinstance(command, (str, bytes)) or not command or not all(isinstance(a, str) and a for a in command):
+            raise ConfigError("each entry of %s must be a non-empty list of non-empty strings (run without a "
+                              "shell), got %r" % (what, command))
+        checked.append(tuple(command))
+    return tuple(checked)
+
+
+
+def is_within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root + "/")
+
+
+def select_snapshot(target: Target, request: RestoreRequest) -> catalog.SnapshotRecord:
+    """The complete snapshot to restore: the newest one, or the one with the requested id."""
+    listing = catalog.list_snapshots(target, request.listed_appliance)
+    records = listing.for_appliance(request.listed_appliance)
+    where = target.describe_path(catalog.snapshots_dir(request.listed_appliance))
+    if request.snapshot == "latest":
+        for record in records:  # newest first
+            if record.complete:
+                return record
+        if listing.errors:
+            raise ConfigError("no complete snapshot found in %s (%s)" % (where, "; ".join(listing.errors)))
+        raise ConfigError("no complete snapshot of appliance %r in %s" % (request.listed_appliance, where))
+    for record in records:
+        if record.id == request.snapshot:
+            if not record.complete:
+                raise IntegrityError("snapshot %s in %s is %s%s; only complete snapshots are restored"
+                                     % (record.id, where, record.status,
+                                        " (%s)" % record.problem if record.problem else ""))
+            return record
+    raise ConfigError("snapshot %s not found in %s" % (request.snapshot, where))
+

@@ -1,0 +1,106 @@
+# -*- coding: utf-8 -*-
+# Copyright: segura.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# PRIVATE to the segura.backup collection (see __init__.py): may change in any release.
+"""Byte streams the engine passes around: one hashing reader, one counting writer.
+
+Both are ``io`` objects, so ``read``, ``readinto`` and friends come from the standard library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from typing import Any, Optional
+
+
+def _read_into(source: Any, buffer: memoryview) -> int:
+    """Fill ``buffer`` from ``source`` once (readinto when it has one, else read)."""
+    readinto = getattr(source, "readinto", None)
+    if readinto is not None:
+        return readinto(buffer) or 0
+    data = source.read(len(buffer))
+    buffer[:len(data)] = data
+    return len(data)
+
+
+class HashingReader(io.RawIOBase):
+    """Read-through wrapper: counts and sha256-hashes every byte read from ``source``.
+
+    ``prefix`` puts bytes already read from ``source`` back in front (they are counted and hashed
+    as if read now). Closing it does not close ``source``.
+    """
+
+    def __init__(self, source: Any, prefix: bytes = b"", hashed: bool = True):
+        super().__init__()
+        self._source = source
+        self._prefix = memoryview(prefix) if prefix else None
+        self.bytes = 0
+        self.sha256 = hashlib.sha256() if hashed else None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._prefix is not None:
+            got = min(len(view), len(self._prefix))
+            view[:got] = self._prefix[:got]
+            self._prefix = self._prefix[got:] if got < len(self._prefix) else None
+        else:
+            got = _read_into(self._source, view)
+        self.bytes += got
+        if self.sha256 is not None and got:
+            self.sha256.update(view[:got])
+        return got
+
+    def hexdigest(self) -> str:
+        return self.sha256.hexdigest() if self.sha256 is not None else ""
+
+
+class CountingWriter(io.RawIOBase):
+    """Write-through wrapper: counts (and, with ``hashed``, sha256-hashes) what reaches ``sink``.
+
+    After ``silence()`` writes are dropped: objects torn down after a failure must not reach a sink
+    that is being discarded. Flushing is left to whoever owns the sink (it may be a network file).
+    """
+
+    def __init__(self, sink: Any, hashed: bool = False):
+        super().__init__()
+        self._sink = sink
+        self.bytes = 0
+        self.sha256: Optional[Any] = hashlib.sha256() if hashed else None
+        self.silenced = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        size = len(data) if not isinstance(data, memoryview) else data.nbytes
+        if self.silenced:
+            return size
+        self._sink.write(data)
+        self.bytes += size
+        if self.sha256 is not None:
+            self.sha256.update(data)
+        return size
+
+    def flush(self) -> None:
+        """Nothing: the sink is flushed once, by its owner."""
+
+    def silence(self) -> None:
+        self.silenced = True
+
+
+def copy_stream(source: Any, sink: Any, block: int = 1024 * 1024) -> int:
+    """Copy ``source`` to ``sink`` in blocks of ``block`` bytes (one reused buffer); return the count."""
+    buffer = bytearray(block)
+    view = memoryview(buffer)
+    total = 0
+    while True:
+        got = _read_into(source, view)
+        if not got:
+            return total
+        sink.write(view[:got])
+        total += got
