@@ -8,7 +8,7 @@ __metaclass__ = type
 
 
 class ModuleDocFragment(object):
-    # Where the appliance keeps its data; mirrors appliance_argument_spec() in plugins/module_utils/_engine/options.py.
+    # Where the appliance keeps its data; the appliance and database options of plugins/module_utils/_engine/specs.py (tests/unit/test_house.py compares them).
     DOCUMENTATION = r"""
 options:
   appliance:

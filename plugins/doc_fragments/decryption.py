@@ -8,7 +8,7 @@ __metaclass__ = type
 
 
 class ModuleDocFragment(object):
-    # How snapshots are opened; mirrors decryption_argument_spec() in plugins/module_utils/_engine/options.py.
+    # How snapshots are opened; the decryption option of plugins/module_utils/_engine/specs.py (tests/unit/test_house.py compares them).
     DOCUMENTATION = r"""
 options:
   decryption:

@@ -8,7 +8,7 @@ __metaclass__ = type
 
 
 class ModuleDocFragment(object):
-    # How snapshots are encrypted; mirrors encryption_argument_spec() in plugins/module_utils/_engine/options.py.
+    # How snapshots are encrypted; the encryption option of plugins/module_utils/_engine/specs.py (tests/unit/test_house.py compares them).
     DOCUMENTATION = r"""
 options:
   encryption:
@@ -25,8 +25,8 @@ options:
           - V(recipients) encrypts to the age public keys in O(encryption.recipients) and O(encryption.recipients_file).
           - V(passphrase) encrypts with O(encryption.passphrase) (scrypt).
           - V(none) writes an unencrypted object; it must be chosen explicitly.
+          - When not given, it follows from what is given - recipients or a passphrase.
         type: str
-        default: recipients
         choices: [recipients, passphrase, none]
       recipients:
         description:

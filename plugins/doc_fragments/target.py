@@ -8,7 +8,7 @@ __metaclass__ = type
 
 
 class ModuleDocFragment(object):
-    # The shared target option; mirrors plugins/module_utils/_engine/target_spec.py exactly.
+    # The shared target option; the target option of plugins/module_utils/_engine/specs.py (tests/unit/test_house.py compares them).
     DOCUMENTATION = r"""
 options:
   target:

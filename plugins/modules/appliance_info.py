@@ -187,24 +187,11 @@ appliance:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.segura.backup.plugins.module_utils._engine.options import (
-    appliance_argument_spec,
-    appliance_name,
-    build_database,
-    build_layout,
-)
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.facts import estimate_snapshot_size
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.facts import facts as appliance_facts
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError
-
-
-def argument_spec():
-    spec = dict(
-        gather_database=dict(type="bool", default=True),
-        health_timeout=dict(type="float", default=5.0),
-    )
-    spec.update(appliance_argument_spec())
-    return spec
+from ansible_collections.segura.backup.plugins.module_utils._engine.options import appliance_name, build_database, build_layout
+from ansible_collections.segura.backup.plugins.module_utils._engine.specs import appliance_info_spec
 
 
 def _var_usage(free_space):
@@ -217,7 +204,7 @@ def _var_usage(free_space):
 
 
 def main():
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    module = AnsibleModule(argument_spec=appliance_info_spec(), supports_check_mode=True)
     params = module.params
     try:
         layout = build_layout(params["appliance"])

@@ -248,18 +248,8 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.segura.backup.plugins.module_utils._engine import catalog, deps
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError
 from ansible_collections.segura.backup.plugins.module_utils._engine.pruning import list_session_files, referenced_sessions
-from ansible_collections.segura.backup.plugins.module_utils._engine.target_spec import target_argument_spec
+from ansible_collections.segura.backup.plugins.module_utils._engine.specs import backup_info_spec
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
-
-
-def argument_spec():
-    spec = dict(
-        appliance=dict(type="str"),
-        include_sessions=dict(type="bool", default=False),
-        query=dict(type="str"),
-    )
-    spec.update(target_argument_spec())
-    return spec
 
 
 def _sessions_report(target, listing, appliance):
@@ -278,7 +268,7 @@ def _sessions_report(target, listing, appliance):
 
 
 def main():
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    module = AnsibleModule(argument_spec=backup_info_spec(), supports_check_mode=True)
     params = module.params
     wanted = deps.for_target(params["target"]["type"]) + (["jmespath"] if params["query"] else [])
     absent = deps.missing(wanted)

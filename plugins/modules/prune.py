@@ -230,37 +230,12 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.segura.backup.plugins.module_utils._engine import deps, retention
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError, ConfigError
 from ansible_collections.segura.backup.plugins.module_utils._engine.pruning import prune
-from ansible_collections.segura.backup.plugins.module_utils._engine.target_spec import target_argument_spec
+from ansible_collections.segura.backup.plugins.module_utils._engine.specs import prune_spec
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
 
 
-def argument_spec():
-    spec = dict(
-        appliance=dict(type="str"),
-        keep_within=dict(type="str"),
-        timezone=dict(type="str", default="UTC"),
-        partial_grace=dict(type="str", default="24h"),
-        prune_sessions=dict(type="bool", default=True),
-        lock_ttl=dict(type="int", default=900),
-    )
-    for option in retention.COUNT_OPTIONS:
-        spec[option] = dict(type="int")
-    spec.update(target_argument_spec())
-    return spec
-
-
-def _zone(name):
-    if name in ("UTC", "utc", "Z"):
-        return timezone.utc
-    try:
-        from zoneinfo import ZoneInfo
-        return ZoneInfo(name)
-    except (ImportError, ValueError, KeyError, OSError) as exc:
-        raise ConfigError("timezone %r is not a known IANA time zone (%s)" % (name, exc))
-
-
 def main():
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    module = AnsibleModule(argument_spec=prune_spec(), supports_check_mode=True)
     params = module.params
     absent = deps.missing(deps.for_target(params["target"]["type"]))
     if absent:
@@ -268,7 +243,7 @@ def main():
 
     try:
         policy = retention.Policy.from_options(params)
-        zone = _zone(params["timezone"])
+        zone = retention.time_zone(params["timezone"])
         grace = retention.parse_duration(params["partial_grace"], "partial_grace")
         if params["lock_ttl"] < 1:
             raise ConfigError("lock_ttl must be at least 1 second")

@@ -262,43 +262,17 @@ restore:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.segura.backup.plugins.module_utils._engine import deps
-from ansible_collections.segura.backup.plugins.module_utils._engine.options import (
-    appliance_argument_spec,
-    appliance_name,
-    build_database,
-    build_decryption,
-    build_layout,
-    decryption_argument_spec,
-)
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError
+from ansible_collections.segura.backup.plugins.module_utils._engine.options import appliance_name, build_database, build_decryption, build_layout
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.apply import restore
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.plan import plan_restore
-from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import RESTORABLE_COMPONENTS, RestoreRequest
-from ansible_collections.segura.backup.plugins.module_utils._engine.target_spec import target_argument_spec
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import RestoreRequest
+from ansible_collections.segura.backup.plugins.module_utils._engine.specs import restore_spec
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
 
 
-def argument_spec():
-    spec = dict(
-        snapshot=dict(type="str", default="latest"),
-        source_appliance=dict(type="str"),
-        allow_other_appliance=dict(type="bool", default=False),
-        components=dict(type="list", elements="str", choices=list(RESTORABLE_COMPONENTS)),
-        restore_sessions=dict(type="bool", default=False),
-        force_version_mismatch=dict(type="bool", default=False),
-        pre_commands=dict(type="list", elements="list", default=[]),
-        post_commands=dict(type="list", elements="list", default=[]),
-        command_timeout=dict(type="int", default=600),
-        post_verify=dict(type="bool", default=True),
-    )
-    spec.update(target_argument_spec())
-    spec.update(decryption_argument_spec())
-    spec.update(appliance_argument_spec())
-    return spec
-
-
 def main():
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    module = AnsibleModule(argument_spec=restore_spec(), supports_check_mode=True)
     params = module.params
     absent = deps.missing(list(deps.CORE) + deps.for_target(params["target"]["type"]))
     if absent:

@@ -35,6 +35,7 @@ extends_documentation_fragment:
   - segura.backup.target
   - segura.backup.encryption
   - segura.backup.appliance
+  - segura.backup.snapshot_options
 attributes:
   check_mode:
     support: full
@@ -52,43 +53,6 @@ attributes:
     support: full
     details:
       - Objects are written under a temporary name and renamed without replacing anything.
-options:
-  components:
-    description:
-      - What to back up. V(database), V(config) and V(secrets) go into the object; V(sessions) are synced
-        beside it. Segura's own session backup is opt-in too.
-    type: list
-    elements: str
-    choices: [database, config, secrets, sessions]
-    default: [database, config, secrets]
-  compression:
-    description:
-      - zstd settings.
-    type: dict
-    default: {}
-    suboptions:
-      level:
-        description:
-          - zstd level, 1 (fast) to 19 (small).
-        type: int
-        default: 3
-      threads:
-        description:
-          - zstd worker threads; V(0) compresses in the calling thread, V(-1) uses one per CPU.
-        type: int
-        default: 0
-  chunk_size_mb:
-    description:
-      - Size of the database dump members in MiB (1 to 256). One chunk is the most the dump ever
-        occupies in memory.
-    type: int
-    default: 16
-  lock_ttl:
-    description:
-      - Seconds after which a lock whose holder stopped refreshing it counts as stale. The run refreshes
-        its lock while it works.
-    type: int
-    default: 900
 requirements:
   - python >= 3.9
   - zstandard
@@ -234,64 +198,25 @@ preflight:
       elements: str
 """
 
-from datetime import timedelta
-
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.segura.backup.plugins.module_utils._engine import deps
-from ansible_collections.segura.backup.plugins.module_utils._engine.options import (
-    appliance_argument_spec,
-    appliance_name,
-    build_database,
-    build_encryption,
-    build_layout,
-    encryption_argument_spec,
-)
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError
-from ansible_collections.segura.backup.plugins.module_utils._engine.snapshot import SnapshotRequest, preflight, take_snapshot
-from ansible_collections.segura.backup.plugins.module_utils._engine.target_spec import target_argument_spec
+from ansible_collections.segura.backup.plugins.module_utils._engine.job import snapshot_request
+from ansible_collections.segura.backup.plugins.module_utils._engine.snapshot import preflight, take_snapshot
+from ansible_collections.segura.backup.plugins.module_utils._engine.specs import snapshot_spec
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
-
-COMPONENTS = ["database", "config", "secrets", "sessions"]
-
-
-def argument_spec():
-    spec = dict(
-        components=dict(type="list", elements="str", choices=COMPONENTS, default=["database", "config", "secrets"]),
-        compression=dict(type="dict", default={}, options=dict(
-            level=dict(type="int", default=3),
-            threads=dict(type="int", default=0),
-        )),
-        chunk_size_mb=dict(type="int", default=16),
-        lock_ttl=dict(type="int", default=900),
-    )
-    spec.update(target_argument_spec())
-    spec.update(encryption_argument_spec())
-    spec.update(appliance_argument_spec())
-    return spec
 
 
 def main():
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    module = AnsibleModule(argument_spec=snapshot_spec(), supports_check_mode=True)
     absent = deps.missing(list(deps.CORE) + deps.for_target(module.params["target"]["type"]))
     if absent:
         module.fail_json(msg=missing_required_lib(", ".join(absent)))
 
     params = module.params
     try:
-        components = params["components"]
-        request = SnapshotRequest(
-            appliance=appliance_name(params["appliance"]),
-            layout=build_layout(params["appliance"]),
-            encryption=build_encryption(params["encryption"]),
-            db=build_database(params["database"]) if "database" in components else None,
-            components=components,
-            zstd_level=params["compression"]["level"],
-            zstd_threads=params["compression"]["threads"],
-            chunk_size=params["chunk_size_mb"] * 1024 * 1024,
-            lock_ttl=timedelta(seconds=params["lock_ttl"]),
-            health_url=params["appliance"].get("health_url"),
-        )
+        request = snapshot_request(params)
         with open_target(params["target"]) as target:
             if module.check_mode:
                 report = preflight(target, request)

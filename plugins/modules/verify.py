@@ -206,39 +206,15 @@ missing_ids:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.segura.backup.plugins.module_utils._engine import catalog, deps
-from ansible_collections.segura.backup.plugins.module_utils._engine.options import (
-    build_decryption,
-    decryption_argument_spec,
-)
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError
-from ansible_collections.segura.backup.plugins.module_utils._engine.target_spec import target_argument_spec
+from ansible_collections.segura.backup.plugins.module_utils._engine.options import build_decryption
+from ansible_collections.segura.backup.plugins.module_utils._engine.specs import verify_spec
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
-from ansible_collections.segura.backup.plugins.module_utils._engine.verification import (
-    MODES,
-    SELECTIONS,
-    select_snapshots,
-    summary,
-    verify_snapshots,
-)
-
-
-def argument_spec():
-    spec = dict(
-        appliance=dict(type="str"),
-        select=dict(type="str", choices=list(SELECTIONS), default="latest"),
-        ids=dict(type="list", elements="str"),
-        sample_size=dict(type="int", default=1),
-        mode=dict(type="str", choices=list(MODES), default="quick"),
-        check_session_hashes=dict(type="bool", default=False),
-        fail_on_error=dict(type="bool", default=True),
-    )
-    spec.update(target_argument_spec())
-    spec.update(decryption_argument_spec())
-    return spec
+from ansible_collections.segura.backup.plugins.module_utils._engine.verification import select_snapshots, summary, verify_snapshots
 
 
 def main():
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
+    module = AnsibleModule(argument_spec=verify_spec(), supports_check_mode=True,
                            required_if=[["select", "ids", ["ids"]]])
     params = module.params
     wanted = deps.for_target(params["target"]["type"]) + (list(deps.CORE) if params["mode"] == "deep" else [])

@@ -108,9 +108,9 @@ def test_config_readable_by_others_is_refused(tmp_path, capsys, appliance_root, 
 @pytest.mark.parametrize("text, message", [
     ("{not json", "is not valid JSON"),
     ("[1, 2]", "must hold a JSON object"),
-    ('{"target": {"type": "path", "path": "/x"}, "encryption": {}, "retention": {}}', "unknown key(s): retention"),
-    ('{"target": {"type": "path", "path": "/x"}}', "needs 'encryption'"),
-    ('{"target": "path:/x", "encryption": {}}', "needs 'target'"),
+    ('{"target": {"type": "path", "path": "/x"}, "encryption": {}, "retention": {}}', "unknown option retention"),
+    ('{"target": {"type": "path", "path": "/x"}}', "missing required arguments: encryption"),
+    ('{"target": "path:/x", "encryption": {}}', "value of 'target' must be of type dict"),
 ])
 def test_malformed_config_is_a_configuration_error(tmp_path, capsys, text, message):
     code, result = _main(capsys, "--config", _write_config(tmp_path, text))
@@ -119,20 +119,20 @@ def test_malformed_config_is_a_configuration_error(tmp_path, capsys, text, messa
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"chunk_size_mb": "16MB"}, "chunk_size_mb must be a whole number"),
+    ({"chunk_size_mb": "16MB"}, "argument 'chunk_size_mb' is of type str"),
     ({"chunk_size_mb": 0}, "chunk_size_mb must be 1 or more"),
-    ({"lock_ttl": 1.5}, "lock_ttl must be a whole number"),
-    ({"compression": {"level": "max"}}, "compression.level must be a whole number"),
-    ({"components": "config"}, "'components' must be a list"),
+    ({"lock_ttl": 1.5}, "argument 'lock_ttl' is of type float"),
+    ({"compression": {"level": "max"}}, "argument 'level' is of type str found in 'compression'"),
+    ({"components": {"config": True}}, "argument 'components' is of type dict"),
     ({"components": ["config", "videos"]}, "videos"),
-    ({"components": ["database"], "database": {"hostname": "db"}}, "'database' has an unknown key"),
-    ({"verify": {"mode": "thorough"}}, "verify mode must be one of quick, deep"),
+    ({"components": ["database"], "database": {"hostname": "db"}}, "unknown option database.hostname"),
+    ({"verify": {"mode": "thorough"}}, "value of mode must be one of: quick, deep, none, got: thorough found in verify"),
     ({"verify": {"mode": "deep"}}, "verify mode deep needs 'decryption'"),
-    ({"verify": {"speed": 1}}, "'verify' has unknown key(s): speed"),
-    ({"prune": {"keep_last": "many"}}, "keep_last must be a whole number"),
+    ({"verify": {"speed": 1}}, "unknown option verify.speed"),
+    ({"prune": {"keep_last": "many"}}, "argument 'keep_last' is of type str found in 'prune'"),
     ({"prune": {"keep_last": 1, "timezone": "Mars/Olympus"}}, "is not a known IANA time zone"),
     ({"prune": {"keep_last": 1, "partial_grace": "soon"}}, "partial_grace must be a duration"),
-    ({"when_role_unknown": "guess"}, "when_role_unknown must be one of backup, skip, fail"),
+    ({"when_role_unknown": "guess"}, "value of when_role_unknown must be one of: backup, skip, fail, got: guess"),
 ])
 def test_bad_values_fail_as_configuration_before_any_snapshot(tmp_path, capsys, appliance_root, age_key,
                                                               overrides, message):

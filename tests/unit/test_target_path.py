@@ -185,7 +185,7 @@ def test_full_filesystem_raises_target_full():
 
 # -- the shared `target` option and open_target() ------------------------------------------------------
 
-from ansible_collections.segura.backup.plugins.module_utils._engine.target_spec import target_argument_spec  # noqa: E402
+from ansible_collections.segura.backup.plugins.module_utils._engine.specs import target_spec  # noqa: E402
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets import (  # noqa: E402
     open_target,
     validate_target_options,
@@ -201,12 +201,14 @@ def test_open_target_path_with_modes(tmp_path):
 @pytest.mark.parametrize(
     "options,message",
     [
-        ({"type": "smb", "server": "h", "share": "s", "username": "u"}, "'password' is required when type is smb"),
-        ({"type": "nfs", "server": "h"}, "'export' is required when type is nfs"),
-        ({"type": "path"}, "'path' is required when type is path"),
-        ({"type": "ftp"}, "'type' must be one of smb, nfs, path"),
-        ({"type": "nfs", "server": "h", "export": "/e", "version": "4.2"}, "'version' must be one of 3, 4.1"),
-        ({"type": "path", "path": "/x", "sharename": "s"}, "unknown target option"),
+        # the messages of ansible-core's ArgumentSpecValidator, as a module would print them
+        ({"type": "smb", "server": "h", "share": "s", "username": "u"}, "type is smb but all of the following are missing: password"),
+        ({"type": "nfs", "server": "h"}, "type is nfs but all of the following are missing: export"),
+        ({"type": "path"}, "type is path but all of the following are missing: path"),
+        ({"type": "ftp"}, "value of type must be one of: smb, nfs, path, got: ftp"),
+        ({"type": "nfs", "server": "h", "export": "/e", "version": "4.2"}, "value of version must be one of: 3, 4.1"),
+        ({"type": "path", "path": "/x", "sharename": "s"}, "unknown option target.sharename"),
+        ({"type": "path", "path": "/x", "timeout": "soon"}, "argument 'timeout' is of type str"),
         ({"type": "path", "path": "/x", "mode": "rw-r"}, "'mode' must be an octal mode"),
         ({"type": "smb", "server": "h", "share": "s", "username": "u", "password": "p", "port": 0}, "'port'"),
     ],
@@ -224,11 +226,10 @@ def test_validation_defaults():
 
 
 def test_argument_spec_shape():
-    spec = target_argument_spec()
+    spec = target_spec()
     target = spec["target"]
     assert target["type"] == "dict" and target["required"] is True
     assert target["options"]["password"]["no_log"] is True
     assert ["type", "smb", ["server", "share", "username", "password"]] in target["required_if"]
-    assert target_argument_spec(required=False)["target"]["required"] is False
     spec["target"]["options"]["port"]["default"] = 1  # callers get a copy
-    assert target_argument_spec()["target"]["options"]["port"].get("default") is None
+    assert target_spec()["target"]["options"]["port"].get("default") is None

@@ -44,12 +44,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.catalog import format_utc, lock_path, parse_utc
-from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
-    ConfigError,
-    LockBusy,
-    TargetExists,
-    TargetNotFound,
-)
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError, LockBusy, TargetExists, TargetNotFound
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
 
 DEFAULT_TTL = timedelta(minutes=30)

@@ -1,93 +1,23 @@
 # -*- coding: utf-8 -*-
 # Copyright: segura.backup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Option shapes shared by several modules (besides ``target``), and their translation into engine objects.
-
-Mirrored by doc_fragments/encryption.py, doc_fragments/decryption.py and doc_fragments/appliance.py.
-Plain data and plain Python: no Ansible import, so the engine tests can use them too.
-"""
+"""Validated module options (specs.py) turned into engine objects."""
 
 from __future__ import annotations
 
-import copy
 import socket
 from typing import Any, Dict, Optional
 
-from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import (
-    DEFAULT_CONFIG_PATHS,
-    DEFAULT_DATABASES,
-    ApplianceLayout,
-)
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import DEFAULT_CONFIG_PATHS, DEFAULT_DATABASES, ApplianceLayout
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption, Encryption
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError
-
-_ENCRYPTION = {
-    "type": "dict",
-    "required": True,
-    "options": {
-        "mode": {"type": "str", "default": "recipients", "choices": ["recipients", "passphrase", "none"]},
-        "recipients": {"type": "list", "elements": "str"},
-        "recipients_file": {"type": "path"},
-        "passphrase": {"type": "str", "no_log": True},
-    },
-    "mutually_exclusive": [["recipients", "passphrase"], ["recipients_file", "passphrase"]],
-}
-
-_DECRYPTION = {
-    "type": "dict",
-    "options": {
-        "identities": {"type": "list", "elements": "str", "no_log": True},
-        "identity_file": {"type": "path"},
-        "passphrase": {"type": "str", "no_log": True},
-    },
-    "mutually_exclusive": [["identities", "identity_file", "passphrase"]],
-}
-
-_APPLIANCE = {
-    "type": "dict",
-    "default": {},
-    "options": {
-        "name": {"type": "str"},
-        "root": {"type": "path", "default": "/"},
-        "arz_dir": {"type": "str", "default": "var/senhasegura/arz"},
-        "secrets_dir": {"type": "str", "default": "srv/cache/coba", "no_log": False},  # a folder name, not a secret
-        "config_paths": {"type": "list", "elements": "raw"},
-        "databases": {"type": "list", "elements": "str", "default": list(DEFAULT_DATABASES)},
-        "health_url": {"type": "str"},
-        "validate_certs": {"type": "bool", "default": True},
-    },
-}
-
-_DATABASE = {
-    "type": "dict",
-    "default": {},
-    "options": {
-        "defaults_file": {"type": "path"},
-        "socket": {"type": "path"},
-        "host": {"type": "str"},
-        "port": {"type": "int"},
-        "user": {"type": "str"},
-    },
-}
-
-
-def encryption_argument_spec() -> Dict[str, Any]:
-    return {"encryption": copy.deepcopy(_ENCRYPTION)}
-
-
-def decryption_argument_spec() -> Dict[str, Any]:
-    return {"decryption": copy.deepcopy(_DECRYPTION)}
-
-
-def appliance_argument_spec() -> Dict[str, Any]:
-    return {"appliance": copy.deepcopy(_APPLIANCE), "database": copy.deepcopy(_DATABASE)}
 
 
 def build_encryption(options: Dict[str, Any]) -> Encryption:
     """Encryption from the ``encryption`` option; recipients may come from a list and/or a file."""
     options = options or {}
-    mode = options.get("mode") or "recipients"
+    mode = options.get("mode")  # None: inferred from recipients or passphrase
     recipients = list(options.get("recipients") or [])
     if options.get("recipients_file"):
         path = options["recipients_file"]

@@ -34,13 +34,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from ansible_collections.segura.backup.plugins.module_utils._engine import catalog, retention
-from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
-    BackupError,
-    ConfigError,
-    IntegrityError,
-    TargetError,
-    TargetNotFound,
-)
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError, ConfigError, IntegrityError, TargetError, TargetNotFound
 from ansible_collections.segura.backup.plugins.module_utils._engine.locking import DEFAULT_TTL, ApplianceLock
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
 

@@ -57,6 +57,17 @@ _DURATION_UNITS = {
 _DURATION_PART = re.compile(r"(\d+)([hdwmy])")
 
 
+def time_zone(name: str) -> tzinfo:
+    """The IANA time zone the daily/weekly/... buckets are counted in; UTC needs no tz database."""
+    if name in ("UTC", "utc", "Z"):
+        return timezone.utc
+    try:
+        from zoneinfo import ZoneInfo
+        return ZoneInfo(name)
+    except (ImportError, ValueError, KeyError, OSError, TypeError) as exc:
+        raise ConfigError("timezone %r is not a known IANA time zone (%s)" % (name, exc)) from None
+
+
 def parse_duration(text: Any, option: str = "keep_within") -> timedelta:
     """Parse '36h', '7d', '2w', '1m' (month), '1y' or combinations such as '1y6m' or '3d12h'.
 

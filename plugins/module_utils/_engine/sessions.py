@@ -24,20 +24,10 @@ import stat as stat_module
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.files import (
-    Problem,
-)
-from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import (
-    ApplianceLayout,
-)
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.files import Problem
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import ApplianceLayout
 from ansible_collections.segura.backup.plugins.module_utils._engine.catalog import sessions_dir
-from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
-    ApplianceError,
-    ConfigError,
-    TargetError,
-    TargetExists,
-    TargetNotFound,
-)
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, ConfigError, TargetError, TargetExists, TargetNotFound
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
 
 BLOCK_SIZE = 4 * 1024 * 1024  # nfs-rs COMMITs every write: write big blocks (LAB.md)

@@ -26,31 +26,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ansible_collections.segura.backup.plugins.module_utils._engine import catalog
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.dump import DatabaseDump
-from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.facts import (
-    estimate_snapshot_size,
-)
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.facts import estimate_snapshot_size
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.facts import facts as appliance_facts
-from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.files import (
-    Problem,
-    collect_files,
-    problems_message,
-)
-from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import (
-    COMPONENTS,
-    ApplianceLayout,
-)
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.files import Problem, collect_files, problems_message
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import COMPONENTS, ApplianceLayout
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Encryption
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.writer import ArchiveWriter
 from ansible_collections.segura.backup.plugins.module_utils._engine.constants import TOOL_VERSION, MiB
-from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
-    ApplianceError,
-    ConfigError,
-    LockBusy,
-    TargetError,
-    TargetFull,
-    TargetNotFound,
-)
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, ConfigError, LockBusy, TargetError, TargetFull, TargetNotFound
 from ansible_collections.segura.backup.plugins.module_utils._engine.locking import ApplianceLock
 from ansible_collections.segura.backup.plugins.module_utils._engine.sessions import sync_sessions
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target

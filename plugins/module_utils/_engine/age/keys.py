@@ -10,10 +10,7 @@ from __future__ import annotations
 import os
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
-from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
-    ArchiveError,
-    ConfigError,
-)
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ArchiveError, ConfigError
 
 try:
     from cryptography.exceptions import InvalidTag

@@ -27,13 +27,13 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.age.keys imp
     PAYLOAD_NONCE_SIZE,
     SCRYPT_LABEL,
     STANZA_PREFIX,
-    X25519_LABEL,
     TAG_SIZE,
+    X25519_LABEL,
     ZERO_NONCE,
-    describe_entry,
     Identity,
     InvalidTag,
     Recipient,
+    describe_entry,
     require_cryptography,
 )
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ArchiveError, ConfigError, IntegrityError

@@ -15,8 +15,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from ansible_collections.segura.backup.plugins.module_utils._engine.catalog.names import (
     ENCRYPTION_MODES,
     FORMAT,
-    SHA256_PATTERN,
     ID_PATTERN,
+    SHA256_PATTERN,
     format_utc,
     format_utc_precise,
     parse_object_name,
@@ -24,7 +24,6 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.catalog.name
     validate_appliance,
 )
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError, IntegrityError
-
 
 
 def _fail(source: str, problem: str) -> IntegrityError:

@@ -15,10 +15,10 @@ from typing import Any, BinaryIO, Dict, List, Optional
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.catalog.names import (
     FORMAT,
-    SIDECAR_SUFFIX,
-    SNAPSHOT_FILE,
     SESSIONS_LIST_LIMIT,
     SIDECAR_LIMIT,
+    SIDECAR_SUFFIX,
+    SNAPSHOT_FILE,
     format_utc,
     parse_object_name,
     partial_name,

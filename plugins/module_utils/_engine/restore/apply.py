@@ -11,37 +11,16 @@ import posixpath
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from ansible_collections.segura.backup.plugins.module_utils._engine.archive.format import (
-    SNAPSHOT_MEMBER,
-)
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.format import SNAPSHOT_MEMBER
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.reader import ArchiveReader
-from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
-    ArchiveError,
-    ConfigError,
-    IntegrityError,
-)
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ArchiveError, ConfigError, IntegrityError
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.check import post_verify
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.commands import run_commands
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.logical import DatabaseLoader, spool_chunk
-from ansible_collections.segura.backup.plugins.module_utils._engine.restore.plan import (
-    RestorePlan,
-    open_object,
-    plan_restore,
-    snapshot_facts,
-)
-from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import (
-    BLOCK,
-    DB_CHUNK,
-    FILES_PREFIX,
-    MAX_LISTED,
-    RestoreRequest,
-)
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.plan import RestorePlan, open_object, plan_restore, snapshot_facts
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import BLOCK, DB_CHUNK, FILES_PREFIX, MAX_LISTED, RestoreRequest
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.sessions import restore_sessions
-from ansible_collections.segura.backup.plugins.module_utils._engine.restore.tree import (
-    DestinationTree,
-    Wanted,
-    allowed_roots,
-)
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.tree import DestinationTree, Wanted, allowed_roots
 from ansible_collections.segura.backup.plugins.module_utils._engine.streams import HashingReader
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
 

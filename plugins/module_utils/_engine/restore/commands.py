@@ -11,12 +11,8 @@ import subprocess
 import time
 from typing import Any, Dict, List, Sequence
 
-from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import (
-    stderr_excerpt,
-)
-from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
-    ApplianceError,
-)
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import stderr_excerpt
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError
 
 COMMAND_OUTPUT_LIMIT = 4096
 

@@ -14,20 +14,9 @@ import threading
 from typing import Any, Dict, List, Optional, Sequence
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.dump import DatabaseDump
-from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import (
-    DatabaseConnection,
-    first_tool,
-    stderr_excerpt,
-)
-from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
-    ApplianceError,
-    IntegrityError,
-)
-from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import (
-    BLOCK,
-    CREATE_DATABASE,
-    SPOOL_IN_MEMORY,
-)
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection, first_tool, stderr_excerpt
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, IntegrityError
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import BLOCK, CREATE_DATABASE, SPOOL_IN_MEMORY
 from ansible_collections.segura.backup.plugins.module_utils._engine.text import describe_bytes
 
 

@@ -14,22 +14,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ansible_collections.segura.backup.plugins.module_utils._engine import catalog
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.facts import appliance_version
-from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import (
-    run_query,
-)
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import run_query
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption
-from ansible_collections.segura.backup.plugins.module_utils._engine.archive.format import (
-    MANIFEST_MEMBER,
-    SNAPSHOT_MEMBER,
-    check_member_name,
-)
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.format import MANIFEST_MEMBER, SNAPSHOT_MEMBER, check_member_name
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.reader import ArchiveReader
-from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
-    ArchiveError,
-    ConfigError,
-    IntegrityError,
-    TargetNotFound,
-)
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ArchiveError, ConfigError, IntegrityError, TargetNotFound
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.logical import DumpScanner
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import (
     BLOCK,
@@ -41,10 +30,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.restore.requ
     RestoreRequest,
     select_snapshot,
 )
-from ansible_collections.segura.backup.plugins.module_utils._engine.restore.sessions import (
-    plan_sessions,
-    session_entries,
-)
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.sessions import plan_sessions, session_entries
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.tree import (
     DestinationTree,
     Wanted,

@@ -13,18 +13,11 @@ from typing import Optional, Sequence, Tuple
 
 from ansible_collections.segura.backup.plugins.module_utils._engine import catalog
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import ApplianceLayout
-from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import (
-    DatabaseConnection,
-)
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption
-from ansible_collections.segura.backup.plugins.module_utils._engine.archive.format import (
-    DB_PREFIX,
-)
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.format import DB_PREFIX
 from ansible_collections.segura.backup.plugins.module_utils._engine.constants import MiB
-from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
-    ConfigError,
-    IntegrityError,
-)
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError, IntegrityError
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
 
 RESTORABLE_COMPONENTS = ("database", "config", "secrets")

@@ -13,19 +13,10 @@ import time
 from typing import TYPE_CHECKING, Any, Dict, List
 
 from ansible_collections.segura.backup.plugins.module_utils._engine import catalog
-from ansible_collections.segura.backup.plugins.module_utils._engine.archive.format import (
-    check_member_name,
-)
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.format import check_member_name
 from ansible_collections.segura.backup.plugins.module_utils._engine.constants import MiB
-from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
-    IntegrityError,
-    TargetNotFound,
-)
-from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import (
-    SESSION_DIR_MODE,
-    SESSION_FILE_MODE,
-    RestoreRequest,
-)
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import IntegrityError, TargetNotFound
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import SESSION_DIR_MODE, SESSION_FILE_MODE, RestoreRequest
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.tree import DestinationTree, Wanted
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target, clean_relpath
 

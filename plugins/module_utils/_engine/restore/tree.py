@@ -16,11 +16,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import ApplianceLayout
-from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
-    ApplianceError,
-    ArchiveError,
-    IntegrityError,
-)
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, ArchiveError, IntegrityError
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import BLOCK, is_within
 
 

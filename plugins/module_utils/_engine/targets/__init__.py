@@ -10,13 +10,6 @@
 from __future__ import annotations
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError
-from ansible_collections.segura.backup.plugins.module_utils._engine.target_spec import (
-    NFS_VERSIONS,
-    REQUIRED_BY_TYPE,
-    SMB_DEFAULT_PORT,
-    TARGET_TYPES,
-    target_defaults,
-)
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Entry, Target, clean_relpath
 
 __all__ = ["Entry", "Target", "clean_relpath", "open_target", "validate_target_options"]
@@ -34,30 +27,15 @@ def _parse_mode(value, key: str) -> int:
 
 
 def validate_target_options(options: dict) -> dict:
-    """Defaults filled in and every rule of the argument spec checked; ConfigError names the bad key."""
+    """The argument spec's checks and defaults (specs.py), then the rules a spec cannot say."""
+    # Imported here: specs.py reads constants from engine modules that import this package.
+    from ansible_collections.segura.backup.plugins.module_utils._engine.specs import SMB_DEFAULT_PORT, target_spec, validate
+
     if not isinstance(options, dict):
         raise ConfigError("the target option must be a dictionary")
-    merged = target_defaults()
-    unknown = sorted(set(options) - set(merged))
-    if unknown:
-        raise ConfigError("unknown target option(s): %s" % ", ".join(unknown))
-    merged.update({key: value for key, value in options.items() if value is not None})
-
-    kind = merged["type"]
-    if kind not in TARGET_TYPES:
-        raise ConfigError("target option 'type' must be one of %s, got %r" % (", ".join(TARGET_TYPES), kind))
-    for key in REQUIRED_BY_TYPE[kind]:
-        if merged.get(key) in (None, ""):
-            raise ConfigError("target option '%s' is required when type is %s" % (key, kind))
-
-    merged["version"] = str(merged["version"])
-    if merged["version"] not in NFS_VERSIONS:
-        raise ConfigError("target option 'version' must be one of %s, got %r" % (", ".join(NFS_VERSIONS), merged["version"]))
-    if merged["port"] is None and kind == "smb":
+    merged = validate(target_spec(), {"target": options}, "target")["target"]
+    if merged["port"] is None and merged["type"] == "smb":
         merged["port"] = SMB_DEFAULT_PORT
-    for key in ("port", "uid", "gid", "timeout"):
-        if merged[key] is not None and (isinstance(merged[key], bool) or not isinstance(merged[key], int)):
-            raise ConfigError("target option '%s' must be an integer, got %r" % (key, merged[key]))
     if merged["port"] is not None and not 0 < merged["port"] < 65536:
         raise ConfigError("target option 'port' must be between 1 and 65535, got %r" % (merged["port"],))
     if merged["timeout"] <= 0:

@@ -12,13 +12,7 @@ import os
 import stat as stat_module
 from typing import List, Optional
 
-from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
-    ConfigError,
-    TargetError,
-    TargetExists,
-    TargetFull,
-    TargetNotFound,
-)
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError, TargetError, TargetExists, TargetFull, TargetNotFound
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Entry, Target, WriteHandle, clean_relpath
 
 DEFAULT_FILE_MODE = 0o640

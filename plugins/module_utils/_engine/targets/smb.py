@@ -32,11 +32,11 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base
 
 try:
     import smbclient
-    from smbclient import _pool as smb_pool
-    from smbprotocol.exceptions import SMBAuthenticationError, SMBException, SMBOSError, SMBResponseException
     from cryptography.hazmat.primitives import cmac
     from cryptography.hazmat.primitives.ciphers import aead, algorithms
+    from smbclient import _pool as smb_pool
     from smbprotocol.connection import Ciphers, Commands, Dialects, Request, SigningAlgorithms
+    from smbprotocol.exceptions import SMBAuthenticationError, SMBException, SMBOSError, SMBResponseException
     from smbprotocol.header import NtStatus, SMB2HeaderRequest
     from smbprotocol.open import SMB2WriteRequest
 

@@ -1,0 +1,227 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: segura.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: backup_job
+short_description: One whole backup run of a Segura appliance - snapshot, verify, prune - as the timer runs it
+version_added: 0.2.0
+description:
+  - Runs the same job as the scheduled timer of the P(segura.backup.schedule#role) role, in one task, so a
+    playbook run and a timer run cannot behave differently. The P(segura.backup.backup#role) role calls it.
+  - "The steps: the cluster role check (only the primary is backed up, O(primary_only)), a snapshot as
+    M(segura.backup.snapshot) takes it, a verification of the new snapshot as M(segura.backup.verify) does
+    it (O(verify.mode)), and the retention policy O(prune) applied to this appliance as M(segura.backup.prune)
+    does it."
+  - Every setting of every step is checked before the snapshot starts; a mistake in the retention policy is
+    not found only after a full snapshot was taken.
+  - A verification or prune failure fails the task after the snapshot was published; the result still says
+    which snapshot was taken.
+author:
+  - segura.backup maintainers (@segura-backup)
+extends_documentation_fragment:
+  - segura.backup.attributes
+  - segura.backup.target
+  - segura.backup.encryption
+  - segura.backup.appliance
+  - segura.backup.snapshot_options
+attributes:
+  check_mode:
+    support: full
+    details:
+      - In check mode the job checks its settings, the cluster role and runs the snapshot's preflight; it takes,
+        verifies and prunes nothing.
+  diff_mode:
+    support: none
+  idempotent:
+    support: none
+    details:
+      - Every run takes a new snapshot.
+  safe_file_operations:
+    support: full
+options:
+  verify:
+    description:
+      - How the new snapshot is verified; V(none) skips it.
+    type: dict
+    default: {}
+    suboptions:
+      mode:
+        description:
+          - V(quick) compares the stored object with its sidecar; V(deep) decrypts and checks every member.
+        type: str
+        choices: [quick, deep, none]
+        default: quick
+      check_session_hashes:
+        description:
+          - With O(verify.mode=deep), also hash every referenced session recording.
+        type: bool
+        default: false
+      decryption:
+        description:
+          - How to open the snapshot for O(verify.mode=deep), as the O(segura.backup.verify#module:decryption) option.
+        type: dict
+        suboptions:
+          identities:
+            description:
+              - age X25519 identities. Never logged.
+            type: list
+            elements: str
+          identity_file:
+            description:
+              - A key file on the managed host.
+            type: path
+          passphrase:
+            description:
+              - The passphrase of a passphrase-encrypted snapshot. Never logged.
+            type: str
+  prune:
+    description:
+      - The retention policy applied to this appliance after the snapshot, as the options of M(segura.backup.prune).
+        Not given, nothing is pruned.
+    type: dict
+    suboptions:
+      keep_last:
+        description: Keep the newest N complete snapshots.
+        type: int
+      keep_hourly:
+        description: Keep the newest snapshot of each of the last N hours.
+        type: int
+      keep_daily:
+        description: Keep the newest snapshot of each of the last N days.
+        type: int
+      keep_weekly:
+        description: Keep the newest snapshot of each of the last N weeks.
+        type: int
+      keep_monthly:
+        description: Keep the newest snapshot of each of the last N months.
+        type: int
+      keep_yearly:
+        description: Keep the newest snapshot of each of the last N years.
+        type: int
+      keep_within:
+        description: Keep everything within this duration (for example V(7d)) of the newest complete snapshot.
+        type: str
+      timezone:
+        description: IANA time zone the hourly to yearly buckets are counted in.
+        type: str
+        default: UTC
+      partial_grace:
+        description: Age after which an unfinished upload counts as abandoned and is removed.
+        type: str
+        default: 24h
+      prune_sessions:
+        description: Also remove session recordings no remaining complete snapshot references.
+        type: bool
+        default: true
+  primary_only:
+    description:
+      - Back up only the primary node of a cluster; other nodes report RV(job.status=skipped).
+    type: bool
+    default: true
+  when_role_unknown:
+    description:
+      - What to do when the cluster role cannot be told (no health answer) - V(backup), V(skip) or V(fail).
+    type: str
+    choices: [backup, skip, fail]
+    default: backup
+requirements:
+  - python >= 3.9
+  - zstandard
+  - cryptography
+  - smbprotocol (for SMB targets)
+  - nfs-rs (for NFS targets)
+  - mariadb-dump (MariaDB client) on the appliance
+seealso:
+  - module: segura.backup.snapshot
+  - module: segura.backup.verify
+  - module: segura.backup.prune
+  - role: segura.backup.schedule
+"""
+
+EXAMPLES = r"""
+- name: Back up, deep-verify and keep a week of dailies and a month of weeklies
+  segura.backup.backup_job:
+    target:
+      type: smb
+      server: backup.example.com
+      share: segura
+      username: svc-segura-backup
+      password: "{{ vault_smb_password }}"
+    encryption:
+      recipients: ["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"]
+    verify:
+      mode: deep
+      decryption:
+        identity_file: /etc/segura-backup/restore-key.txt
+    prune:
+      keep_daily: 7
+      keep_weekly: 4
+  register: run
+"""
+
+RETURN = r"""
+job:
+  description: What the run did.
+  returned: always
+  type: dict
+  contains:
+    status:
+      description: V(ok) (snapshot taken), V(skipped) (not the primary) or V(checked) (check mode).
+      type: str
+    appliance:
+      description: Name the snapshots are filed under.
+      type: str
+    cluster:
+      description: The cluster role as the job saw it (role, is_primary, source).
+      type: dict
+    reason:
+      description: Why the node was skipped.
+      type: str
+      returned: when skipped
+    snapshot:
+      description: id, created, object, location, size, sha256, duration, throughput_mb_s, components, counts.
+      type: dict
+      returned: when a snapshot was taken
+    verify:
+      description: mode, ok and message of the verification.
+      type: dict
+      returned: when verified
+    prune:
+      description: policy, removed (snapshot ids) and errors of the retention step.
+      type: dict
+      returned: when a policy was given
+    preflight:
+      description: The snapshot's preflight report (check mode).
+      type: dict
+      returned: check mode
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.segura.backup.plugins.module_utils._engine import deps
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError
+from ansible_collections.segura.backup.plugins.module_utils._engine.job import run_backup
+from ansible_collections.segura.backup.plugins.module_utils._engine.specs import backup_job_spec
+
+
+def main():
+    module = AnsibleModule(argument_spec=backup_job_spec(), supports_check_mode=True)
+    absent = deps.missing(list(deps.CORE) + deps.for_target(module.params["target"]["type"]))
+    if absent:
+        module.fail_json(msg=missing_required_lib(", ".join(absent)))
+    try:
+        summary = run_backup(module.params, check_mode=module.check_mode)
+    except BackupError as exc:
+        module.fail_json(msg=str(exc), error=type(exc).__name__)
+    module.exit_json(changed=summary["status"] == "ok", job=summary)
+
+
+if __name__ == "__main__":
+    main()
