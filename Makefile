@@ -27,6 +27,7 @@ sanity: setup
 	@bash scripts/sanity.sh
 
 lint: setup
+	@PATH=$(CURDIR)/.venv/bin:$$PATH bash scripts/lint.sh
 	@.venv/bin/ansible-lint --offline
 
 unit: setup

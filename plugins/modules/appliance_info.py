@@ -210,8 +210,8 @@ def main():
         layout = build_layout(params["appliance"])
         db = build_database(params["database"]) if params["gather_database"] else None
         facts = appliance_facts(layout, db=db, health_url=params["appliance"].get("health_url"),
-                                    verify_tls=params["appliance"]["validate_certs"],
-                                    health_timeout=params["health_timeout"])
+                                verify_tls=params["appliance"]["validate_certs"],
+                                health_timeout=params["health_timeout"])
         facts["name"] = appliance_name(params["appliance"])
         facts["var"] = _var_usage(facts["free_space"])
         facts["estimate"] = estimate_snapshot_size(facts)

@@ -142,7 +142,6 @@ seealso:
   - module: segura.backup.snapshot
   - module: segura.backup.verify
   - module: segura.backup.prune
-  - role: segura.backup.schedule
 """
 
 EXAMPLES = r"""

@@ -285,7 +285,7 @@ def test_database_facts(server, tmp_path):
     assert found["databases"]["mt4"]["exists"] and found["databases"]["mt4"]["data_bytes"] >= BULK_ROWS * 1000
     assert found["databases"]["senhasegura"]["exists"]
     missing = appliance_facts.database_facts(ApplianceLayout(root=str(tmp_path), databases=("mt4", "absent_db")),
-                                       server["admin"])
+                                             server["admin"])
     assert missing["databases"]["absent_db"] == {"exists": False, "data_bytes": 0, "index_bytes": 0}
     estimate = appliance_facts.estimate_snapshot_size({"mariadb": found})
     assert estimate["database_bytes"] >= BULK_ROWS * 1000

@@ -31,6 +31,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.errors impor
     TargetNotFound,
 )
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import AtomicRenameUnsupported, rename_into_place
 from tests.secret_checks import assert_no_secret
 
 TARGET_KINDS = ["path", "smb_signed", "smb_encrypted", "nfs_v3", "nfs_v41"]
@@ -135,7 +136,7 @@ def test_exclusive_create_twice(target):
     assert [entry.name for entry in target.listdir("locks")] == ["lock"]
 
 
-def test_rename_no_replace_and_replace(target):
+def test_rename_into_place_and_replace(target):
     target.write_bytes("a.partial", b"new")
     target.write_bytes("a", b"old")
     with pytest.raises(TargetExists):
@@ -150,6 +151,38 @@ def test_rename_no_replace_and_replace(target):
     assert not target.exists("a")
     with pytest.raises(TargetNotFound):
         target.rename("missing", "c")
+
+
+class _NoLinkError(Exception):
+    """What nfs-rs raises for a server without hard links (the attribute the target reads)."""
+
+    code_name = "NFS4ERR_NOTSUPP"
+
+
+@pytest.mark.parametrize("kind", ["nfs_v3", "nfs_v41"])
+def test_nfs_without_link_falls_back_and_says_so(lab, kind, monkeypatch):
+    """A server refusing LINK: rename(replace=False) renames nothing and says so; rename_into_place
+    then looks before renaming (still refusing an existing name) and records the missing capability."""
+    subdir = "targets-test/%s" % uuid.uuid4().hex
+    try:
+        with open_target(target_options(kind, lab, subdir)) as nfs:
+            nfs.write_bytes("a.partial", b"new")
+            nfs.write_bytes("a", b"old")
+
+            def refuse_link(*_args):
+                raise _NoLinkError("LINK not supported")
+
+            monkeypatch.setattr(nfs._client, "link", refuse_link)
+            with pytest.raises(AtomicRenameUnsupported):
+                nfs.rename("a.partial", "a")
+            with pytest.raises(TargetExists):
+                rename_into_place(nfs, "a.partial", "a")
+            assert nfs.capabilities.atomic_no_replace_rename is False
+            assert nfs.read_bytes("a") == b"old" and nfs.read_bytes("a.partial") == b"new"
+            rename_into_place(nfs, "a.partial", "b")
+            assert nfs.read_bytes("b") == b"new" and not nfs.exists("a.partial")
+    finally:
+        _remove_test_root(kind, lab, subdir, None)
 
 
 def test_listdir_stat_remove_makedirs(target):

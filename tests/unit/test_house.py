@@ -99,7 +99,7 @@ def _differences(spec, documented, where=""):
                               ("required", False)):
             if code.get(key, fallback) != doc.get(key, fallback):
                 found.append("%s: %s is %r in the spec, %r in the docs" % (path, key, code.get(key, fallback),
-                                                                            doc.get(key, fallback)))
+                                                                           doc.get(key, fallback)))
         if code.get("options") or doc.get("suboptions"):
             found += _differences(code.get("options") or {}, doc.get("suboptions") or {}, path + ".")
     return found

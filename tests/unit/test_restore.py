@@ -85,7 +85,7 @@ def test_symlink_targets_must_stay_inside_the_restored_paths(relpath, link, ok):
 # ------------------------------------------------------------------ destination tree
 def _wanted(relpath, data=b"", kind="file", mode=0o640, link=""):
     return Wanted(relpath=relpath, type=kind, size=len(data), sha256=hashlib.sha256(data).hexdigest(), mode=mode,
-                   mtime=1700000000, uid=os.getuid(), gid=os.getgid(), linkname=link)
+                  mtime=1700000000, uid=os.getuid(), gid=os.getgid(), linkname=link)
 
 
 def test_files_are_never_written_through_a_symlink_inside_the_restored_paths(tmp_path):

@@ -16,6 +16,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.errors impor
     TargetNotFound,
 )
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets import path as path_module
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import AtomicRenameUnsupported, rename_into_place
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.path import PathTarget
 
 
@@ -97,7 +98,8 @@ def test_rename_noreplace_fallback_via_link(target, monkeypatch):
 
 
 def test_rename_noreplace_fallback_without_links(target, monkeypatch):
-    """Filesystems refusing hard links (some CIFS mounts) fall back to check-then-rename."""
+    """Filesystems refusing hard links (some CIFS mounts): the target says it cannot, renames nothing,
+    and rename_into_place looks, then renames, and remembers the capability is missing."""
 
     def refuse_link(*_args):
         raise OSError(errno.EPERM, "Operation not permitted")
@@ -106,10 +108,16 @@ def test_rename_noreplace_fallback_without_links(target, monkeypatch):
     monkeypatch.setattr(path_module.os, "link", refuse_link)
     target.write_bytes("src", b"new")
     target.write_bytes("dst", b"old")
-    with pytest.raises(TargetExists):
+    with pytest.raises(AtomicRenameUnsupported):
         target.rename("src", "dst")
-    target.rename("src", "other")
-    assert target.read_bytes("other") == b"new"
+    assert target.read_bytes("src") == b"new" and target.read_bytes("dst") == b"old"
+    assert target.capabilities.atomic_no_replace_rename is True  # not known before rename_into_place tried
+    with pytest.raises(TargetExists):
+        rename_into_place(target, "src", "dst")
+    assert target.capabilities.atomic_no_replace_rename is False
+    assert target.read_bytes("dst") == b"old"
+    rename_into_place(target, "src", "other")
+    assert target.read_bytes("other") == b"new" and not target.exists("src")
 
 
 def test_listdir_stat_remove_rmdir(target):

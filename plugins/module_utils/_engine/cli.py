@@ -16,7 +16,8 @@ the option shapes of the modules::
 
 The file is checked against the backup_job module's argument spec (specs.py), so a key or default
 cannot differ from a playbook run; ``"verify": false`` means ``{"mode": "none"}``. One run is
-job.run_backup: cluster role check -> snapshot -> verify the new snapshot -> prune. The result is printed as one JSON line on stdout (the journal keeps it); a syslog event says how it
+job.run_backup: cluster role check -> snapshot -> verify the new snapshot -> prune. The result is
+printed as one JSON line on stdout (the journal keeps it); a syslog event says how it
 went (Segura's events: 18 "Backup performed", 19 "Error on backup"). Exit status: 0 done or skipped
 (not the primary), 1 failed, 2 bad configuration.
 """

@@ -45,7 +45,7 @@ def snapshot_request(params: Dict[str, Any]) -> SnapshotRequest:
     """The SnapshotRequest of validated snapshot (or backup_job) parameters."""
     components = params["components"]
     for key, minimum in (("chunk_size_mb", 1), ("lock_ttl", 1), ("compression.threads", 0)):
-        section, _, name = key.rpartition(".")
+        section, _dot, name = key.rpartition(".")
         value = (params[section] if section else params)[name]
         if value < minimum:
             raise ConfigError("%s must be %d or more, not %d" % (key, minimum, value))
@@ -106,7 +106,8 @@ class BackupJob:
         return report
 
     def prune_appliance(self, target: Any) -> Dict[str, Any]:
-        assert self.policy is not None and self.prune is not None
+        if self.policy is None or self.prune is None:
+            raise AssertionError("prune_appliance called without a prune policy")
         outcomes = prune(target, self.policy, appliance=self.request.appliance, now=datetime.now(timezone.utc),
                          partial_grace=self.partial_grace, tz=self.zone,
                          prune_sessions=bool(self.prune["prune_sessions"]), lock_ttl=self.request.lock_ttl)

@@ -41,7 +41,7 @@ import socket
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Literal, Optional, Tuple
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.catalog import format_utc, lock_path, parse_utc
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError, LockBusy, TargetExists, TargetNotFound
@@ -119,7 +119,7 @@ class ApplianceLock:
         return raw, doc if isinstance(doc, dict) else None
 
     def _is_ours(self, doc: Optional[Dict[str, Any]]) -> bool:
-        return bool(doc) and doc.get("token") == self.token
+        return doc is not None and doc.get("token") == self.token
 
     def _is_expired(self, doc: Optional[Dict[str, Any]], relpath: str) -> bool:
         if doc is not None:
@@ -264,7 +264,7 @@ class ApplianceLock:
             # Another run may be taking it over right now; an expired lock is not ours to touch.
             self.held = False
             raise LockBusy("appliance %r: our lock expired at %s before it was refreshed; stopping"
-                           % (self.appliance, doc.get("expires")))
+                           % (self.appliance, (doc or {}).get("expires")))
         self._replace_lock()
         self._last_write = time.monotonic()
         return True
@@ -289,7 +289,7 @@ class ApplianceLock:
     def __enter__(self) -> "ApplianceLock":
         return self.acquire()
 
-    def __exit__(self, exc_type, exc, traceback) -> bool:
+    def __exit__(self, exc_type, exc, traceback) -> Literal[False]:
         if exc_type is None:
             self.release()
         else:

@@ -133,7 +133,7 @@ class Policy:
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> "Policy":
         """Build from module options (missing or None options mean 0; keep_within as '7d' etc.)."""
-        values = {option: options.get(option) for option in COUNT_OPTIONS}
+        values: Dict[str, Any] = {option: options.get(option) for option in COUNT_OPTIONS}  # checked by __post_init__
         within = options.get("keep_within")
         values["keep_within"] = parse_duration(within) if within not in (None, "") else timedelta(0)
         return cls(**values)
@@ -263,7 +263,7 @@ def stale_partials(listing: Any, grace: timedelta, now: datetime) -> List[Any]:
 def _session_path(item: Any) -> str:
     from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import clean_relpath
 
-    path = item.get("path") if isinstance(item, Mapping) else item
+    path: Any = item.get("path") if isinstance(item, Mapping) else item  # clean_relpath checks it
     return clean_relpath(path)
 
 

@@ -9,6 +9,10 @@ Why only here: a share can fail one request now and then (nfs-rs reports some NF
 against nfs-ganesha as "uncertain" and does not repeat them itself). Reads have no side effect and
 are simply repeated; a remove is repeated only after looking whether the failed attempt did it.
 A missing file (TargetNotFound) is an answer, not a failure, and is never retried.
+
+Layers, so the budget is bounded and visible: a target repeats one protocol request only when its
+library says that is safe (targets/nfs.py: at most 8 attempts, about 4.5 s of backoff, never nested);
+this policy sits above the targets, so one read costs at most ATTEMPTS x 8 requests.
 """
 
 from __future__ import annotations

@@ -22,13 +22,13 @@ import os
 import posixpath
 import stat as stat_module
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.files import Problem
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import ApplianceLayout
 from ansible_collections.segura.backup.plugins.module_utils._engine.catalog import sessions_dir
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, ConfigError, TargetError, TargetExists, TargetNotFound
-from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target, rename_into_place
 
 BLOCK_SIZE = 4 * 1024 * 1024  # nfs-rs COMMITs every write: write big blocks (LAB.md)
 INDEX_NAME = "index.json"
@@ -41,7 +41,7 @@ COMPARE_MODES = ("size", "sha256")
 class SessionSyncResult:
     """What a sync did. ``referenced`` lists every recording now on the target, for the manifest."""
 
-    referenced: List[Dict[str, object]] = field(default_factory=list)
+    referenced: List[Dict[str, Any]] = field(default_factory=list)  # {"path", "size", "sha256"}
     uploaded_count: int = 0
     uploaded_bytes: int = 0
     skipped_count: int = 0
@@ -196,7 +196,7 @@ def _upload(target: Target, local: str, remote: str, replace: bool, block_size: 
             stored = target.stat(partial).size
             if stored != written:
                 raise TargetError("%s holds %d bytes after writing %d" % (target.describe_path(partial), stored, written))
-            target.rename(partial, remote, replace=replace)
+            rename_into_place(target, partial, remote, replace=replace)
         except TargetExists:
             _remove_quietly(target, partial)
             raise _Changed("appeared on the target while being uploaded") from None
@@ -297,7 +297,7 @@ def _sync_one(target: Target, local: str, remote: str, remote_entry, indexed: Op
         if info.st_size != remote_entry.size:
             sha256, info = _upload(target, local, remote, replace=True, block_size=block_size)
             return sha256, info, True
-        if remote_sha and indexed["mtime_ns"] == info.st_mtime_ns:
+        if remote_sha and indexed is not None and indexed["mtime_ns"] == info.st_mtime_ns:
             return remote_sha, info, False  # unchanged since we uploaded it: no read at all
         local_sha, info = _hash_local(local, block_size)
         result.hashed_count += 1

@@ -77,6 +77,12 @@ class SnapshotRequest:
         if not isinstance(self.chunk_size, int) or self.chunk_size < MiB or self.chunk_size > 256 * MiB:
             raise ConfigError("chunk size must be between 1 and 256 MiB")
 
+    def database(self) -> DatabaseConnection:
+        """``db``, for the database component; ConfigError when none was given."""
+        if self.db is None:
+            raise ConfigError("the database component needs a database connection")
+        return self.db
+
     @property
     def archived_components(self) -> List[str]:
         """Components that go into the object itself (sessions live beside it)."""
@@ -262,7 +268,7 @@ def take_snapshot(target: Target, request: SnapshotRequest,
             try:
                 writer.add_json("snapshot.json", header)
                 if "database" in request.components:
-                    with DatabaseDump(request.db, request.layout.databases) as dump:
+                    with DatabaseDump(request.database(), request.layout.databases) as dump:
                         db_info = writer.add_stream("db/dump.sql", dump.stdout).as_dict()
                 _archive_files(writer, request, counts)
                 extra = {"facts": facts, "components": list(request.components),
@@ -272,6 +278,9 @@ def take_snapshot(target: Target, request: SnapshotRequest,
                 writer.abort()
                 raise
 
+        # The upload completed (no exception left the block), so its size and sha256 are set.
+        if upload.size is None or upload.sha256 is None:
+            raise AssertionError("a completed upload has no size or sha256")
         sidecar = catalog.Sidecar(
             id=snap_id,
             appliance=request.appliance,

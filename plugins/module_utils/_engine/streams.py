@@ -3,16 +3,41 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 #
 # PRIVATE to the segura.backup collection (see __init__.py): may change in any release.
-"""Byte streams the engine passes around: one hashing reader, one counting writer.
+"""Byte streams the engine passes around: one hashing reader, one counting writer, and the read side
+of the io protocol for streams that implement only ``read``.
 
-Both are ``io`` objects, so ``read``, ``readinto`` and friends come from the standard library.
+The hashing reader and counting writer are ``io`` objects, so ``read``, ``readinto`` and friends come
+from the standard library.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
+
+
+class ByteReader(Protocol):
+    """What the engine reads from: anything with ``read(size) -> bytes`` (files, readers of members)."""
+
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
+class ReadMixin:
+    """For a stream that implements ``read(size)``: ``readinto`` and ``readable`` follow from it, as
+    tarfile, zstandard and ``io.BufferedReader`` expect. (A mixin, not ``io.RawIOBase``: the streams
+    using it keep their own ``close`` and ``closed``.)"""
+
+    def read(self, size: int = -1) -> bytes:
+        raise NotImplementedError
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
 
 
 def _read_into(source: Any, buffer: memoryview) -> int:

@@ -104,6 +104,7 @@ def select_snapshots(
         raise ConfigError("select must be one of %s, not %r" % (", ".join(SELECTIONS), select))
     published = [r for r in listing.snapshots if _published(r)]
     missing: List[str] = []
+    chosen: List[catalog.SnapshotRecord]
     if select == "ids":
         if not ids:
             raise ConfigError("select=ids needs the ids of the snapshots to verify")
@@ -204,10 +205,11 @@ def _quoted(paths: List[str]) -> str:
     return shown + (" and %d more" % (len(paths) - _MAX_LISTED) if len(paths) > _MAX_LISTED else "")
 
 
-def _normalised_sessions(items: Any) -> Optional[List[Tuple[str, int, str]]]:
+def _normalised_sessions(items: Any) -> Optional[List[Tuple[Any, Any, Any]]]:
+    """(path, size, sha256) of each listed session file, as found (checked by the caller)."""
     if not isinstance(items, list):
         return None
-    out = []
+    out: List[Tuple[Any, Any, Any]] = []
     for item in items:
         if not isinstance(item, dict):
             return None
@@ -215,9 +217,9 @@ def _normalised_sessions(items: Any) -> Optional[List[Tuple[str, int, str]]]:
     return out
 
 
-def _check_sessions(target: Target, record: catalog.SnapshotRecord, manifest: Dict[str, Any],
-                    session_files: SessionFiles, check_hashes: bool, result: VerifyResult) -> None:
-    sidecar = record.sidecar
+def _check_sessions(target: Target, record: catalog.SnapshotRecord, sidecar: catalog.Sidecar,
+                    manifest: Dict[str, Any], session_files: SessionFiles, check_hashes: bool,
+                    result: VerifyResult) -> None:
     listed = _normalised_sessions(manifest.get("sessions", []))
     if listed is None:
         result.problems.append("manifest.json has no valid session list")
@@ -274,9 +276,8 @@ def _compare(result: VerifyResult, what: str, found: Any, expected: Any) -> None
         result.problems.append("%s: the object has %r, the sidecar says %r" % (what, found, expected))
 
 
-def _check_documents(record: catalog.SnapshotRecord, report: Any, result: VerifyResult) -> None:
+def _check_documents(sidecar: catalog.Sidecar, report: Any, result: VerifyResult) -> None:
     """snapshot.json and manifest.json (inside the object) against the sidecar (outside)."""
-    sidecar = record.sidecar
     header = report.snapshot or {}
     manifest = report.manifest or {}
     for key in ("id", "appliance"):
@@ -353,8 +354,8 @@ def _verify_into(target: Target, record: catalog.SnapshotRecord, mode: str, decr
         result.checks["archive"] = {"members": report.members, "bytes": report.bytes, "ok": report.ok}
         result.problems.extend(report.problems)
         if report.manifest is not None:
-            _check_documents(record, report, result)
-            _check_sessions(target, record, report.manifest, session_files, check_session_hashes, result)
+            _check_documents(sidecar, report, result)
+            _check_sessions(target, record, sidecar, report.manifest, session_files, check_session_hashes, result)
 
     result.checks["object"] = {"size": result.size, "sha256": result.sha256,
                                "ok": (result.size, result.sha256) == (sidecar.size, sidecar.sha256)}

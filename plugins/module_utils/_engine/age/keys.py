@@ -13,7 +13,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple, Union
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ArchiveError, ConfigError
 
 try:
-    from cryptography.exceptions import InvalidTag
+    from cryptography.exceptions import InvalidTag  # pylint: disable=unused-import  # stream.py takes it from here
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
     from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
@@ -53,7 +53,6 @@ MAX_HEADER_LINE = 4096
 
 RECIPIENT_HRP = "age"
 IDENTITY_HRP = "age-secret-key-"
-
 
 
 # --------------------------------------------------------------------------------------------------
@@ -100,6 +99,8 @@ def _convertbits(data: Iterable[int], frombits: int, tobits: int, pad: bool) -> 
 def bech32_encode(hrp: str, data: bytes) -> str:
     """Encode bytes as bech32 with the given human-readable part (lower case)."""
     values = _convertbits(data, 8, 5, True)
+    if values is None:
+        raise AssertionError("only an unpadded conversion can fail")
     checksum_input = _bech32_hrp_expand(hrp) + values + [0] * 6
     polymod = _bech32_polymod(checksum_input) ^ 1
     checksum = [(polymod >> 5 * (5 - i)) & 31 for i in range(6)]
@@ -295,4 +296,3 @@ def public_of(identity: str) -> str:
 # --------------------------------------------------------------------------------------------------
 # header
 # --------------------------------------------------------------------------------------------------
-

@@ -37,6 +37,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.age.keys imp
     require_cryptography,
 )
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ArchiveError, ConfigError, IntegrityError
+from ansible_collections.segura.backup.plugins.module_utils._engine.streams import ReadMixin
 
 try:
     from cryptography.hazmat.primitives import hashes
@@ -231,6 +232,8 @@ class Encryptor:
                 raise ConfigError("no age recipients given")
             stanzas = [self._x25519_stanza(file_key, r) for r in parsed]
         else:
+            if passphrase is None:
+                raise AssertionError("exactly one of recipients and passphrase (checked above)")
             if not isinstance(work_factor, int) or not 1 <= work_factor <= 40:
                 raise ConfigError("scrypt work factor must be an integer from 1 to 40")
             salt = os.urandom(16)
@@ -313,7 +316,7 @@ class Encryptor:
             self.abort()
 
 
-class Decryptor:
+class Decryptor(ReadMixin):
     """A read-only file-like object over the plaintext of an age file read from ``source``.
 
     ``Decryptor(source, identities=[...])`` or ``Decryptor(source, passphrase="...")``; identities
@@ -336,6 +339,8 @@ class Decryptor:
                 raise ConfigError("no age identities given")
             file_key = self._unwrap_x25519(stanzas, parsed)
         else:
+            if passphrase is None:
+                raise AssertionError("exactly one of identities and passphrase (checked above)")
             file_key = self._unwrap_scrypt(stanzas, passphrase_bytes(passphrase), max_work_factor)
         if not hmac.compare_digest(_header_mac(file_key, header), mac):
             raise IntegrityError("age header MAC mismatch: the archive header was tampered with")
@@ -440,7 +445,7 @@ class Decryptor:
         if self._closed:
             raise ValueError("read from a closed age Decryptor")
         if size is None or size < 0:
-            parts = []
+            parts: List[bytes] = []
             while True:
                 part = self.read(CHUNK_SIZE)
                 if not part:
@@ -454,14 +459,6 @@ class Decryptor:
         data = self._plain[self._offset:end]
         self._offset += len(data)
         return data
-
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
 
     def close(self) -> None:
         """Forget the key and buffers; does not close the source."""

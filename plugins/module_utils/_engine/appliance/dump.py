@@ -14,11 +14,12 @@ import os
 import signal
 import subprocess
 import threading
-from typing import Callable, List, Optional, Sequence
+from typing import IO, Callable, List, Optional, Sequence
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import DEFAULT_DATABASES, check_database_names
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection, first_tool, stderr_excerpt
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError
+from ansible_collections.segura.backup.plugins.module_utils._engine.streams import ReadMixin
 
 DUMP_TRAILER = b"-- Dump completed"
 
@@ -85,10 +86,10 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None]:
     return preexec
 
 
-class _DumpReader:
+class _DumpReader(ReadMixin):
     """The dump's stdout as a binary stream; remembers the byte count and the last bytes read."""
 
-    def __init__(self, raw):
+    def __init__(self, raw: IO[bytes]):
         self._raw = raw
         self.bytes_read = 0
         self.at_eof = False
@@ -102,14 +103,6 @@ class _DumpReader:
         elif size != 0:
             self.at_eof = True
         return data
-
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
 
     def close(self) -> None:
         self._raw.close()
@@ -140,8 +133,9 @@ class DatabaseDump:
         self.databases = check_database_names(databases)
         self.tool = tool
         self.extra_args = tuple(extra_args)
-        self.process: Optional[subprocess.Popen] = None
-        self.stdout: Optional[_DumpReader] = None
+        self.process: Optional[subprocess.Popen[bytes]] = None
+        self._reader: Optional[_DumpReader] = None
+        self._argv: List[str] = []  # the command start() ran (the process's args)
         self._stderr = bytearray()
         self._stderr_thread: Optional[threading.Thread] = None
 
@@ -155,25 +149,41 @@ class DatabaseDump:
         return self.process.pid if self.process else None
 
     @property
+    def stdout(self) -> _DumpReader:
+        """The dump's output; set by ``start()`` (entering the context manager)."""
+        if self._reader is None:
+            raise RuntimeError("DatabaseDump.stdout read before start()")
+        return self._reader
+
+    @property
     def bytes_read(self) -> int:
-        return self.stdout.bytes_read if self.stdout else 0
+        return self._reader.bytes_read if self._reader else 0
+
+    def _started(self) -> "subprocess.Popen[bytes]":
+        if self.process is None:
+            raise RuntimeError("DatabaseDump used before start()")
+        return self.process
 
     def start(self) -> "DatabaseDump":
-        command = self.command()
+        command = self._argv = self.command()
         try:
             self.process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 close_fds=True, preexec_fn=_die_with_parent(os.getpid()))
         except OSError as exc:
             raise ApplianceError("could not start %s: %s" % (command[0], exc.strerror or exc)) from None
-        self.stdout = _DumpReader(self.process.stdout)
+        if self.process.stdout is None or self.process.stderr is None:
+            raise AssertionError("no stdout or stderr pipe, though opened with stdout=PIPE and stderr=PIPE")
+        self._reader = _DumpReader(self.process.stdout)
         self._stderr_thread = threading.Thread(target=self._drain_stderr, name="dump-stderr", daemon=True)
         self._stderr_thread.start()
         return self
 
     def _drain_stderr(self) -> None:
         """Keep the first 64 KiB of stderr; read (and drop) the rest so the tool never blocks on it."""
-        stream = self.process.stderr
+        stream = self._started().stderr
+        if stream is None:
+            raise AssertionError("no stderr pipe, though opened with stderr=PIPE")
         while True:
             data = stream.read1(65536) if hasattr(stream, "read1") else stream.read(65536)
             if not data:
@@ -203,9 +213,9 @@ class DatabaseDump:
         self._close_pipes()
 
     def _close_pipes(self) -> None:
-        if self.stdout is not None:
+        if self._reader is not None:
             with contextlib.suppress(OSError):
-                self.stdout.close()
+                self._reader.close()
         if self._stderr_thread is not None:
             self._stderr_thread.join(timeout=_STOP_TIMEOUT)
         if self.process is not None and self.process.stderr is not None:
@@ -214,28 +224,29 @@ class DatabaseDump:
 
     def finish(self) -> None:
         """Wait for the tool and check that the dump is complete; ApplianceError otherwise."""
-        if not self.stdout.at_eof:
+        process, reader = self._started(), self.stdout
+        if not reader.at_eof:
             # A consumer that stopped early would store a truncated dump: refuse.
-            extra = self.stdout.read(1)
+            extra = reader.read(1)
             if extra:
                 self.abort()
                 raise ApplianceError("the database dump was not read to its end (stopped after %d bytes)"
-                                     % (self.stdout.bytes_read - 1))
+                                     % (reader.bytes_read - 1))
         try:
-            code = self.process.wait(timeout=_STOP_TIMEOUT * 6)
+            code = process.wait(timeout=_STOP_TIMEOUT * 6)
         except subprocess.TimeoutExpired:
             self.abort()
             raise ApplianceError("%s did not exit after its output ended" % os.path.basename(self.command()[0]))
         self._close_pipes()
-        tool = os.path.basename(self.process.args[0])
+        tool = os.path.basename(self._argv[0])
         if code != 0:
             raise ApplianceError("database dump of %s failed (%s exit code %d): %s"
                                  % (", ".join(self.databases), tool, code, self.stderr_text))
-        last_line = self.stdout.tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+        last_line = reader.tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]
         if not last_line.startswith(DUMP_TRAILER):
             raise ApplianceError("database dump of %s is incomplete: %s ended without its '-- Dump completed' "
                                  "line (%d bytes; stderr: %s)"
-                                 % (", ".join(self.databases), tool, self.stdout.bytes_read, self.stderr_text))
+                                 % (", ".join(self.databases), tool, reader.bytes_read, self.stderr_text))
 
     def __enter__(self) -> "DatabaseDump":
         return self.start()
@@ -246,4 +257,3 @@ class DatabaseDump:
             return False
         self.finish()
         return False
-

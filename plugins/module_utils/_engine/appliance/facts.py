@@ -16,7 +16,7 @@ import stat as stat_module
 import subprocess
 import urllib.error
 import urllib.request
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import ApplianceLayout
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection, run_query, stderr_excerpt
@@ -30,6 +30,7 @@ HEALTH_ROLES = {
     451: "licence_expired",
     503: "unavailable",
 }
+
 
 def _tree_usage(path: str) -> Dict[str, object]:
     """Bytes and file count below ``path`` (lstat, no symlinks followed)."""
@@ -70,7 +71,7 @@ _SECRET_MOUNT_OPTIONS = ("password", "pass", "credentials", "cred", "password2")
 
 def network_mounts(mounts_file: str = "/proc/self/mounts") -> List[Dict[str, str]]:
     """CIFS and NFS mounts (source, mount point, type, options without credentials)."""
-    result = []
+    result: List[Dict[str, str]] = []
     try:
         with open(mounts_file, encoding="utf-8", errors="replace") as handle:
             lines = handle.read().splitlines()
@@ -203,7 +204,7 @@ def database_facts(layout: ApplianceLayout, db: DatabaseConnection) -> Dict[str,
 
 
 def facts(layout: ApplianceLayout, db: Optional[DatabaseConnection] = None, health_url: Optional[str] = None,
-          verify_tls: bool = True, health_timeout: float = 5.0, orbit: Optional[str] = None) -> Dict[str, object]:
+          verify_tls: bool = True, health_timeout: float = 5.0, orbit: Optional[str] = None) -> Dict[str, Any]:
     """Everything ``appliance_info`` reports and the snapshot records. Without ``db`` no database facts."""
     version = appliance_version(layout, orbit)
     paths = {
@@ -212,7 +213,7 @@ def facts(layout: ApplianceLayout, db: Optional[DatabaseConnection] = None, heal
         "sessions": _tree_usage(layout.arz_path),
     }
     free = {"root": _free_space(layout.root), "var": _free_space(layout.local("var"))}
-    result = {
+    result: Dict[str, Any] = {
         "hostname": socket.gethostname(),
         "root": layout.root,
         "appliance_version": version["version"],
@@ -227,7 +228,7 @@ def facts(layout: ApplianceLayout, db: Optional[DatabaseConnection] = None, heal
     return result
 
 
-def estimate_snapshot_size(appliance_facts: Dict[str, object]) -> Dict[str, int]:
+def estimate_snapshot_size(appliance_facts: Mapping[str, Any]) -> Dict[str, int]:
     """Bytes a snapshot will need on the target, for the free-space preflight.
 
     A conservative upper bound: data + index size of the databases (a compressed SQL dump is

@@ -12,7 +12,7 @@ import posixpath
 import stat as stat_module
 from typing import Iterable, Iterator, List, NamedTuple, Optional, Sequence
 
-from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import COMPONENTS, ApplianceLayout
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import COMPONENTS, ApplianceLayout, file_type
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, ConfigError
 
 
@@ -61,16 +61,6 @@ def _check_readable(path: str) -> Optional[str]:
     return None
 
 
-def _kind_of(mode: int) -> Optional[str]:
-    if stat_module.S_ISREG(mode):
-        return "file"
-    if stat_module.S_ISDIR(mode):
-        return "dir"
-    if stat_module.S_ISLNK(mode):
-        return "symlink"
-    return None
-
-
 def _walk_entry(layout: ApplianceLayout, relpath: str, problems: List[Problem],
                 seen: set) -> Iterator[CollectedFile]:
     """Pre-order walk of one path (lstat: symlinks are archived as links, never followed)."""
@@ -83,7 +73,7 @@ def _walk_entry(layout: ApplianceLayout, relpath: str, problems: List[Problem],
     except OSError as exc:
         problems.append(Problem(path, "cannot be examined (%s)" % _reason(exc)))
         return
-    kind = _kind_of(info.st_mode)
+    kind = file_type(info.st_mode)
     if kind is None:
         problems.append(Problem(path, "is not a regular file, directory or symlink"))
         return
@@ -147,4 +137,3 @@ def _collect(layout: ApplianceLayout, roots: List[str], problems: Optional[List[
         yield from _walk_entry(layout, relpath, collected, seen)
     if problems is None and collected:
         raise ApplianceError(problems_message(collected))
-

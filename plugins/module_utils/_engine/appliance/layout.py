@@ -9,10 +9,23 @@ from __future__ import annotations
 
 import os
 import re
+import stat as stat_module
 from dataclasses import dataclass
-from typing import NamedTuple, Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError
+
+
+def file_type(mode: int) -> Optional[str]:
+    """'file', 'dir' or 'symlink' for a stat mode (the types a snapshot records); None for anything else."""
+    if stat_module.S_ISREG(mode):
+        return "file"
+    if stat_module.S_ISDIR(mode):
+        return "dir"
+    if stat_module.S_ISLNK(mode):
+        return "symlink"
+    return None
+
 
 #: Components a snapshot can hold. ``collect_files`` handles 'config' and 'secrets'; the database
 #: dump and the session sync are separate streams.
@@ -63,6 +76,7 @@ def _clean_rel(value, what: str) -> str:
 
 def _parse_config_path(value) -> ConfigPath:
     """'etc/x', ConfigPath or {'path': 'etc/x', 'optional': true} -> ConfigPath."""
+    path: object  # checked by _clean_rel
     if isinstance(value, ConfigPath):
         path, optional = value.path, value.optional
     elif isinstance(value, dict):
@@ -82,7 +96,9 @@ class ApplianceLayout:
     root: str = "/"
     arz_dir: str = "var/senhasegura/arz"
     secrets_dir: str = "srv/cache/coba"
-    config_paths: Sequence[Union[str, dict, ConfigPath]] = DEFAULT_CONFIG_PATHS
+    #: Given as 'etc/x', {'path': 'etc/x', 'optional': true} or ConfigPath entries; __post_init__
+    #: turns them into a tuple of ConfigPath, which is what every reader sees.
+    config_paths: Sequence[ConfigPath] = DEFAULT_CONFIG_PATHS
     databases: Sequence[str] = DEFAULT_DATABASES
     #: *inferred*: read only when the ``orbit`` CLI is absent.
     version_file: Optional[str] = "etc/senhasegura/version"
@@ -113,4 +129,3 @@ class ApplianceLayout:
     @property
     def secrets_path(self) -> str:
         return self.local(self.secrets_dir)
-

@@ -23,6 +23,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.errors impor
 DEFAULT_SOCKET = "/run/mysqld/mysqld.sock"
 DEBIAN_DEFAULTS_FILE = "/etc/mysql/debian.cnf"
 
+
 def _option_value(value: str) -> str:
     """Quote a value for a MariaDB option file: any character survives (backslash escapes)."""
     escaped = (value.replace("\\", "\\\\").replace('"', '\\"')
@@ -146,4 +147,3 @@ def run_query(db: DatabaseConnection, sql: str, timeout: float = 60) -> List[Lis
         raise ApplianceError("query on %s failed: %s" % (db.describe(), stderr_excerpt(result.stderr)))
     text = result.stdout.decode("utf-8", "replace")
     return [line.split("\t") for line in text.splitlines() if line]
-

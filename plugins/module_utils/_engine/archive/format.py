@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import tarfile
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Tuple, Type
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.constants import FORMAT, MiB
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ArchiveError, IntegrityError
@@ -25,7 +25,7 @@ try:
     import zstandard
 
     HAS_ZSTANDARD = True
-    ZSTD_ERRORS: Tuple[type, ...] = (zstandard.ZstdError, EOFError)
+    ZSTD_ERRORS: Tuple[Type[BaseException], ...] = (zstandard.ZstdError, EOFError)
 except ImportError:  # reported by require_zstandard() so modules fail with a clear message
     HAS_ZSTANDARD = False
     ZSTD_ERRORS = (EOFError,)
@@ -111,4 +111,3 @@ def member_info(tarinfo: tarfile.TarInfo) -> MemberInfo:
     return MemberInfo(name=name, type=kind, size=tarinfo.size if kind == "file" else 0, mode=tarinfo.mode,
                       mtime=tarinfo.mtime, uid=tarinfo.uid, gid=tarinfo.gid,
                       linkname=tarinfo.linkname if kind == "symlink" else "")
-

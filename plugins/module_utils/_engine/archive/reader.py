@@ -11,7 +11,7 @@ import hashlib
 import json
 import tarfile
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from ansible_collections.segura.backup.plugins.module_utils._engine import age
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption
@@ -29,7 +29,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.archive.form
     require_zstandard,
 )
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ArchiveError, ConfigError, IntegrityError
-from ansible_collections.segura.backup.plugins.module_utils._engine.streams import HashingReader
+from ansible_collections.segura.backup.plugins.module_utils._engine.streams import ByteReader, HashingReader
 
 try:
     import zstandard
@@ -122,6 +122,7 @@ class ArchiveReader:
                 break
             head += more
         plain_source = HashingReader(self._raw, prefix=head, hashed=False)
+        self._plain: Union[age.Decryptor, HashingReader]
         if age.looks_like_age(head):
             self.encrypted = True
             self._plain = decryption.open_decryptor(plain_source)
@@ -134,7 +135,8 @@ class ArchiveReader:
             self._plain = plain_source
         else:
             raise IntegrityError("not a segura.backup archive (neither age-encrypted nor zstd)")
-        self._zstd = zstandard.ZstdDecompressor().stream_reader(self._plain, read_size=COPY_BLOCK,
+        # The stub asks for IO[bytes]; zstandard only calls read() on the source.
+        self._zstd = zstandard.ZstdDecompressor().stream_reader(self._plain, read_size=COPY_BLOCK,  # type: ignore[arg-type]
                                                                 read_across_frames=True, closefd=False)
         try:
             self._tar = tarfile.open(fileobj=self._zstd, mode="r|", bufsize=COPY_BLOCK, tarinfo=BoundedTarInfo)
@@ -152,10 +154,10 @@ class ArchiveReader:
         self._max_content = max_content_bytes
         self._content_declared = 0
 
-    def __iter__(self) -> Iterator[Tuple[MemberInfo, BinaryIO]]:
+    def __iter__(self) -> Iterator[Tuple[MemberInfo, ByteReader]]:
         return self.members(strict=True)
 
-    def members(self, strict: bool = True) -> Iterator[Tuple[MemberInfo, BinaryIO]]:
+    def members(self, strict: bool = True) -> Iterator[Tuple[MemberInfo, ByteReader]]:
         """The member iterator; with ``strict=False`` manifest mismatches are left to ``problems()``."""
         if self._iterated:
             raise ArchiveError("an archive can be read only once (it is a stream)")
@@ -317,7 +319,7 @@ def verify(source, decryption: Decryption, max_content_bytes: Optional[int] = No
         reader = ArchiveReader(counted, decryption, max_content_bytes=max_content_bytes)
     except IntegrityError as exc:
         return VerifyReport(ok=False, problems=[str(exc)], manifest=None, snapshot=None, members=0, bytes=0,
-                            object_bytes=counted.bytes, object_sha256=counted.sha256.hexdigest())
+                            object_bytes=counted.bytes, object_sha256=counted.hexdigest())
     problems: List[str] = []
     try:
         for _info, _content in reader.members(strict=False):
@@ -330,7 +332,7 @@ def verify(source, decryption: Decryption, max_content_bytes: Optional[int] = No
     return VerifyReport(ok=not problems, problems=problems, manifest=reader.manifest, snapshot=reader.snapshot,
                         members=len(reader.seen) + (1 if reader.manifest is not None else 0),
                         bytes=sum(s.info.size for s in reader.seen) + reader.manifest_bytes,
-                        object_bytes=counted.bytes, object_sha256=counted.sha256.hexdigest())
+                        object_bytes=counted.bytes, object_sha256=counted.hexdigest())
 
 
 def read_metadata(source, decryption: Decryption) -> Tuple[Dict[str, Any], Dict[str, Any]]:

@@ -145,8 +145,10 @@ class ArchiveWriter:
         self._sink = sink
         self._out = CountingWriter(sink, hashed=hash_output)
         self._encryptor = encryption.open_encryptor(self._out)
-        self._zstd = compressor.stream_writer(self._encryptor or self._out, closefd=False)
-        self._tar = tarfile.open(fileobj=self._zstd, mode="w|", format=tarfile.PAX_FORMAT,
+        # The stub asks for IO[bytes]; zstandard only calls write() (and flush()) on the writer.
+        self._zstd = compressor.stream_writer(self._encryptor or self._out, closefd=False)  # type: ignore[arg-type]
+        # typeshed's tarfile.open lacks copybufsize, which it passes on to TarFile (Python 3.8+).
+        self._tar = tarfile.open(fileobj=self._zstd, mode="w|", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
                                  bufsize=COPY_BLOCK, copybufsize=COPY_BLOCK)
         self._members: List[Dict[str, Any]] = []
         self._names: set = set()

@@ -85,6 +85,12 @@ class SnapshotRecord:
         """Whether the snapshot took the sessions component; None when its sidecar was not read."""
         return None if self.sidecar is None else "sessions" in self.sidecar.components
 
+    def require_sidecar(self) -> Sidecar:
+        """The sidecar of a record that has one for sure: complete, from a listing that read sidecars."""
+        if self.sidecar is None:
+            raise RuntimeError("snapshot %s of %s: its sidecar was not read" % (self.id, self.appliance))
+        return self.sidecar
+
     def ref(self) -> SnapshotRef:
         return SnapshotRef(self.id, self.created, self.complete)
 
@@ -162,7 +168,8 @@ def appliance_summaries(listing: Listing, now: datetime) -> List[Dict[str, Any]]
     for name in names:
         records = listing.for_appliance(name)  # newest first
         complete = [r for r in records if r.complete]
-        verified = [r.verification for r in records if isinstance((r.verification or {}).get("recorded"), str)]
+        verified = [r.verification for r in records
+                    if r.verification is not None and isinstance(r.verification.get("recorded"), str)]
         summary: Dict[str, Any] = {"name": name, "snapshots": len(records), "stored_bytes": sum(r.stored_bytes for r in records)}
         for status in (STATUS_COMPLETE, STATUS_PARTIAL, STATUS_ORPHANED, STATUS_DAMAGED):
             summary[status] = sum(1 for r in records if r.status == status)
@@ -244,7 +251,10 @@ def records_from_entries(appliance: str, entries: List[Any]) -> List[SnapshotRec
 
 def _record_by_presence(appliance: str, stem: str, files: Dict[str, Any]) -> SnapshotRecord:
     directory = snapshots_dir(appliance)
-    created, snap_id, dummy = parse_object_name(stem + OBJECT_SUFFIX)
+    parsed = parse_object_name(stem + OBJECT_SUFFIX)
+    if parsed is None:
+        raise AssertionError("records_from_entries groups only names that parse")
+    created, snap_id, dummy = parsed
     objects = {kind: entry for kind, entry in files.items() if kind.startswith(".tar.zst")}
     # Prefer a finished object over a partial one, and the encrypted name when (oddly) both exist.
     best_kind = sorted(objects, key=lambda k: (k.endswith(PARTIAL_SUFFIX), not k.startswith(ENCRYPTED_SUFFIX)))
@@ -356,4 +366,3 @@ def _read_verification(target: Target, relpath: str) -> Optional[Dict[str, Any]]
     except (TargetError, IntegrityError, UnicodeDecodeError, ValueError) as exc:
         return {"status": "unreadable", "error": str(exc)}
     return doc if isinstance(doc, dict) else {"status": "unreadable", "error": "not a JSON object"}
-

@@ -153,4 +153,3 @@ def sessions_list_name(name: str) -> str:
 def partial_name(name: str) -> str:
     """Where ``name`` lives while it is being written."""
     return name + PARTIAL_SUFFIX
-

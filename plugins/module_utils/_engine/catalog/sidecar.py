@@ -187,4 +187,3 @@ class Sidecar:
             sessions={"count": sessions["count"], "bytes": sessions["bytes"]},
             duration=float(duration),
         )
-

@@ -11,7 +11,7 @@ import hashlib
 import json
 import posixpath
 from datetime import datetime, timezone
-from typing import Any, BinaryIO, Dict, List, Optional
+from typing import Any, BinaryIO, Dict, List, Literal, Optional
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.catalog.names import (
     FORMAT,
@@ -32,7 +32,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.catalog.name
 from ansible_collections.segura.backup.plugins.module_utils._engine.catalog.sidecar import Sidecar, need_field, sha256_field
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError, IntegrityError, TargetError, TargetExists, TargetNotFound
 from ansible_collections.segura.backup.plugins.module_utils._engine.retry import remove_checked, retry_read
-from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target, clean_relpath
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target, clean_relpath, rename_into_place
 
 
 def read_small(target: Target, relpath: str, limit: int = SIDECAR_LIMIT) -> bytes:
@@ -89,7 +89,7 @@ class AtomicUpload:
         view = memoryview(data).cast("B")
         total = len(view)
         while view:
-            written = self._handle.write(view)
+            written = self._opened().write(view)
             written = len(view) if written is None else written
             if written <= 0:
                 raise TargetError("%s accepted no data" % self.target.describe_path(self.partial_relpath))
@@ -101,23 +101,29 @@ class AtomicUpload:
     def flush(self) -> None:
         """Nothing to do: the target makes data durable on close."""
 
+    def _opened(self) -> BinaryIO:
+        if self._handle is None:
+            raise AssertionError("upload used outside its with block")
+        return self._handle
+
     def writable(self) -> bool:
         return True
 
-    def __exit__(self, exc_type, exc, traceback) -> bool:
+    def __exit__(self, exc_type, exc, traceback) -> Literal[False]:
+        handle = self._opened()
         if exc_type is not None:
-            _close_quietly(self._handle)
+            _close_quietly(handle)
             _best_effort_remove(self.target, self.partial_relpath)
             return False
         try:
-            self._handle.close()
+            handle.close()
             stored = self.target.stat(self.partial_relpath).size
             if stored != self._count:
                 raise IntegrityError(
                     "%s holds %d bytes but %d were written"
                     % (self.target.describe_path(self.partial_relpath), stored, self._count)
                 )
-            self.target.rename(self.partial_relpath, self.final_relpath, replace=False)
+            rename_into_place(self.target, self.partial_relpath, self.final_relpath)
         except BaseException:
             _close_quietly(self._handle)
             _best_effort_remove(self.target, self.partial_relpath)
@@ -131,7 +137,7 @@ def _write_via_partial(target: Target, relpath: str, data: bytes, replace: bool)
     partial = partial_name(relpath)
     try:
         target.write_bytes(partial, data)
-        target.rename(partial, relpath, replace=replace)
+        rename_into_place(target, partial, relpath, replace=replace)
     except BaseException:
         _best_effort_remove(target, partial)
         raise

@@ -54,7 +54,7 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
     dir_entries: List[Wanted] = []
     with open_object(target, plan.record) as handle:
         counted = HashingReader(handle)
-        reader = ArchiveReader(counted, request.decryption, max_content_bytes=plan.record.sidecar.bytes_in)
+        reader = ArchiveReader(counted, request.decryption, max_content_bytes=plan.record.require_sidecar().bytes_in)
         try:
             for info, content in reader:
                 expected = plan.members.get(info.name)
@@ -69,7 +69,7 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
                     spool = spool_chunk(content, expected, info.name)
                     try:
                         if loader is None:
-                            loader = DatabaseLoader(request.db).start()
+                            loader = DatabaseLoader(request.database()).start()
                         loader.feed(spool)
                     finally:
                         spool.close()
@@ -107,7 +107,7 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
         tree.set_metadata(wanted)
     tree.fsync_dirs(sorted({posixpath.dirname(w.relpath) for w in plan.wanted} | {w.relpath for w in dir_entries}))
     files_seconds += time.monotonic() - tick
-    if counted.sha256.hexdigest() != plan.record.sha256:
+    if counted.hexdigest() != plan.record.sha256:
         result["warnings"].append("the object changed on the target between the two passes; every restored "
                                   "member still matched the verified manifest")
     durations["database"] = round(db_seconds, 3)
@@ -177,4 +177,3 @@ def _restore_entry(tree: DestinationTree, wanted: Wanted, content, written: Dict
     else:
         tree.write_file(wanted, iter(lambda: content.read(BLOCK), b""))
         written["files"] += 1
-

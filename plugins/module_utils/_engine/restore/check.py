@@ -34,7 +34,7 @@ def post_verify(request: RestoreRequest, plan: RestorePlan) -> Dict[str, Any]:
         problems.extend("session recording %s was not restored intact" % p for p in bad[:10])
         result["sessions"] = {"checked": len(plan.sessions), "ok": not bad}
     if plan.restores_database:
-        digest = dump_digest(request.db, plan.databases)
+        digest = dump_digest(request.database(), plan.databases)
         same = digest == plan.dump_digest
         result["database"] = {"method": "re-dump compared with the snapshot's dump (comment lines aside)",
                               "databases": list(plan.databases), "ok": same}
@@ -43,4 +43,3 @@ def post_verify(request: RestoreRequest, plan: RestorePlan) -> Dict[str, Any]:
     result["problems"] = problems
     result["ok"] = not problems
     return result
-

@@ -16,6 +16,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.errors impor
 
 COMMAND_OUTPUT_LIMIT = 4096
 
+
 def excerpt(data: bytes, limit: int = COMMAND_OUTPUT_LIMIT) -> str:
     text = data.decode("utf-8", "replace")
     return text if len(text) <= limit else text[:limit] + "... (%d more characters)" % (len(text) - limit)
@@ -45,4 +46,3 @@ def run_commands(commands: Sequence[Sequence[str]], phase: str, timeout: float) 
             error.results = results  # type: ignore[attr-defined]
             raise error
     return results
-

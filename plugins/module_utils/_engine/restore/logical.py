@@ -8,10 +8,11 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import subprocess
 import tempfile
 import threading
-from typing import Any, Dict, List, Optional, Sequence
+from typing import IO, Any, Dict, List, Optional, Sequence, cast
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.dump import DatabaseDump
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection, first_tool, stderr_excerpt
@@ -30,7 +31,7 @@ class DumpScanner:
 
     _KEEP = 512
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.databases: List[str] = []
         self.content = hashlib.sha256()
         self._head = b""  # first bytes of the current (unfinished) line
@@ -88,10 +89,25 @@ class DatabaseLoader:
         self.command = ([tool] + connection.client_args()
                         + ["--binary-mode", "--batch", "--default-character-set=utf8mb4", "--max-allowed-packet=1G"])
         self.describe = connection.describe()
-        self.process: Optional[subprocess.Popen] = None
+        self.process: Optional[subprocess.Popen[bytes]] = None
         self._stderr = bytearray()
         self._thread: Optional[threading.Thread] = None
         self.bytes = 0
+
+    def _started(self) -> "subprocess.Popen[bytes]":
+        if self.process is None:
+            raise RuntimeError("DatabaseLoader used before start()")
+        return self.process
+
+    def _stdin(self) -> IO[bytes]:
+        stdin = self._started().stdin
+        if stdin is None:
+            raise AssertionError("no stdin pipe, though opened with stdin=PIPE")
+        return stdin
+
+    def _join_drain(self) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout=30)
 
     def start(self) -> "DatabaseLoader":
         try:
@@ -104,32 +120,37 @@ class DatabaseLoader:
         return self
 
     def _drain(self) -> None:
-        for block in iter(lambda: self.process.stderr.read1(65536), b""):
+        pipe = self._started().stderr
+        if pipe is None:
+            raise AssertionError("no stderr pipe, though opened with stderr=PIPE")
+        stderr = cast(io.BufferedReader, pipe)  # a pipe with the default bufsize is buffered: read1 exists
+        for block in iter(lambda: stderr.read1(65536), b""):
             room = 65536 - len(self._stderr)
             if room > 0:
                 self._stderr += block[:room]
 
     def feed(self, source) -> None:
+        stdin = self._stdin()
         try:
             for block in iter(lambda: source.read(BLOCK), b""):
-                self.process.stdin.write(block)
+                stdin.write(block)
                 self.bytes += len(block)
         except BrokenPipeError:
             self._fail_after_exit()
 
     def finish(self) -> None:
         try:
-            self.process.stdin.close()
+            self._stdin().close()
         except BrokenPipeError:
             pass
-        code = self.process.wait()
-        self._thread.join(timeout=30)
+        code = self._started().wait()
+        self._join_drain()
         if code != 0:
             self._raise(code)
 
     def _fail_after_exit(self) -> None:
-        code = self.process.wait()
-        self._thread.join(timeout=30)
+        code = self._started().wait()
+        self._join_drain()
         self._raise(code)
 
     def _raise(self, code: int) -> None:
@@ -143,7 +164,7 @@ class DatabaseLoader:
         self.process.kill()
         self.process.wait(timeout=30)
         try:
-            self.process.stdin.close()
+            self._stdin().close()
         except OSError:
             pass
 
@@ -172,4 +193,3 @@ def dump_digest(connection: DatabaseConnection, databases: Sequence[str]) -> str
         for block in iter(lambda: dump.stdout.read(BLOCK), b""):
             scanner.feed(block)
     return scanner.finish()
-

@@ -110,7 +110,9 @@ class RestorePlan:
 
 
 def snapshot_facts(record: catalog.SnapshotRecord, snapshot: Dict[str, Any]) -> Dict[str, Any]:
-    facts = snapshot.get("facts") if isinstance(snapshot.get("facts"), dict) else {}
+    facts = snapshot.get("facts")
+    if not isinstance(facts, dict):
+        facts = {}
     return {"id": record.id, "appliance": record.appliance, "created": catalog.format_utc(record.created),
             "object": record.object_relpath, "size": record.size, "sha256": record.sha256,
             "appliance_version": facts.get("appliance_version")}
@@ -126,9 +128,9 @@ def _manifest_entries(manifest: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
 def _wanted_of(name: str, entry: Dict[str, Any], component: str) -> Wanted:
     try:
         return Wanted(relpath=name[len(FILES_PREFIX):], type=entry["type"], size=int(entry.get("size") or 0),
-                       sha256=entry.get("sha256"), mode=int(entry["mode"]) & 0o7777, mtime=int(entry["mtime"]),
-                       uid=int(entry["uid"]), gid=int(entry["gid"]), linkname=entry.get("linkname") or "",
-                       component=component)
+                      sha256=entry.get("sha256"), mode=int(entry["mode"]) & 0o7777, mtime=int(entry["mtime"]),
+                      uid=int(entry["uid"]), gid=int(entry["gid"]), linkname=entry.get("linkname") or "",
+                      component=component)
     except (KeyError, TypeError, ValueError):
         raise IntegrityError("manifest entry of %s lacks type, mode, mtime, uid or gid" % name) from None
 
@@ -140,20 +142,25 @@ def open_object(target: Target, record: catalog.SnapshotRecord):
         raise IntegrityError("%s vanished from the target" % target.describe_path(record.object_relpath)) from None
 
 
-def _first_pass(target: Target, record: catalog.SnapshotRecord, decryption: Decryption) -> Tuple[ArchiveReader, Optional[str], List[str]]:
-    """Stream the object once: quick check (size, sha256) and deep check (every member). Nothing is written."""
+def _first_pass(target: Target, record: catalog.SnapshotRecord,
+                decryption: Decryption) -> Tuple[ArchiveReader, Optional[str], List[str], List[str]]:
+    """Stream the object once: quick check (size, sha256) and deep check (every member). Nothing is written.
+
+    (reader, DumpScanner digest of the dump or None, databases the dump creates, problems).
+    """
     problems: List[str] = []
+    sidecar = record.require_sidecar()
     stored = target.stat(record.object_relpath).size
-    if stored != record.sidecar.size:
+    if stored != sidecar.size:
         raise IntegrityError("%s holds %d bytes, its sidecar says %d"
-                             % (target.describe_path(record.object_relpath), stored, record.sidecar.size))
+                             % (target.describe_path(record.object_relpath), stored, sidecar.size))
     scanner = DumpScanner()
     saw_db = False
     where = "snapshot %s (%s)" % (record.id, target.describe_path(record.object_relpath))
     with open_object(target, record) as handle:
         counted = HashingReader(handle)
         try:
-            reader = ArchiveReader(counted, decryption, max_content_bytes=record.sidecar.bytes_in)
+            reader = ArchiveReader(counted, decryption, max_content_bytes=sidecar.bytes_in)
         except IntegrityError as exc:
             raise IntegrityError("%s failed deep verification, nothing was restored: %s" % (where, exc)) from None
         except ArchiveError as exc:  # wrong key or passphrase, or none given
@@ -169,11 +176,10 @@ def _first_pass(target: Target, record: catalog.SnapshotRecord, decryption: Decr
             raise IntegrityError("%s failed deep verification, nothing was restored: %s" % (where, exc)) from None
         finally:
             reader.close()
-    if counted.bytes != record.sidecar.size or counted.sha256.hexdigest() != record.sidecar.sha256:
+    if counted.bytes != sidecar.size or counted.hexdigest() != sidecar.sha256:
         problems.insert(0, "the object's sha256 differs from its sidecar (the stored object was changed or damaged)")
     digest = scanner.finish() if saw_db else None
-    reader.dump_databases = scanner.databases  # type: ignore[attr-defined]
-    return reader, digest, problems
+    return reader, digest, scanner.databases, problems
 
 
 def plan_restore(target: Target, request: RestoreRequest) -> RestorePlan:
@@ -183,7 +189,7 @@ def plan_restore(target: Target, request: RestoreRequest) -> RestorePlan:
     tampered object, unsafe member); returns a plan whose ``problems`` say what else refuses it.
     """
     record = select_snapshot(target, request)
-    sidecar = record.sidecar
+    sidecar = record.require_sidecar()  # select_snapshot returns complete records only
     checks: Dict[str, Any] = {}
     problems: List[str] = []
     if record.appliance != request.appliance and not request.allow_other_appliance:
@@ -204,7 +210,7 @@ def plan_restore(target: Target, request: RestoreRequest) -> RestorePlan:
     _check_version(sidecar.versions.get("appliance"), current, request, record.id)
 
     started = time.monotonic()
-    reader, dump_digest, integrity = _first_pass(target, record, request.decryption)
+    reader, dump_digest, dump_databases, integrity = _first_pass(target, record, request.decryption)
     fetch_seconds = time.monotonic() - started
     if integrity:
         raise IntegrityError("snapshot %s failed deep verification, nothing was restored: %s"
@@ -221,7 +227,9 @@ def plan_restore(target: Target, request: RestoreRequest) -> RestorePlan:
     if snapshot.get("appliance") != request.appliance and not request.allow_other_appliance:
         raise ConfigError("snapshot %s was made by appliance %r, not %r: set allow_other_appliance to restore "
                           "it here on purpose" % (record.id, snapshot.get("appliance"), request.appliance))
-    facts = snapshot.get("facts") if isinstance(snapshot.get("facts"), dict) else {}
+    facts = snapshot.get("facts")
+    if not isinstance(facts, dict):
+        facts = {}
     checks["version"] = _check_version(facts.get("appliance_version"), current, request, record.id)
 
     entries = _manifest_entries(manifest)
@@ -248,7 +256,7 @@ def plan_restore(target: Target, request: RestoreRequest) -> RestorePlan:
         if component in components:
             wanted.append(item)
 
-    databases: List[str] = list(getattr(reader, "dump_databases", []))
+    databases: List[str] = list(dump_databases)
     if "database" in components:
         checks["database_order"] = _check_database_order(databases, request.layout.databases, record.id)
 
@@ -305,7 +313,7 @@ def _check_database_order(databases: List[str], expected: Sequence[str], snap_id
 
 def _check_database(request: RestoreRequest, plan: RestorePlan) -> Dict[str, Any]:
     """The server answers, and where its data lives (for the free-space estimate)."""
-    rows = run_query(request.db, "SELECT @@datadir, VERSION();")
+    rows = run_query(request.database(), "SELECT @@datadir, VERSION();")
     datadir, version = (rows[0] + ["", ""])[:2] if rows else ("", "")
     return {"ok": True, "datadir": datadir, "server_version": version}
 
@@ -341,4 +349,3 @@ def _check_free_space(request: RestoreRequest, plan: RestorePlan) -> Dict[str, A
                                  % (describe_bytes(free), datadir, describe_bytes(need_db)))
     result["ok"] = not plan.problems
     return result
-

@@ -37,7 +37,6 @@ CREATE_DATABASE = re.compile(rb"^CREATE DATABASE (?:/\*!\d+ IF NOT EXISTS\*/ )?`
 _SNAPSHOT_ID = re.compile(r"[0-9a-f]{8}")
 
 
-
 @dataclass
 class RestoreRequest:
     """What to restore, from where, onto which appliance.
@@ -90,6 +89,12 @@ class RestoreRequest:
         """The folder on the target whose snapshots are considered."""
         return self.source_appliance or self.appliance
 
+    def database(self) -> DatabaseConnection:
+        """``db``, for the steps that restore or check the database; ConfigError when none was given."""
+        if self.db is None:
+            raise ConfigError("restoring the database component needs a database connection")
+        return self.db
+
 
 def _check_commands(commands, what: str) -> Tuple[Tuple[str, ...], ...]:
     if commands is None:
@@ -103,7 +108,6 @@ def _check_commands(commands, what: str) -> Tuple[Tuple[str, ...], ...]:
                               "shell), got %r" % (what, command))
         checked.append(tuple(command))
     return tuple(checked)
-
 
 
 def is_within(path: str, root: str) -> bool:
@@ -130,4 +134,3 @@ def select_snapshot(target: Target, request: RestoreRequest) -> catalog.Snapshot
                                         " (%s)" % record.problem if record.problem else ""))
             return record
     raise ConfigError("snapshot %s not found in %s" % (request.snapshot, where))
-

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Dict, List
 from ansible_collections.segura.backup.plugins.module_utils._engine import catalog
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.format import check_member_name
 from ansible_collections.segura.backup.plugins.module_utils._engine.constants import MiB
-from ansible_collections.segura.backup.plugins.module_utils._engine.errors import IntegrityError, TargetNotFound
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, IntegrityError, TargetNotFound
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import SESSION_DIR_MODE, SESSION_FILE_MODE, RestoreRequest
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.tree import DestinationTree, Wanted
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target, clean_relpath
@@ -44,7 +44,7 @@ def session_entries(manifest: Dict[str, Any], source_appliance: str) -> List[Dic
 
 def session_wanted(request: RestoreRequest, entry: Dict[str, Any]) -> Wanted:
     return Wanted(relpath=posixpath.join(request.layout.arz_dir, entry["relpath"]), type="file",
-                   size=entry["size"], sha256=entry["sha256"], mode=SESSION_FILE_MODE, mtime=0, uid=0, gid=0)
+                  size=entry["size"], sha256=entry["sha256"], mode=SESSION_FILE_MODE, mtime=0, uid=0, gid=0)
 
 
 def plan_sessions(target: Target, request: RestoreRequest, plan: RestorePlan) -> None:
@@ -91,10 +91,12 @@ def _ensure_session_dirs(tree: DestinationTree, arz_dir: str, folder: str) -> No
     for depth in range(len(arz_dir.split("/")), len(parts) + 1):
         relpath = "/".join(parts[:depth])
         tree.make_dir(Wanted(relpath=relpath, type="dir", size=0, sha256=None, mode=SESSION_DIR_MODE,
-                              mtime=0, uid=0, gid=0))
-        dfd, name = tree._open_parent(relpath, create=False)
+                             mtime=0, uid=0, gid=0))
+        opened = tree._open_parent(relpath, create=False)
+        if opened is None:  # make_dir just created it: removed since
+            raise ApplianceError("%s vanished during the restore" % tree._local(relpath))
+        dfd, name = opened
         try:
             os.chmod(name, SESSION_DIR_MODE, dir_fd=dfd, follow_symlinks=True)
         finally:
             os.close(dfd)
-

@@ -13,9 +13,9 @@ import posixpath
 import secrets
 import stat as stat_module
 from dataclasses import dataclass
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Literal, Optional, Sequence, Tuple, overload
 
-from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import ApplianceLayout
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import ApplianceLayout, file_type
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, ArchiveError, IntegrityError
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import BLOCK, is_within
 
@@ -57,6 +57,12 @@ class DestinationTree:
         return None
 
     # -- directory walking -------------------------------------------------------------------------
+
+    @overload
+    def _open_parent(self, relpath: str, create: Literal[True], dir_mode: int = ...) -> Tuple[int, str]: ...
+
+    @overload
+    def _open_parent(self, relpath: str, create: bool, dir_mode: int = ...) -> Optional[Tuple[int, str]]: ...
 
     def _open_parent(self, relpath: str, create: bool, dir_mode: int = 0o700) -> Optional[Tuple[int, str]]:
         """(fd of the parent directory, base name); None when a parent is missing and not created."""
@@ -111,7 +117,7 @@ class DestinationTree:
                 info = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             except FileNotFoundError:
                 return "missing"
-            kind = _kind(info.st_mode)
+            kind = file_type(info.st_mode) or "other"
             if wanted.type == "dir":
                 if kind != "dir":
                     return "conflict"
@@ -200,9 +206,10 @@ class DestinationTree:
 
     def set_metadata(self, wanted: Wanted) -> None:
         """Mode, owner and mtime of an existing entry, without following a symlink."""
-        dfd, name = self._open_parent(wanted.relpath, create=False) or (None, None)
-        if dfd is None:
+        opened = self._open_parent(wanted.relpath, create=False)
+        if opened is None:
             raise ApplianceError("%s vanished during the restore" % self._local(wanted.relpath))
+        dfd, name = opened
         try:
             if wanted.type == "symlink":
                 if self.can_chown:
@@ -246,16 +253,6 @@ class DestinationTree:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-
-
-def _kind(mode: int) -> str:
-    if stat_module.S_ISREG(mode):
-        return "file"
-    if stat_module.S_ISDIR(mode):
-        return "dir"
-    if stat_module.S_ISLNK(mode):
-        return "symlink"
-    return "other"
 
 
 def _temp_name(name: str) -> str:
@@ -322,4 +319,3 @@ def check_symlink_target(relpath: str, linkname: str, allowed_roots: Sequence[st
     if not any(is_within(resolved, root) for root in allowed_roots):
         return "target %r points outside the restored paths" % linkname
     return None
-

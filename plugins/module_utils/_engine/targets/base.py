@@ -15,7 +15,22 @@ import posixpath
 from dataclasses import dataclass
 from typing import BinaryIO, List, Optional
 
-from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError, TargetError, TargetExists
+
+
+class AtomicRenameUnsupported(TargetError):
+    """The server cannot rename without replacing atomically (e.g. NFS without LINK); nothing was renamed."""
+
+
+@dataclass
+class Capabilities:
+    """What a target can do, so callers check a capability instead of working around a client's quirk.
+
+    ``atomic_no_replace_rename`` may turn False on the first attempt that finds the server lacking it
+    (it cannot be known before trying): see ``rename_into_place``.
+    """
+
+    atomic_no_replace_rename: bool = True
 
 
 @dataclass(frozen=True)
@@ -78,6 +93,14 @@ class Target(abc.ABC):
     #: 'smb', 'nfs' or 'path'
     kind = ""
 
+    @property
+    def capabilities(self) -> Capabilities:
+        """This target's capabilities (one object per target, created on first use)."""
+        found = self.__dict__.get("_capabilities")
+        if found is None:
+            found = self.__dict__["_capabilities"] = Capabilities()
+        return found
+
     @abc.abstractmethod
     def describe(self) -> str:
         """Where this target points, for messages (e.g. 'smb://host:445/share/path'); never secrets."""
@@ -117,7 +140,9 @@ class Target(abc.ABC):
 
     @abc.abstractmethod
     def rename(self, src: str, dst: str, replace: bool = False) -> None:
-        """Rename a file. Without ``replace``, fails with TargetExists if ``dst`` exists."""
+        """Rename a file. Without ``replace``, fails with TargetExists if ``dst`` exists, atomically, or
+        with AtomicRenameUnsupported (renaming nothing) where the server cannot; callers use
+        ``rename_into_place`` rather than calling this with ``replace=False`` directly."""
 
     @abc.abstractmethod
     def free_space(self) -> Optional[int]:
@@ -167,3 +192,25 @@ class Target(abc.ABC):
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+def rename_into_place(target: Target, src: str, dst: str, replace: bool = False) -> None:
+    """Rename ``src`` to ``dst``: over it with ``replace``; else unless ``dst`` exists (TargetExists),
+    atomically where the target can.
+
+    Where it cannot (capability ``atomic_no_replace_rename`` False): look, then rename. That is racy
+    only against another writer creating ``dst`` in between; runs on one appliance are serialised by
+    its lock and snapshot names are unique, so it is acceptable, and the capability says it happened.
+    """
+    if replace:
+        target.rename(src, dst, replace=True)
+        return
+    if target.capabilities.atomic_no_replace_rename:
+        try:
+            target.rename(src, dst, replace=False)
+            return
+        except AtomicRenameUnsupported:
+            target.capabilities.atomic_no_replace_rename = False
+    if target.exists(dst):
+        raise TargetExists("cannot rename %s: %s already exists" % (target.describe_path(src), target.describe_path(dst)))
+    target.rename(src, dst, replace=True)

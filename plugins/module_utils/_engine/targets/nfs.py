@@ -14,7 +14,7 @@ from __future__ import annotations
 import posixpath
 import time
 import uuid
-from typing import List, Optional
+from typing import Any, Dict, List, Optional, Tuple, Type
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
     BackupError,
@@ -24,7 +24,15 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.errors impor
     TargetFull,
     TargetNotFound,
 )
-from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Entry, ReadHandle, Target, WriteHandle, clean_relpath
+from ansible_collections.segura.backup.plugins.module_utils._engine.streams import ReadMixin
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import (
+    AtomicRenameUnsupported,
+    Entry,
+    ReadHandle,
+    Target,
+    WriteHandle,
+    clean_relpath,
+)
 
 try:
     import nfs_rs
@@ -54,34 +62,44 @@ if HAS_NFS_RS:
     # as NFS4ERR_RETRY_UNCACHED_REP) and NfsUncertainOutcomeError (an NfsOperationOutcomeError, e.g.
     # for an OPEN, which it calls replay-sensitive). Both carry `outcome`; timeouts and lost
     # connections are separate classes and are never retried here.
-    _OUTCOME_ERRORS = (nfs_rs.NfsRetryableError, nfs_rs.NfsOperationOutcomeError)
+    _OUTCOME_ERRORS: Tuple[Type[BaseException], ...] = (nfs_rs.NfsRetryableError, nfs_rs.NfsOperationOutcomeError)
 else:
     _OUTCOME_ERRORS = ()
 
 
 def _is_uncertain(exc: BaseException) -> bool:
-    return isinstance(exc, _OUTCOME_ERRORS) and exc.outcome == nfs_rs.OperationOutcome.UNCERTAIN
+    return isinstance(exc, _OUTCOME_ERRORS) and getattr(exc, "outcome", None) == nfs_rs.OperationOutcome.UNCERTAIN
 
 
 def _backoff(attempt: int) -> None:
     time.sleep(min(_MAX_BACKOFF, 0.1 * 2 ** attempt))
 
 
-def _retrying(function, *args, _idempotent=False, **kwargs):
-    """Call an nfs-rs function, repeating it when the library says that is safe.
+def _retrying(function, *args, _idempotent=False, _done=None, **kwargs):
+    """Call an nfs-rs function, repeating it when the library says that is safe: the one retry loop
+    of this target (never nested around itself: one call costs at most _RETRIES attempts, plus the
+    lookups ``_done`` makes to check an uncertain one).
 
     ganesha sometimes answers an NFSv4.1 request with NFS4ERR_RETRY_UNCACHED_REP (measured in the
     lab, a few times per hundred operations, more under load); nfs-rs reports outcome SAFE_TO_RETRY
     when the server did nothing, and UNCERTAIN for a replay-sensitive operation (mkdir, OPEN) that the
     server may or may not have done. ``_idempotent=True`` callers (lookups, opens of an existing
     file, mkdir with exist_ok, positional writes) retry that too: doing it twice equals doing it once.
+    For the others, ``_done()`` (when given) is asked after an UNCERTAIN reply whether the call
+    happened, as nfs-rs asks (VerifyThenResume): if it did, that is success; if not, it is tried again.
     """
     for attempt in range(_RETRIES):
         try:
             return function(*args, **kwargs)
         except _OUTCOME_ERRORS as exc:
-            retry_safe = exc.outcome == nfs_rs.OperationOutcome.SAFE_TO_RETRY or (_idempotent and _is_uncertain(exc))
-            if attempt + 1 == _RETRIES or not retry_safe:
+            if attempt + 1 == _RETRIES:
+                raise
+            if _is_uncertain(exc) and not _idempotent:
+                if _done is None:
+                    raise
+                if _done():
+                    return None
+            elif exc.outcome != nfs_rs.OperationOutcome.SAFE_TO_RETRY and not _is_uncertain(exc):
                 raise
             _backoff(attempt)
     raise AssertionError("unreachable")
@@ -157,7 +175,7 @@ class _NfsWriter(WriteHandle):
             pass
 
 
-class _NfsReader(ReadHandle):
+class _NfsReader(ReadMixin, ReadHandle):
     """Reads ahead in large blocks: one small READ per caller's read() would be latency bound."""
 
     def __init__(self, target: "NfsTarget", handle, where: str, block: int):
@@ -192,11 +210,6 @@ class _NfsReader(ReadHandle):
         data = self._buffer[self._position:self._position + size]
         self._position += len(data)
         return data
-
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
 
     def close(self) -> None:
         try:
@@ -236,10 +249,10 @@ class NfsTarget(Target):
         self.base = clean_relpath(path or "")
         self.file_mode = file_mode
         self.dir_mode = dir_mode
-        self._client = None
+        self._client: Optional["nfs_rs.Client"] = None
         host = "[%s]" % server if ":" in server else server
         url = "nfs://%s%s" % (host, self.export)
-        options = {
+        options: Dict[str, Any] = {
             "versions": [self.version],
             "uid": uid,
             "gid": gid,
@@ -252,7 +265,14 @@ class NfsTarget(Target):
             self._client = nfs_rs.Client.connect(url, **options)
         except BaseException as exc:
             raise self._connect_error(exc) from None
-        self._batch = min(MAX_WRITE_BATCH, max(MIN_WRITE_BATCH, 8 * self._client.io_limits.max_write))
+        self._batch = min(MAX_WRITE_BATCH, max(MIN_WRITE_BATCH, 8 * self._live.io_limits.max_write))
+
+    @property
+    def _live(self) -> "nfs_rs.Client":
+        """The connected client; TargetError once closed."""
+        if self._client is None:
+            raise TargetError("%s is closed" % self.describe())
+        return self._client
 
     def __repr__(self):
         return "NfsTarget(%s, version=%s)" % (self.describe(), self.version)
@@ -320,18 +340,8 @@ class NfsTarget(Target):
 
     def _call_verified(self, where: str, function, args: tuple, done) -> None:
         """A replay-sensitive call (unlink, rename): on an UNCERTAIN reply, ``done()`` tells whether it
-        happened (nfs-rs asks for exactly that: VerifyThenResume); if not, it is tried again."""
-        for attempt in range(_RETRIES):
-            try:
-                _retrying(function, *args)
-                return
-            except _OUTCOME_ERRORS as exc:
-                if not _is_uncertain(exc) or attempt + 1 == _RETRIES:
-                    raise self.map_error(exc, where) from None
-            except BaseException as exc:
-                raise self.map_error(exc, where) from None
-            if done():
-                return
+        happened; if not, it is tried again."""
+        self._call(where, function, *args, _done=done)
 
     # -- Target -------------------------------------------------------------------------------------
 
@@ -343,22 +353,22 @@ class NfsTarget(Target):
         self._makedirs_inside(posixpath.dirname(inside))
         if exclusive:
             self._create_exclusive(inside, where)
-            handle = self._call_idempotent(where, self._client.open, inside, "r+b")
+            handle = self._call_idempotent(where, self._live.open, inside, "r+b")
         else:
-            existed = self._call_idempotent(where, self._client.exists, inside)
-            handle = self._call_idempotent(where, self._client.open, inside, "wb")
+            existed = self._call_idempotent(where, self._live.exists, inside)
+            handle = self._call_idempotent(where, self._live.open, inside, "wb")
             if not existed:
-                self._call_idempotent(where, self._client.chmod, inside, self.file_mode)
+                self._call_idempotent(where, self._live.chmod, inside, self.file_mode)
         return _NfsWriter(self, handle, where, self._batch)
 
     def _create_exclusive(self, inside: str, where: str) -> None:
         """Atomic create-if-absent: LINK fails on the server when the name exists."""
         temporary = posixpath.join(posixpath.dirname(inside), ".%s.%s.creating" % (posixpath.basename(inside), uuid.uuid4().hex))
-        if self._call_idempotent(where, self._client.exists, inside):
+        if self._call_idempotent(where, self._live.exists, inside):
             raise TargetExists("%s already exists" % where)
         # A fresh uniquely named, empty file: creating or chmod-ing it twice does no harm, and an
         # UNCERTAIN close leaves at most an open state that the lease ends.
-        handle = self._call_idempotent(where, self._client.open, temporary, "wb")
+        handle = self._call_idempotent(where, self._live.open, temporary, "wb")
         try:
             _retrying(handle.close)
         except _OUTCOME_ERRORS as exc:
@@ -367,26 +377,26 @@ class NfsTarget(Target):
         except BaseException as exc:
             raise self.map_error(exc, where) from None
         try:
-            self._call_idempotent(where, self._client.chmod, temporary, self.file_mode)
+            self._call_idempotent(where, self._live.chmod, temporary, self.file_mode)
             try:
                 self._link_verified(temporary, inside)  # an UNCERTAIN LINK is checked, not failed
             except BaseException as exc:
                 raise self.map_error(exc, where) from None
         finally:
             try:
-                self._client.unlink(temporary, missing_ok=True)
+                self._live.unlink(temporary, missing_ok=True)
             except Exception:  # noqa: BLE001 - a leftover '.creating' name is harmless
                 pass
 
     def open_read(self, relpath: str):
         where = self._url(relpath)
-        handle = self._call_idempotent(where, self._client.open, self._inside(relpath), "rb")
+        handle = self._call_idempotent(where, self._live.open, self._inside(relpath), "rb")
         return _NfsReader(self, handle, where, self._batch)
 
     def stat(self, relpath: str) -> Entry:
         inside = self._inside(relpath)
         where = self._url(relpath)
-        info = self._call_idempotent(where, self._client.stat, inside or ".")
+        info = self._call_idempotent(where, self._live.stat, inside or ".")
         is_dir = info.type == nfs_rs.FileType.DIRECTORY
         return Entry(posixpath.basename(inside) or self.export, is_dir, 0 if is_dir else info.size, info.mtime / 1e9)
 
@@ -396,7 +406,7 @@ class NfsTarget(Target):
         entries = []
         try:
             # a listing is a read: repeating it after an "uncertain" reply is harmless
-            for item in _retrying(lambda: list(self._client.scandir(inside or ".")), _idempotent=True):
+            for item in _retrying(lambda: list(self._live.scandir(inside or ".")), _idempotent=True):
                 if item.name in (".", ".."):
                     continue
                 is_dir = item.info.type == nfs_rs.FileType.DIRECTORY
@@ -419,7 +429,7 @@ class NfsTarget(Target):
             return
         where = "nfs://%s%s/%s" % (self.server, self.export, inside)
         try:
-            _retrying(self._client.mkdir, inside, self.dir_mode, parents=True, exist_ok=True, _idempotent=True)
+            _retrying(self._live.mkdir, inside, self.dir_mode, parents=True, exist_ok=True, _idempotent=True)
         except BaseException as exc:
             if isinstance(exc, _OUTCOME_ERRORS) and self._is_directory(inside):
                 return  # an UNCERTAIN reply (seen after a ganesha restart); verified: the folder is there
@@ -430,78 +440,68 @@ class NfsTarget(Target):
 
     def _exists(self, inside: str) -> bool:
         """A lookup for verifying an UNCERTAIN mutation; itself retried (it is only a lookup)."""
-        return _retrying(self._client.exists, inside, _idempotent=True)
+        return _retrying(self._live.exists, inside, _idempotent=True)
 
     def _is_directory(self, inside: str) -> bool:
         try:
-            return _retrying(self._client.stat, inside).type == nfs_rs.FileType.DIRECTORY
+            return _retrying(self._live.stat, inside).type == nfs_rs.FileType.DIRECTORY
         except nfs_rs.NfsError:
             return False
 
     def remove(self, relpath: str) -> None:
         where = self._url(relpath)
         inside = self._inside(relpath)
-        self._call_verified(where, self._client.unlink, (inside,), lambda: not self._exists(inside))
+        self._call_verified(where, self._live.unlink, (inside,), lambda: not self._exists(inside))
 
     def rmdir(self, relpath: str) -> None:
         where = self._url(relpath)
         if not clean_relpath(relpath):
             raise ConfigError("refusing to remove the target root %s" % where)
-        self._call(where, self._client.rmdir, self._inside(relpath))
+        self._call(where, self._live.rmdir, self._inside(relpath))
 
     def rename(self, src: str, dst: str, replace: bool = False) -> None:
         inside_src, inside_dst = self._inside(src), self._inside(dst)
         where = "%s -> %s" % (self._url(src), self._url(dst))
-        if not self._call_idempotent(where, self._client.exists, inside_src):
+        if not self._call_idempotent(where, self._live.exists, inside_src):
             raise TargetNotFound("%s does not exist" % self._url(src))
         self._makedirs_inside(posixpath.dirname(inside_dst))
         if replace:
-            self._call_verified(where, self._client.rename, (inside_src, inside_dst),
+            self._call_verified(where, self._live.rename, (inside_src, inside_dst),
                                 lambda: not self._exists(inside_src) and self._exists(inside_dst))
             return
         # NFS RENAME replaces silently, so claim dst with LINK (refused atomically if it exists).
         try:
             self._link_verified(inside_src, inside_dst)
         except BaseException as exc:
-            if getattr(exc, "code_name", "") not in _NO_LINK_CODES:
-                mapped = self.map_error(exc, where)
-                if isinstance(mapped, TargetExists):
-                    mapped = TargetExists("cannot rename %s: %s already exists" % (self._url(src), self._url(dst)))
-                raise mapped from None
-            # No hard links on this server: check, then rename. Racy against another writer creating
-            # dst in between; runs are serialised by the appliance lock, names are unique per snapshot.
-            if self._call_idempotent(where, self._client.exists, inside_dst):
-                raise TargetExists("cannot rename %s: %s already exists" % (self._url(src), self._url(dst))) from None
-            self._call(where, self._client.rename, inside_src, inside_dst)
-            return
-        self._call_verified(where, self._client.unlink, (inside_src,), lambda: not self._exists(inside_src))
+            if getattr(exc, "code_name", "") in _NO_LINK_CODES:
+                raise AtomicRenameUnsupported("%s: the server has no hard links (LINK)" % where) from None
+            mapped = self.map_error(exc, where)
+            if isinstance(mapped, TargetExists):
+                mapped = TargetExists("cannot rename %s: %s already exists" % (self._url(src), self._url(dst)))
+            raise mapped from None
+        self._call_verified(where, self._live.unlink, (inside_src,), lambda: not self._exists(inside_src))
 
     def _link_verified(self, inside_src: str, inside_dst: str) -> None:
         """LINK src to dst; a reply nfs-rs calls UNCERTAIN is verified, as it asks (VerifyThenResume).
 
         Measured after a ganesha restart: the LINK of the next run's object came back UNCERTAIN. If
-        dst is now the same file as src, the LINK happened; if dst is absent, it did not: try again.
+        dst is now the same file as src, the LINK happened; if dst is absent, it did not: try again;
+        if dst is another file, the name is taken.
         """
-        for attempt in range(_RETRIES):
+
+        def linked() -> bool:
             try:
-                _retrying(self._client.link, inside_src, inside_dst)
-                return
-            except _OUTCOME_ERRORS as exc:
-                if not _is_uncertain(exc) or attempt + 1 == _RETRIES:
-                    raise
-                try:
-                    linked = _retrying(self._client.stat, inside_dst).fileid == _retrying(
-                        self._client.stat, inside_src).fileid
-                except nfs_rs.NfsError:
-                    linked = None  # dst absent (or unreadable): the LINK did not happen
-                if linked:
-                    return
-                if linked is False:
-                    raise  # dst exists and is another file: not ours to judge
-                _backoff(attempt)
+                dst_id = _retrying(self._live.stat, inside_dst, _idempotent=True).fileid
+            except nfs_rs.NfsError:
+                return False  # dst absent (or unreadable): the LINK did not happen
+            if dst_id != _retrying(self._live.stat, inside_src, _idempotent=True).fileid:
+                raise TargetExists("%s already exists" % inside_dst)
+            return True
+
+        _retrying(self._live.link, inside_src, inside_dst, _done=linked)
 
     def free_space(self) -> Optional[int]:
-        return self._call_idempotent(self.describe(), self._client.fs_stat).available_bytes
+        return self._call_idempotent(self.describe(), self._live.fs_stat).available_bytes
 
     def close(self) -> None:
         client, self._client = self._client, None

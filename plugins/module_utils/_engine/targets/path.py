@@ -13,7 +13,7 @@ import stat as stat_module
 from typing import List, Optional
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError, TargetError, TargetExists, TargetFull, TargetNotFound
-from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Entry, Target, WriteHandle, clean_relpath
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import AtomicRenameUnsupported, Entry, Target, WriteHandle, clean_relpath
 
 DEFAULT_FILE_MODE = 0o640
 DEFAULT_DIR_MODE = 0o750
@@ -228,9 +228,8 @@ class PathTarget(Target):
 
         1. renameat2(RENAME_NOREPLACE): ext4, xfs, btrfs, tmpfs and kernel CIFS mounts support it.
         2. link + unlink: kernel NFS mounts (no renameat2 flags) support hard links; atomic as well.
-        3. check, then rename: for filesystems with neither (e.g. CIFS without unix extensions refusing
-           links). Racy if another writer creates ``dst`` between the check and the rename; our names
-           are unique per snapshot and runs are serialised by the appliance lock, so this is acceptable.
+        Filesystems with neither (e.g. CIFS without unix extensions refusing links) get
+        AtomicRenameUnsupported, and ``rename_into_place`` falls back to look-then-rename.
         """
         if _renameat2 is not None:
             result = _renameat2(_AT_FDCWD, os.fsencode(local_src), _AT_FDCWD, os.fsencode(local_dst), _RENAME_NOREPLACE)
@@ -247,9 +246,7 @@ class PathTarget(Target):
         else:
             os.unlink(local_src)
             return
-        if os.path.lexists(local_dst):
-            raise OSError(errno.EEXIST, os.strerror(errno.EEXIST), local_dst)
-        os.rename(local_src, local_dst)
+        raise AtomicRenameUnsupported("%s: the filesystem has neither RENAME_NOREPLACE nor hard links" % local_dst)
 
     def free_space(self) -> Optional[int]:
         try:

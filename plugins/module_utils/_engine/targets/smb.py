@@ -17,7 +17,7 @@ import posixpath
 import socket
 import stat as stat_module
 import struct
-from typing import List, Optional
+from typing import Any, Deque, Dict, List, Optional, Tuple, Union
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
     BackupError,
@@ -129,9 +129,9 @@ class _FastWrites:
         self._session = raw_open.tree_connect.session
         self._tree = raw_open.tree_connect
         self.frame = bytearray(_FRAME_HEAD + chunk)
-        self._cipher = None
+        self._cipher: Optional[Union[aead.AESGCM, aead.AESCCM]] = None
         self._nonce_size = 0
-        self._sealed = None
+        self._sealed: Optional[bytearray] = None
         self._transform = bytearray(4 + 52)
         self._sign = self._signer()
         if self._session.encrypt_data or self._tree.encrypt_data:
@@ -219,6 +219,8 @@ class _FastWrites:
             struct.pack_into(">I", transform, 0, 52 + size)
             _SMB2_TRANSFORM.pack_into(transform, 4, b"\xfdSMB", bytes(16), nonce.ljust(16, b"\x00"), size, 0, 1,
                                       session.session_id)
+            if self._sealed is None or self._cipher is None:
+                raise AssertionError("sealing without _setup_encryption")
             sealed = memoryview(self._sealed)[:size + 16]
             self._cipher.encrypt_into(nonce, message, bytes(transform[24:56]), sealed)
             transform[8:24] = sealed[size:]
@@ -259,7 +261,7 @@ class _SmbWriter(WriteHandle):
         self._connection = raw.fd.connection
         self._where = where
         self._offset = 0
-        self._pending = collections.deque()  # (request, receive_function, length)
+        self._pending: Deque[Tuple[Any, Any, int]] = collections.deque()  # (request, receive_function, length)
         # A request may not cost more credits (64 KiB each) than the server granted: half the window.
         credit_bytes = max(1, self._credits_available() // 2) * 65536
         self._chunk = max(64 * 1024, min(WRITE_CHUNK, self._connection.max_write_size, credit_bytes))
@@ -413,7 +415,7 @@ class SmbTarget(Target):
         self.username = "%s\\%s" % (domain, username) if domain else username
         self.base = clean_relpath((path or "").replace("\\", "/"))
         self._password = password
-        self._connections = {}  # private pool: never shared with other targets
+        self._connections: Dict[str, Any] = {}  # private pool: never shared with other targets
         self._connect()
 
     def __repr__(self):
