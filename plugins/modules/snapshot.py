@@ -179,8 +179,14 @@ snapshot:
       description: Segura version of the appliance, as recorded with the snapshot.
       type: str
     lock_taken_over:
-      description: Whether a stale lock of a dead run had to be taken over.
+      description:
+        - Whether a stale lock of a dead run had to be taken over.
+        - A lock is stale when it expired, or at once when it was made on this host (same kernel boot
+          and pid namespace) by a process that no longer runs.
       type: bool
+    lock_takeover:
+      description: Whose lock was taken over and why (also given as a warning); null when none was.
+      type: str
 preflight:
   description: Result of the preflight checks.
   returned: check mode
@@ -226,6 +232,8 @@ def main():
             result = take_snapshot(target, request)
     except BackupError as exc:
         module.fail_json(msg=str(exc), error=type(exc).__name__)
+    if result.get("lock_takeover"):
+        module.warn(result["lock_takeover"])
     module.exit_json(changed=True, snapshot=result)
 
 

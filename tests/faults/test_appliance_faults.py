@@ -20,7 +20,6 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.errors impor
 from ansible_collections.segura.backup.plugins.module_utils._engine.snapshot import take_snapshot
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
 from tests.faults.conftest import (
-    SHORT_TTL,
     HookedTarget,
     LabTarget,
     Trigger,
@@ -30,7 +29,6 @@ from tests.faults.conftest import (
     sha256_file,
     snapshot_dir_files,
     snapshot_request,
-    wait_for_lock_expiry,
 )
 from tests.lab import core
 
@@ -237,7 +235,7 @@ print("finished")
 """
 
 
-def test_snapshot_process_killed_leaves_a_lock_that_expires(fault_appliance, age_identity, tmp_path):
+def test_snapshot_process_killed_leaves_a_lock_the_next_run_takes_over_at_once(fault_appliance, age_identity, tmp_path):
     case = LocalCase(str(tmp_path / "target"), fault_appliance, age_identity)
     snapshots = os.path.join(case.target.server_dir, case.good["appliance"], "snapshots")
     from tests.conftest import COLLECTIONS, ROOT
@@ -269,19 +267,18 @@ def test_snapshot_process_killed_leaves_a_lock_that_expires(fault_appliance, age
     lock = os.path.join(case.target.appliance_dir(), "lock")
     assert os.path.exists(lock), "a SIGKILLed run cannot release its lock"
     with open(lock, encoding="utf-8") as handle:
-        assert json.load(handle)["pid"] == process.pid
+        stale = json.load(handle)
+    assert stale["pid"] == process.pid
 
-    # Before the lock expires, a run is refused clearly; after, it takes the lock over.
-    from ansible_collections.segura.backup.plugins.module_utils._engine.errors import LockBusy
-
-    with open_target(case.target.options) as client, pytest.raises(LockBusy):
-        take_snapshot(client, case.request)
-    wait_for_lock_expiry(SHORT_TTL)
+    # The killed run's pid is gone from this host: the very next run takes the lock over, without
+    # waiting for it to expire, and says whose lock it took.
     listing = deep_check_all(case.target.options, case.identity_file)
     assert [r.id for r in listing.snapshots if r.complete] == [case.good["id"]]
     with open_target(case.target.options) as client:
         following = take_snapshot(client, case.request)
     assert following["lock_taken_over"] is True
+    assert following["lock_takeover"].endswith("pid %d, since %s): its process is gone"
+                                               % (process.pid, stale["started"])), following["lock_takeover"]
     outcome = prune_partials(case.target.options)
     assert outcome.plan.partials, "the killed run's partial was not found by prune"
     left = snapshot_dir_files(case.target.server_dir)

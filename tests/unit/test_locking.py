@@ -241,7 +241,7 @@ def test_unreadable_lock_is_busy_until_older_than_ttl(target, tmp_path):
     os.utime(tmp_path / "pam1" / "lock", (old, old))
     lock = ApplianceLock(target, "pam1", ttl=timedelta(minutes=5))
     lock.acquire()
-    assert lock.took_over == {"unreadable": True}
+    assert lock.took_over == {"unreadable": True, "reason": "it expired"}
 
 
 def test_context_manager_releases_on_error_and_keeps_the_error(target, tmp_path):
@@ -257,3 +257,84 @@ def test_bad_arguments(target):
         ApplianceLock(target, "pam1", ttl=timedelta(0))
     with pytest.raises(ConfigError, match="appliance name"):
         ApplianceLock(target, "../pam1")
+
+
+# --- a holder on this host that is gone: taken over at once (crash-only) ----------------------------
+
+_HOLD = r"""
+import os, sys, time
+sys.path[:0] = sys.argv[1:3]
+from ansible_collections.segura.backup.plugins.module_utils._engine.locking import ApplianceLock
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.path import PathTarget
+from datetime import timedelta
+ApplianceLock(PathTarget(sys.argv[3]), "pam1", ttl=timedelta(hours=1)).acquire()
+print("locked", flush=True)
+if sys.argv[4] == "die":
+    os._exit(0)  # like a kill -9: no release, no cleanup
+time.sleep(60)
+"""
+
+
+def _hold_lock(tmp_path, how):
+    """A real process that takes the lock for an hour, then dies at once or keeps running."""
+    import subprocess
+    import sys
+
+    from tests.conftest import COLLECTIONS, ROOT
+
+    process = subprocess.Popen([sys.executable, "-c", _HOLD, COLLECTIONS, ROOT, str(tmp_path), how],
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "locked"
+    return process
+
+
+def test_lock_of_a_dead_local_process_is_taken_over_at_once(target, tmp_path):
+    holder = _hold_lock(tmp_path, "die")
+    holder.wait(timeout=30)
+    holder.stdout.close()
+    stale = read_lock(tmp_path)
+    assert stale["pid"] == holder.pid and stale["process"]["start"]
+    lock = ApplianceLock(target, "pam1", ttl=timedelta(hours=1)).acquire()  # no waiting for the hour
+    assert lock.took_over["run_id"] == stale["run_id"] and lock.took_over["reason"] == "its process is gone"
+    lock.release()
+
+
+def test_lock_of_a_live_local_process_is_respected(target, tmp_path):
+    holder = _hold_lock(tmp_path, "live")
+    try:
+        with pytest.raises(LockBusy, match="pid %d" % holder.pid):
+            ApplianceLock(target, "pam1", ttl=timedelta(hours=1)).acquire()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+        holder.stdout.close()
+
+
+def test_reused_pid_does_not_keep_a_dead_run_locked(target, tmp_path):
+    """The recorded pid now runs another process (ours, started at another time): the holder is gone."""
+    mine = ApplianceLock(target, "other", ttl=timedelta(hours=1))
+    doc = write_foreign_lock(tmp_path, datetime.now(UTC) + timedelta(hours=1), host="this-host", pid=os.getpid())
+    doc["process"] = dict(mine.process, start=str(int(mine.process["start"]) - 1))
+    (tmp_path / "pam1" / "lock").write_text(json.dumps(doc))
+    lock = ApplianceLock(target, "pam1", ttl=timedelta(hours=1)).acquire()
+    assert lock.took_over["reason"] == "its process is gone"
+    lock.release()
+    # and with the right start time, the same pid is a live holder
+    doc["process"] = dict(mine.process)
+    (tmp_path / "pam1" / "lock").write_text(json.dumps(doc))
+    with pytest.raises(LockBusy):
+        ApplianceLock(target, "pam1", ttl=timedelta(hours=1)).acquire()
+
+
+@pytest.mark.parametrize("field", ["boot_id", "pid_namespace"])
+def test_lock_from_another_kernel_or_namespace_keeps_the_ttl_rule(target, tmp_path, field):
+    """A dead-looking pid means nothing elsewhere (another host, a container): only the ttl decides."""
+    mine = ApplianceLock(target, "other", ttl=timedelta(hours=1))
+    doc = write_foreign_lock(tmp_path, datetime.now(UTC) + timedelta(hours=1), pid=2 ** 22 + 7)  # no such pid
+    doc["process"] = dict(mine.process, **{field: "elsewhere"})
+    (tmp_path / "pam1" / "lock").write_text(json.dumps(doc))
+    with pytest.raises(LockBusy, match="old-host"):
+        ApplianceLock(target, "pam1", ttl=timedelta(hours=1)).acquire()
+    doc["process"][field] = mine.process[field]  # same kernel and namespace: that pid is provably gone
+    (tmp_path / "pam1" / "lock").write_text(json.dumps(doc))
+    assert ApplianceLock(target, "pam1", ttl=timedelta(hours=1)).acquire().took_over["reason"] == "its process is gone"

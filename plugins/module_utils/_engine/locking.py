@@ -6,7 +6,10 @@
 The lock is the file ``<appliance>/lock``, created exclusively, holding JSON
 {run_id, host, pid, started, expires, token}. A holder extends ``expires`` with ``refresh()`` (a
 heartbeat, rate-limited so a writer loop can call it for every chunk). A lock whose ``expires`` has
-passed belongs to a run that died; the next run takes it over.
+passed belongs to a run that died; the next run takes it over. So does a lock whose holder ran on
+this very kernel and pid namespace (same boot id and namespace, recorded as ``process``) and is gone:
+its pid no longer exists, or now belongs to a process started at another time (a reused pid). That
+is judged at once, without waiting for the ttl; a lock from anywhere else keeps the ttl rule.
 
 Why the takeover is safe against several takers at once (the target offers exclusive create and
 rename, but no compare-and-swap):
@@ -53,6 +56,58 @@ _MAX_ATTEMPTS = 4  # create / judge / take over rounds before giving up on a loc
 _MAX_MARKERS = 8  # takeovers of one stale lock that may die midway before we ask for a person
 
 
+def _read_text(path: str) -> Optional[str]:
+    try:
+        with open(path, encoding="ascii") as handle:
+            return handle.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _process_start(pid: int) -> Optional[str]:
+    """The start time of process ``pid`` (clock ticks since boot, /proc/<pid>/stat field 22); None if
+    there is no such process."""
+    text = _read_text("/proc/%d/stat" % pid)
+    if not text or ")" not in text:
+        return None
+    fields = text.rsplit(")", 1)[1].split()
+    return fields[19] if len(fields) > 19 else None  # fields after "(comm)" start at field 3
+
+
+def _kernel_and_namespace() -> Optional[Dict[str, str]]:
+    """What makes a pid meaningful: this kernel's boot id and this pid namespace; None off Linux."""
+    boot_id = _read_text("/proc/sys/kernel/random/boot_id")
+    try:
+        namespace = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return None
+    return {"boot_id": boot_id, "pid_namespace": namespace} if boot_id else None
+
+
+def process_identity(pid: int) -> Optional[Dict[str, str]]:
+    """The lock's ``process`` record of a live local process: kernel, namespace, pid start time."""
+    where = _kernel_and_namespace()
+    start = _process_start(pid)
+    if where is None or start is None:
+        return None
+    return dict(where, start=start)
+
+
+def holder_is_gone(doc: Optional[Dict[str, Any]]) -> bool:
+    """True only when the lock's holder provably no longer runs: same kernel and pid namespace as us,
+    and its pid is gone or was reused. Anything unknown is False (the ttl decides)."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("process"), dict):
+        return False
+    recorded, here = doc["process"], _kernel_and_namespace()
+    if here is None or recorded.get("boot_id") != here["boot_id"] or recorded.get("pid_namespace") != here["pid_namespace"]:
+        return False
+    try:
+        pid = int(doc["pid"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return _process_start(pid) != recorded.get("start")
+
+
 def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -83,6 +138,8 @@ class ApplianceLock:
         self.run_id = str(owner.get("run_id") or uuid.uuid4().hex)
         self.host = str(owner.get("host") or socket.gethostname())
         self.pid = int(owner.get("pid") or os.getpid())
+        # Only our own pid can be vouched for (a caller-given pid may live elsewhere).
+        self.process = process_identity(self.pid) if self.pid == os.getpid() else None
         self.ttl = ttl
         self.refresh_interval = refresh_interval if refresh_interval is not None else ttl / 6
         self.token = secrets.token_hex(16)
@@ -101,6 +158,7 @@ class ApplianceLock:
             "run_id": self.run_id,
             "host": self.host,
             "pid": self.pid,
+            "process": self.process,
             "started": format_utc(self.started or now),
             "refreshed": format_utc(now),
             "expires": format_utc(now + self.ttl),
@@ -122,8 +180,9 @@ class ApplianceLock:
         return doc is not None and doc.get("token") == self.token
 
     def _is_expired(self, doc: Optional[Dict[str, Any]], relpath: str) -> bool:
+        """Stale: past its expiry, or its holder ran here and is gone (``holder_is_gone``)."""
         if doc is not None:
-            return self._clock() >= parse_utc(doc["expires"])
+            return self._clock() >= parse_utc(doc["expires"]) or holder_is_gone(doc)
         # Unreadable: possibly being written this instant. Judge by age instead (server's mtime).
         try:
             age = self._clock().timestamp() - self.target.stat(relpath).mtime
@@ -219,7 +278,8 @@ class ApplianceLock:
             if current != stale_raw:
                 return False
             self._replace_lock()
-            self.took_over = stale_doc or {"unreadable": True}
+            self.took_over = dict(stale_doc or {"unreadable": True},
+                                  reason="its process is gone" if holder_is_gone(stale_doc) else "it expired")
             return True
         finally:
             for leftover in [marker] + dead_markers:

@@ -334,7 +334,17 @@ def take_snapshot(target: Target, request: SnapshotRequest,
         "encryption": sidecar.encryption,
         "appliance_version": facts.get("appliance_version"),
         "lock_taken_over": lock.took_over is not None,
+        "lock_takeover": _takeover_message(lock.took_over),
     }
+
+
+def _takeover_message(stale: Optional[Dict[str, Any]]) -> Optional[str]:
+    """What a run says when it took over a dead run's lock (None when it did not)."""
+    if stale is None:
+        return None
+    return "took over the lock of run %s (host %s, pid %s, since %s): %s" % (
+        stale.get("run_id", "?"), stale.get("host", "?"), stale.get("pid", "?"), stale.get("started", "?"),
+        stale.get("reason", "it expired"))
 
 
 def _encryption_mode(encryption: Encryption) -> str:
