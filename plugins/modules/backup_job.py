@@ -11,7 +11,7 @@ DOCUMENTATION = r"""
 ---
 module: backup_job
 short_description: One whole backup run of a Segura appliance - snapshot, verify, prune - as the timer runs it
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Runs the same job as the scheduled timer of the P(segura.backup.schedule#role) role, in one task, so a
     playbook run and a timer run cannot behave differently. The P(segura.backup.backup#role) role calls it.
@@ -167,12 +167,18 @@ EXAMPLES = r"""
 
 RETURN = r"""
 job:
-  description: What the run did.
+  description:
+    - What the run did.
+    - Also in the failed result when the snapshot was taken but its verification or the prune failed
+      (then RV(job.status) is V(failed)).
   returned: always
   type: dict
   contains:
     status:
-      description: V(ok) (snapshot taken), V(skipped) (not the primary) or V(checked) (check mode).
+      description: V(ok) (snapshot taken), V(skipped) (not the primary), V(checked) (check mode) or V(failed).
+      type: str
+    appliance_version:
+      description: Segura version of the appliance (V(unknown) when it cannot be read).
       type: str
     appliance:
       description: Name the snapshots are filed under.
@@ -193,7 +199,7 @@ job:
       type: dict
       returned: when verified
     prune:
-      description: policy, removed (snapshot ids) and errors of the retention step.
+      description: policy, removed (snapshot ids; in check mode those that would be removed), errors and dry_run of the retention step.
       type: dict
       returned: when a policy was given
     preflight:
@@ -218,7 +224,8 @@ def main():
     try:
         summary = run_backup(module.params, check_mode=module.check_mode)
     except BackupError as exc:
-        module.fail_json(msg=str(exc), error=type(exc).__name__)
+        done = getattr(exc, "summary", None)  # a snapshot taken before verify or prune failed
+        module.fail_json(msg=str(exc), error=type(exc).__name__, **({"job": done} if done else {}))
     module.exit_json(changed=summary["status"] == "ok", job=summary)
 
 

@@ -311,3 +311,63 @@ def test_job_without_syslog_sends_nothing(tmp_path, syslog_double, appliance_roo
     result, messages = _job(syslog_double, _write_config(tmp_path, "{}"), "--no-syslog")
     assert result.returncode == cli.EXIT_CONFIG
     assert messages == []
+
+
+# --- JSON spellings, check mode, and a failure after the snapshot ------------------------------------
+
+def test_nulls_mean_defaults_and_true_means_default_verify(tmp_path, capsys, appliance_root, age_key):
+    target = tmp_path / "target"
+    config = _config(appliance_root, target, age_key, verify=True, compression=None, database=None,
+                     lock_ttl=None)
+    config["target"]["timeout"] = None
+    code, result = _main(capsys, "--config", _write_config(tmp_path, config))
+    assert code == cli.EXIT_OK, result
+    assert result["verify"]["mode"] == "quick" and result["verify"]["ok"] is True
+
+
+def test_compression_threads_minus_one_means_one_per_cpu(tmp_path, capsys, appliance_root, age_key):
+    target = tmp_path / "target"
+    code, result = _main(capsys, "--config", _write_config(
+        tmp_path, _config(appliance_root, target, age_key, compression={"threads": -1})))
+    assert code == cli.EXIT_OK, result
+
+
+def test_required_target_keys_must_not_be_empty(tmp_path, capsys, appliance_root, age_key):
+    config = _config(appliance_root, tmp_path / "target", age_key)
+    config["target"] = {"type": "nfs", "server": "", "export": "/backup"}
+    code, result = _main(capsys, "--config", _write_config(tmp_path, config))
+    assert code == cli.EXIT_CONFIG and "a nfs target needs a non-empty server" in result["message"], result
+
+
+def test_check_mode_shows_the_prune_plan_and_removes_nothing(tmp_path, capsys, appliance_root, age_key):
+    from ansible_collections.segura.backup.plugins.module_utils._engine import job
+
+    target = tmp_path / "target"
+    path = _write_config(tmp_path, _config(appliance_root, target, age_key, prune={"keep_last": 2}))
+    ids = []
+    for _run in range(2):
+        code, result = _main(capsys, "--config", path)
+        assert code == cli.EXIT_OK, result
+        ids.append(result["snapshot"]["id"])
+    before = _sidecars(target)
+    assert len(before) == 2
+    params = cli.load_config(_write_config(tmp_path, _config(appliance_root, target, age_key, prune={"keep_last": 1})))
+    checked = job.run_backup(params, check_mode=True)
+    assert checked["status"] == "checked" and checked["prune"]["dry_run"] is True
+    assert checked["prune"]["removed"] == [ids[0]]  # what a real run would remove
+    assert _sidecars(target) == before  # and nothing was
+
+
+def test_a_failed_verify_still_reports_the_snapshot_taken(tmp_path, capsys, appliance_root, age_key, monkeypatch):
+    from ansible_collections.segura.backup.plugins.module_utils._engine import job
+    from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError
+
+    def failing_verify(self, target, snapshot_id):
+        raise BackupError("snapshot %s failed verification: test double" % snapshot_id)
+
+    monkeypatch.setattr(job.BackupJob, "verify_new", failing_verify)
+    target = tmp_path / "target"
+    code, result = _main(capsys, "--config", _write_config(tmp_path, _config(appliance_root, target, age_key)))
+    assert code == cli.EXIT_FAILED and result["status"] == "failed", result
+    assert result["snapshot"]["id"] in result["message"]
+    assert _sidecars(target) == [os.path.basename(result["snapshot"]["object"]).rsplit(".tar", 1)[0] + ".json"]

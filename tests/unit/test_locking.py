@@ -338,3 +338,18 @@ def test_lock_from_another_kernel_or_namespace_keeps_the_ttl_rule(target, tmp_pa
     doc["process"][field] = mine.process[field]  # same kernel and namespace: that pid is provably gone
     (tmp_path / "pam1" / "lock").write_text(json.dumps(doc))
     assert ApplianceLock(target, "pam1", ttl=timedelta(hours=1)).acquire().took_over["reason"] == "its process is gone"
+
+
+def test_lock_that_cannot_be_read_while_written_is_busy(target, tmp_path, monkeypatch):
+    """An SMB server refuses to open a file its writer holds (STATUS_SHARING_VIOLATION): a live lock."""
+    from ansible_collections.segura.backup.plugins.module_utils._engine.errors import TargetError
+
+    write_foreign_lock(tmp_path, datetime.now(UTC) - timedelta(hours=1))  # expired, yet being written
+
+    def sharing_violation(relpath, limit=None):
+        raise TargetError("smb://server/share/%s: STATUS_SHARING_VIOLATION" % relpath)
+
+    monkeypatch.setattr(target, "read_bytes", sharing_violation)
+    with pytest.raises(LockBusy, match="is being written: .*STATUS_SHARING_VIOLATION"):
+        ApplianceLock(target, "pam1").acquire()
+    assert read_lock(tmp_path)["run_id"] == "r-old"  # untouched

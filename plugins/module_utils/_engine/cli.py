@@ -54,11 +54,22 @@ def load_config(path: str) -> Dict[str, Any]:
         raise ConfigError("config file %s must not be readable by group or others (chmod 0600)" % path)
     if not isinstance(config, dict):
         raise ConfigError("config file %s must hold a JSON object" % path)
+    # JSON spellings people write: null means "the default", true means "with default settings".
+    config = _without_nulls(config)
     if config.get("verify") is False:
         config["verify"] = {"mode": "none"}
+    if config.get("verify") is True:
+        config["verify"] = {}
     if config.get("prune") is False:
-        config["prune"] = None
+        config.pop("prune")
     return validate(backup_job_spec(), config, "config file %s" % path)
+
+
+def _without_nulls(value: Any) -> Any:
+    """The config with every null-valued key dropped, at every level (so the default applies)."""
+    if isinstance(value, dict):
+        return {key: _without_nulls(item) for key, item in value.items() if item is not None}
+    return value
 
 
 def _event(level: str, text: str) -> None:
@@ -92,7 +103,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         _emit({"status": "failed", "error": type(exc).__name__, "message": str(exc)})
         return EXIT_CONFIG
     except BackupError as exc:
-        _emit({"status": "failed", "error": type(exc).__name__, "message": str(exc)})
+        done = getattr(exc, "summary", None)  # a snapshot taken before verify or prune failed
+        _emit(dict(done or {}, status="failed", error=type(exc).__name__, message=str(exc)))
         return EXIT_FAILED
     except Exception as exc:  # an unexpected failure must still be reported as a failed backup (the traceback follows)
         _emit({"status": "failed", "error": type(exc).__name__, "message": "unexpected: %s" % exc})

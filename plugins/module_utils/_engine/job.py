@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Optional
 
 from ansible_collections.segura.backup.plugins.module_utils._engine import catalog, retention, verification
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.facts import appliance_version, cluster_role
-from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError, ConfigError
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, BackupError, ConfigError
 from ansible_collections.segura.backup.plugins.module_utils._engine.options import (
     appliance_name,
     build_database,
@@ -44,7 +44,7 @@ Notify = Callable[[str, str], None]  # (level "info" | "error", text)
 def snapshot_request(params: Dict[str, Any]) -> SnapshotRequest:
     """The SnapshotRequest of validated snapshot (or backup_job) parameters."""
     components = params["components"]
-    for key, minimum in (("chunk_size_mb", 1), ("lock_ttl", 1), ("compression.threads", 0)):
+    for key, minimum in (("chunk_size_mb", 1), ("lock_ttl", 1), ("compression.threads", -1)):
         section, _dot, name = key.rpartition(".")
         value = (params[section] if section else params)[name]
         if value < minimum:
@@ -105,21 +105,23 @@ class BackupJob:
             raise BackupError("snapshot %s failed verification: %s" % (snapshot_id, report["message"]))
         return report
 
-    def prune_appliance(self, target: Any) -> Dict[str, Any]:
+    def prune_appliance(self, target: Any, dry_run: bool = False) -> Dict[str, Any]:
+        """Prune this appliance; with ``dry_run`` only the plan (``removed`` is what would go)."""
         if self.policy is None or self.prune is None:
             raise AssertionError("prune_appliance called without a prune policy")
         outcomes = prune(target, self.policy, appliance=self.request.appliance, now=datetime.now(timezone.utc),
-                         partial_grace=self.partial_grace, tz=self.zone,
+                         partial_grace=self.partial_grace, tz=self.zone, dry_run=dry_run,
                          prune_sessions=bool(self.prune["prune_sessions"]), lock_ttl=self.request.lock_ttl)
         removed = [item["id"] for outcome in outcomes for item in outcome.to_dict()["removed"]]
         errors = [outcome.error for outcome in outcomes if outcome.error]
         if errors:
             raise BackupError("pruning failed: %s" % "; ".join(errors))
-        return {"policy": self.policy.describe(), "removed": removed, "errors": errors}
+        return {"policy": self.policy.describe(), "removed": removed, "errors": errors, "dry_run": dry_run}
 
 
 def run_backup(params: Dict[str, Any], check_mode: bool = False, notify: Optional[Notify] = None) -> Dict[str, Any]:
-    """One run; returns the summary (status ok, skipped or checked). Failures raise BackupError."""
+    """One run; returns the summary (status ok, skipped or checked). Failures raise BackupError, whose
+    ``summary`` attribute (when set) holds what the run did before it failed (e.g. the snapshot taken)."""
     notify = notify or (lambda level, text: None)
     try:
         summary = _run(BackupJob(params), check_mode)
@@ -143,7 +145,10 @@ def _run(job: BackupJob, check_mode: bool) -> Dict[str, Any]:
     summary: Dict[str, Any] = {"appliance": job.request.appliance, "status": "ok"}
     summary["cluster"] = role = cluster_role(job.request.layout, appliance.get("health_url"),
                                              bool(appliance.get("validate_certs", True)))
-    summary["appliance_version"] = appliance_version(job.request.layout)["version"]
+    try:
+        summary["appliance_version"] = appliance_version(job.request.layout)["version"]
+    except ApplianceError:  # reporting only: it must not stop a skip or a backup
+        summary["appliance_version"] = "unknown"
     reason = job.skip_reason(role)
     if reason:
         summary.update(status="skipped", reason=reason)
@@ -154,11 +159,17 @@ def _run(job: BackupJob, check_mode: bool) -> Dict[str, Any]:
             if not report["ok"]:
                 raise BackupError("preflight failed: %s" % "; ".join(report["problems"]))
             summary.update(status="checked", preflight=report)
+            if job.policy is not None:
+                summary["prune"] = job.prune_appliance(target, dry_run=True)
             return summary
         snap = take_snapshot(target, job.request)
         summary["snapshot"] = {key: snap[key] for key in SNAPSHOT_SUMMARY_KEYS}
-        if job.verify_mode != "none":
-            summary["verify"] = job.verify_new(target, snap["id"])
-        if job.policy is not None:
-            summary["prune"] = job.prune_appliance(target)
+        try:
+            if job.verify_mode != "none":
+                summary["verify"] = job.verify_new(target, snap["id"])
+            if job.policy is not None:
+                summary["prune"] = job.prune_appliance(target)
+        except BackupError as exc:
+            exc.summary = dict(summary, status="failed")  # type: ignore[attr-defined]
+            raise
     return summary

@@ -47,7 +47,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Dict, Literal, Optional, Tuple
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.catalog import format_utc, lock_path, parse_utc
-from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError, LockBusy, TargetExists, TargetNotFound
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError, LockBusy, TargetError, TargetExists, TargetNotFound
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
 
 DEFAULT_TTL = timedelta(minutes=30)
@@ -217,6 +217,11 @@ class ApplianceLock:
                 raw, doc = self._read(self.relpath)
             except TargetNotFound:
                 continue  # released between our create and our read: try again
+            except TargetError as exc:
+                # Held open by its writer this instant (SMB answers STATUS_SHARING_VIOLATION): a lock
+                # being written is a live one.
+                raise LockBusy("appliance %r is locked (%s is being written: %s)"
+                               % (self.appliance, self.target.describe_path(self.relpath), exc)) from None
             if not self._is_expired(doc, self.relpath):
                 raise self._busy(doc)
             if self._take_over(raw, doc):

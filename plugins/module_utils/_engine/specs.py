@@ -17,6 +17,7 @@ import copy
 from typing import Any, Dict, Mapping
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible.module_utils.common.parameters import remove_values
 from ansible.module_utils.errors import UnsupportedError
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import COMPONENTS, DEFAULT_DATABASES
@@ -202,12 +203,14 @@ def backup_job_spec() -> Dict[str, Any]:
 def validate(spec: Mapping[str, Any], params: Mapping[str, Any], what: str) -> Dict[str, Any]:
     """``params`` checked against ``spec`` with defaults filled in, as AnsibleModule would do.
 
-    ConfigError lists every problem; the validator already hides the values of no_log options.
+    ConfigError lists every problem, with the values of no_log options masked (the validator's own
+    messages may quote them).
     """
     result = ArgumentSpecValidator(dict(spec)).validate(dict(params))
     if result.error_messages:  # (result.errors is an exception object: always true)
         # An unsupported-parameter message starts with the option's name alone: say what it is.
-        messages = ["unknown option %s" % error.msg if isinstance(error, UnsupportedError) else error.msg
+        messages = [remove_values("unknown option %s" % error.msg if isinstance(error, UnsupportedError) else error.msg,
+                                  result._no_log_values)
                     for error in result.errors]
         raise ConfigError("%s: %s" % (what, "; ".join(messages)))
     return result.validated_parameters

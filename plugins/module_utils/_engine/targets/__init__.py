@@ -29,11 +29,16 @@ def _parse_mode(value, key: str) -> int:
 def validate_target_options(options: dict) -> dict:
     """The argument spec's checks and defaults (specs.py), then the rules a spec cannot say."""
     # Imported here: specs.py reads constants from engine modules that import this package.
-    from ansible_collections.segura.backup.plugins.module_utils._engine.specs import SMB_DEFAULT_PORT, target_spec, validate
+    from ansible_collections.segura.backup.plugins.module_utils._engine.specs import REQUIRED_BY_TYPE, SMB_DEFAULT_PORT, target_spec, validate
 
     if not isinstance(options, dict):
         raise ConfigError("the target option must be a dictionary")
+    # null means "the default" (as an unset module option); the validator would keep it as None.
+    options = {key: value for key, value in options.items() if value is not None}
     merged = validate(target_spec(), {"target": options}, "target")["target"]
+    empty = [key for key in REQUIRED_BY_TYPE[merged["type"]] if merged[key] == ""]
+    if empty:
+        raise ConfigError("a %s target needs a non-empty %s" % (merged["type"], ", ".join(empty)))
     if merged["port"] is None and merged["type"] == "smb":
         merged["port"] = SMB_DEFAULT_PORT
     if merged["port"] is not None and not 0 < merged["port"] < 65536:
