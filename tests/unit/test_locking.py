@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -297,6 +298,26 @@ def test_lock_of_a_dead_local_process_is_taken_over_at_once(target, tmp_path):
     lock = ApplianceLock(target, "pam1", ttl=timedelta(hours=1)).acquire()  # no waiting for the hour
     assert lock.took_over["run_id"] == stale["run_id"] and lock.took_over["reason"] == "its process is gone"
     lock.release()
+
+
+def test_lock_of_a_killed_but_unreaped_process_is_taken_over(target, tmp_path):
+    """A zombie (dead, its parent - here this test - has not waited for it yet) holds nothing."""
+    holder = _hold_lock(tmp_path, "die")
+    try:
+        def state():
+            with open("/proc/%d/stat" % holder.pid, encoding="ascii") as handle:
+                return handle.read().rsplit(")", 1)[1].split()[0]
+
+        deadline = time.monotonic() + 30
+        while state() != "Z" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert state() == "Z"
+        lock = ApplianceLock(target, "pam1", ttl=timedelta(hours=1)).acquire()
+        assert lock.took_over["reason"] == "its process is gone"
+        lock.release()
+    finally:
+        holder.wait(timeout=30)
+        holder.stdout.close()
 
 
 def test_lock_of_a_live_local_process_is_respected(target, tmp_path):

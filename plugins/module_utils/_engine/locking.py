@@ -66,12 +66,14 @@ def _read_text(path: str) -> Optional[str]:
 
 def _process_start(pid: int) -> Optional[str]:
     """The start time of process ``pid`` (clock ticks since boot, /proc/<pid>/stat field 22); None if
-    there is no such process."""
+    there is no such process, or only its corpse (a zombie its parent has not reaped yet)."""
     text = _read_text("/proc/%d/stat" % pid)
     if not text or ")" not in text:
         return None
-    fields = text.rsplit(")", 1)[1].split()
-    return fields[19] if len(fields) > 19 else None  # fields after "(comm)" start at field 3
+    fields = text.rsplit(")", 1)[1].split()  # fields after "(comm)": state is field 3
+    if len(fields) <= 19 or fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
 
 
 def _kernel_and_namespace() -> Optional[Dict[str, str]]:
