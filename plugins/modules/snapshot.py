@@ -187,6 +187,12 @@ snapshot:
     lock_takeover:
       description: Whose lock was taken over and why (also given as a warning); null when none was.
       type: str
+    leftovers_removed:
+      description:
+        - Files of a dead run removed at once after taking over its lock (its partial snapshot objects and
+          half-written session files); empty otherwise. Leftovers of runs not provably gone wait for prune.
+      type: list
+      elements: str
 preflight:
   description: Result of the preflight checks.
   returned: check mode

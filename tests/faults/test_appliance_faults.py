@@ -279,8 +279,10 @@ def test_snapshot_process_killed_leaves_a_lock_the_next_run_takes_over_at_once(f
     assert following["lock_taken_over"] is True
     assert following["lock_takeover"].endswith("pid %d, since %s): its process is gone"
                                                % (process.pid, stale["started"])), following["lock_takeover"]
+    # ...and removed the killed run's partial object at once, not at the next prune
+    assert [name for name in following["leftovers_removed"] if name.endswith(".partial")], following
     outcome = prune_partials(case.target.options)
-    assert outcome.plan.partials, "the killed run's partial was not found by prune"
+    assert not outcome.plan.partials, "prune still found a partial the takeover should have removed"
     left = snapshot_dir_files(case.target.server_dir)
     assert not [n for n in left if n.endswith(".partial")], left
     listing = deep_check_all(case.target.options, case.identity_file)

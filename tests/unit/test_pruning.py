@@ -307,3 +307,21 @@ def test_held_lock_stops_that_appliance_only(target, tmp_path):
     assert "locked by host other-host" in outcomes["pam1"].error
     assert snapshot_ids(target) == pam1 and len(snapshot_ids(target, "pam2")) == 1
     assert outcomes["pam1"].to_dict()["bytes_freed"] == 0
+
+
+def test_dead_run_leftovers_go_at_once_and_nothing_else(tmp_path):
+    """After taking over a dead run's lock: its partial object and half-written session file are removed,
+    whatever their age; finished recordings stay."""
+    from ansible_collections.segura.backup.plugins.module_utils._engine.pruning import remove_dead_run_leftovers
+
+    with PathTarget(str(tmp_path)) as target:
+        now = datetime.now(timezone.utc)
+        partial = catalog.partial_name(catalog.snapshots_dir("pam1") + "/" + catalog.object_name(now, "0badc0de", True))
+        target.write_bytes(partial, b"half an upload")
+        recording = catalog.sessions_dir("pam1") + "/2026/12/03/finished.mp4"
+        half = catalog.sessions_dir("pam1") + "/2026/12/03/cut.mp4.partial"
+        target.write_bytes(recording, b"a finished recording")
+        target.write_bytes(half, b"half a recording")
+        removed = remove_dead_run_leftovers(target, "pam1")
+        assert sorted(removed.files) == sorted([partial, half])
+        assert not target.exists(partial) and target.read_bytes(recording) == b"a finished recording"

@@ -279,6 +279,21 @@ def _snapshot_summary(record: catalog.SnapshotRecord) -> Dict[str, Any]:
             "bytes": record.stored_bytes, "files": list(record.files)}
 
 
+def remove_dead_run_leftovers(target: Target, appliance: str, heartbeat: Callable[[], Any] = lambda: None) -> Removed:
+    """Right after taking over the lock of a run that is provably gone (``locking.holder_is_gone``):
+    its partial snapshot objects and half-written session files go at once instead of at the next
+    prune. Only a lock holder writes them, so while we hold the lock every one is a dead run's. Call
+    it holding the lock, before writing anything. An incomplete listing removes nothing (prune will).
+    """
+    listing = catalog.list_snapshots(target, appliance, read_sidecars=False)
+    if listing.errors:
+        return Removed()
+    plan = AppliancePlan(appliance)
+    plan.partials = [record for record in listing.snapshots if record.status == "partial"]
+    plan.session_partials = list_session_files(target, appliance)[1]
+    return apply_plan(target, plan, heartbeat)
+
+
 def apply_plan(target: Target, plan: AppliancePlan, heartbeat: Callable[[], Any] = lambda: None,
                removed: Optional[Removed] = None) -> Removed:
     """Remove what the plan says, in the safe order; ``heartbeat`` (the lock's refresh) runs per item."""

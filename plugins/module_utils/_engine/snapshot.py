@@ -35,7 +35,8 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encr
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.writer import ArchiveWriter
 from ansible_collections.segura.backup.plugins.module_utils._engine.constants import TOOL_VERSION, MiB
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, ConfigError, LockBusy, TargetError, TargetFull, TargetNotFound
-from ansible_collections.segura.backup.plugins.module_utils._engine.locking import ApplianceLock
+from ansible_collections.segura.backup.plugins.module_utils._engine.locking import ApplianceLock, holder_is_gone
+from ansible_collections.segura.backup.plugins.module_utils._engine.pruning import remove_dead_run_leftovers
 from ansible_collections.segura.backup.plugins.module_utils._engine.sessions import sync_sessions
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
 from ansible_collections.segura.backup.plugins.module_utils._engine.text import describe_bytes
@@ -229,6 +230,9 @@ def take_snapshot(target: Target, request: SnapshotRequest,
     started = time.monotonic()
     target.makedirs(catalog.snapshots_dir(request.appliance))
     with ApplianceLock(target, request.appliance, ttl=request.lock_ttl) as lock:
+        leftovers = None
+        if lock.took_over and holder_is_gone(lock.took_over):
+            leftovers = remove_dead_run_leftovers(target, request.appliance, heartbeat=lock.refresh)
         facts = _facts(request)
         space = _check_free_space(target, request, facts)
         if not space["ok"]:
@@ -335,6 +339,7 @@ def take_snapshot(target: Target, request: SnapshotRequest,
         "appliance_version": facts.get("appliance_version"),
         "lock_taken_over": lock.took_over is not None,
         "lock_takeover": _takeover_message(lock.took_over),
+        "leftovers_removed": leftovers.files if leftovers else [],
     }
 
 
