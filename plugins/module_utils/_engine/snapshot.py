@@ -232,7 +232,10 @@ def take_snapshot(target: Target, request: SnapshotRequest,
     with ApplianceLock(target, request.appliance, ttl=request.lock_ttl) as lock:
         leftovers = None
         if lock.took_over and holder_is_gone(lock.took_over):
-            leftovers = remove_dead_run_leftovers(target, request.appliance, heartbeat=lock.refresh)
+            try:
+                leftovers = remove_dead_run_leftovers(target, request.appliance, heartbeat=lock.refresh)
+            except TargetError:
+                leftovers = None  # a cleanup, not the backup: prune removes them later
         facts = _facts(request)
         space = _check_free_space(target, request, facts)
         if not space["ok"]:
