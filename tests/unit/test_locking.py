@@ -363,12 +363,12 @@ def test_lock_from_another_kernel_or_namespace_keeps_the_ttl_rule(target, tmp_pa
 
 def test_lock_that_cannot_be_read_while_written_is_busy(target, tmp_path, monkeypatch):
     """An SMB server refuses to open a file its writer holds (STATUS_SHARING_VIOLATION): a live lock."""
-    from ansible_collections.segura.backup.plugins.module_utils._engine.errors import TargetError
+    from ansible_collections.segura.backup.plugins.module_utils._engine.errors import TargetInUse
 
     write_foreign_lock(tmp_path, datetime.now(UTC) - timedelta(hours=1))  # expired, yet being written
 
     def sharing_violation(relpath, limit=None):
-        raise TargetError("smb://server/share/%s: STATUS_SHARING_VIOLATION" % relpath)
+        raise TargetInUse("smb://server/share/%s is open by another client (STATUS_SHARING_VIOLATION)" % relpath)
 
     monkeypatch.setattr(target, "read_bytes", sharing_violation)
     with pytest.raises(LockBusy, match="is being written: .*STATUS_SHARING_VIOLATION"):

@@ -35,6 +35,10 @@ class TargetExists(TargetError):
     """A path on the target already exists where it must not."""
 
 
+class TargetInUse(TargetError):
+    """Another client holds the file open in a way that refuses ours (SMB STATUS_SHARING_VIOLATION)."""
+
+
 class TargetFull(TargetError):
     """The target ran out of space (or quota)."""
 

@@ -47,7 +47,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Dict, Literal, Optional, Tuple
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.catalog import format_utc, lock_path, parse_utc
-from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError, LockBusy, TargetError, TargetExists, TargetNotFound
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError, LockBusy, TargetExists, TargetInUse, TargetNotFound
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
 
 DEFAULT_TTL = timedelta(minutes=30)
@@ -148,6 +148,7 @@ class ApplianceLock:
         self.held = False
         self.started: Optional[datetime] = None
         self.took_over: Optional[Dict[str, Any]] = None  # the stale lock we replaced, for reporting
+        self.took_over_from_gone_run = False  # ... and its holder provably no longer runs (holder_is_gone)
         self._clock = clock
         self._last_write = 0.0
 
@@ -219,9 +220,8 @@ class ApplianceLock:
                 raw, doc = self._read(self.relpath)
             except TargetNotFound:
                 continue  # released between our create and our read: try again
-            except TargetError as exc:
-                # Held open by its writer this instant (SMB answers STATUS_SHARING_VIOLATION): a lock
-                # being written is a live one.
+            except TargetInUse as exc:
+                # Held open by its writer this instant (SMB): a lock being written is a live one.
                 raise LockBusy("appliance %r is locked (%s is being written: %s)"
                                % (self.appliance, self.target.describe_path(self.relpath), exc)) from None
             if not self._is_expired(doc, self.relpath):
@@ -285,8 +285,9 @@ class ApplianceLock:
             if current != stale_raw:
                 return False
             self._replace_lock()
+            self.took_over_from_gone_run = holder_is_gone(stale_doc)
             self.took_over = dict(stale_doc or {"unreadable": True},
-                                  reason="its process is gone" if holder_is_gone(stale_doc) else "it expired")
+                                  reason="its process is gone" if self.took_over_from_gone_run else "it expired")
             return True
         finally:
             for leftover in [marker] + dead_markers:

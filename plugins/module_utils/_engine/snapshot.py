@@ -35,7 +35,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encr
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.writer import ArchiveWriter
 from ansible_collections.segura.backup.plugins.module_utils._engine.constants import TOOL_VERSION, MiB
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, ConfigError, LockBusy, TargetError, TargetFull, TargetNotFound
-from ansible_collections.segura.backup.plugins.module_utils._engine.locking import ApplianceLock, holder_is_gone
+from ansible_collections.segura.backup.plugins.module_utils._engine.locking import ApplianceLock
 from ansible_collections.segura.backup.plugins.module_utils._engine.pruning import remove_dead_run_leftovers
 from ansible_collections.segura.backup.plugins.module_utils._engine.sessions import sync_sessions
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
@@ -231,7 +231,7 @@ def take_snapshot(target: Target, request: SnapshotRequest,
     target.makedirs(catalog.snapshots_dir(request.appliance))
     with ApplianceLock(target, request.appliance, ttl=request.lock_ttl) as lock:
         leftovers = None
-        if lock.took_over and holder_is_gone(lock.took_over):
+        if lock.took_over_from_gone_run:
             try:
                 leftovers = remove_dead_run_leftovers(target, request.appliance, heartbeat=lock.refresh)
             except TargetError:

@@ -26,6 +26,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.errors impor
     TargetError,
     TargetExists,
     TargetFull,
+    TargetInUse,
     TargetNotFound,
 )
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Entry, ReadHandle, Target, WriteHandle, clean_relpath
@@ -472,6 +473,8 @@ class SmbTarget(Target):
             return TargetNotFound("%s does not exist" % where)
         if status == "STATUS_OBJECT_NAME_COLLISION":
             return TargetExists("%s already exists" % where)
+        if status == "STATUS_SHARING_VIOLATION":
+            return TargetInUse("%s is open by another client (%s)" % (where, status))
         if status in _FULL_STATUSES:
             return TargetFull("no space left on %s (%s)" % (where, status))
         if status == "STATUS_ACCESS_DENIED":
