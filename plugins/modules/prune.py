@@ -208,6 +208,18 @@ appliances:
     error:
       description: Why this appliance was not pruned (lock held, incomplete listing), or null.
       type: str
+    lock_takeover:
+      description:
+        - Whose stale lock this run took over (its run, host, pid and start, and why it was stale), or null.
+        - A lock taken on this host by a process that no longer exists is taken over at once; any other
+          lock only once it expired.
+      type: str
+    leftovers_removed:
+      description:
+        - Target-relative paths of the partial objects and half-written recordings of the run whose lock was
+          taken over because its process is gone, removed at once whatever their age (empty otherwise).
+      type: list
+      elements: str
 bytes_freed:
   description: Bytes freed over all appliances (in check mode, that would be freed).
   returned: always
@@ -261,7 +273,8 @@ def main():
     removed_count = sum(len(a["removed"]) + len(a["partials_removed"]) for a in appliances)
     would_change = any(a["removed"] or a["partials_removed"] or a["sessions_removed"] for a in appliances)
     result = dict(
-        changed=(would_change if module.check_mode else any(a["files_removed"] for a in appliances)),
+        changed=(would_change if module.check_mode
+                 else any(a["files_removed"] or a["leftovers_removed"] for a in appliances)),
         appliances=appliances,
         bytes_freed=sum(a["bytes_freed"] for a in appliances),
         removed_count=removed_count,

@@ -69,6 +69,7 @@ MODULE_SPECS = {
     "appliance_info": specs.appliance_info_spec,
     "backup_info": specs.backup_info_spec,
     "backup_job": specs.backup_job_spec,
+    "break_lock": specs.break_lock_spec,
     "prune": specs.prune_spec,
     "restore": specs.restore_spec,
     "snapshot": specs.snapshot_spec,

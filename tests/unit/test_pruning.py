@@ -4,6 +4,7 @@ unreferenced session recordings, the lock, refusals, and how little it reads."""
 import hashlib
 import os
 import random
+import socket
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -325,3 +326,31 @@ def test_dead_run_leftovers_go_at_once_and_nothing_else(tmp_path):
         removed = remove_dead_run_leftovers(target, "pam1")
         assert sorted(removed.files) == sorted([partial, half])
         assert not target.exists(partial) and target.read_bytes(recording) == b"a finished recording"
+
+
+def test_prune_that_takes_over_a_dead_runs_lock_removes_its_fresh_partials_at_once(target, tmp_path):
+    """A prune, like a snapshot, heals after a crash: the killed run's partial goes now, not after the
+    grace period; a lock from another host that merely expired does not count as a dead run's."""
+    from tests.unit.test_locking import _hold_lock
+
+    keep = daily(target, 2)
+    partial = catalog.partial_name("%s/%s" % (catalog.snapshots_dir("pam1"),
+                                              catalog.object_name(NOW, "0badc0de", True)))
+    target.write_bytes(partial, b"half an upload")  # written now: far inside the 24 h grace
+    holder = _hold_lock(tmp_path, "die")
+    holder.wait(timeout=30)
+    holder.stdout.close()
+    outcome = prune(target, retention.Policy(keep_last=5), now=NOW)[0].to_dict()
+    assert outcome["error"] is None and outcome["partials_removed"] == []
+    assert "(host %s, pid %d, since " % (socket.gethostname(), holder.pid) in outcome["lock_takeover"]
+    assert outcome["lock_takeover"].endswith(": its process is gone")
+    assert outcome["leftovers_removed"] == [partial] and not target.exists(partial)
+    assert snapshot_ids(target) == keep
+
+    target.write_bytes(partial, b"half an upload")
+    stale = ApplianceLock(target, "pam1", owner={"host": "other-host"}, ttl=timedelta(seconds=1),
+                          clock=lambda: NOW - timedelta(hours=1)).acquire()
+    stale.held = False  # it "died" on another host and expired long ago
+    outcome = prune(target, retention.Policy(keep_last=5), now=NOW)[0].to_dict()
+    assert outcome["lock_takeover"].endswith(": it expired") and outcome["leftovers_removed"] == []
+    assert target.exists(partial), "a partial within the grace of a run that may still be alive stays"

@@ -110,6 +110,15 @@ def holder_is_gone(doc: Optional[Dict[str, Any]]) -> bool:
     return _process_start(pid) != recorded.get("start")
 
 
+def takeover_message(stale: Optional[Dict[str, Any]]) -> Optional[str]:
+    """What a run says when it took over another run's lock (None when it did not)."""
+    if stale is None:
+        return None
+    return "took over the lock of run %s (host %s, pid %s, since %s): %s" % (
+        stale.get("run_id", "?"), stale.get("host", "?"), stale.get("pid", "?"), stale.get("started", "?"),
+        stale.get("reason", "it expired"))
+
+
 def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -179,6 +188,10 @@ class ApplianceLock:
             return raw, None
         return raw, doc if isinstance(doc, dict) else None
 
+    def peek(self) -> Optional[Dict[str, Any]]:
+        """The lock as it is on the target (None if unreadable); TargetNotFound if there is none."""
+        return self._read(self.relpath)[1]
+
     def _is_ours(self, doc: Optional[Dict[str, Any]]) -> bool:
         return doc is not None and doc.get("token") == self.token
 
@@ -206,8 +219,13 @@ class ApplianceLock:
 
     # -- acquire / refresh / release ------------------------------------------------------------
 
-    def acquire(self) -> "ApplianceLock":
-        """Take the lock, taking over an expired one; LockBusy if another run holds it."""
+    def acquire(self, break_if: Optional[Callable[[Optional[Dict[str, Any]]], bool]] = None) -> "ApplianceLock":
+        """Take the lock, taking over an expired one; LockBusy if another run holds it.
+
+        ``break_if`` (for breaking a lock by hand) judges a lock that is not stale: True takes it over
+        too, by the same safe protocol, so a holder that is still alive finds at its next refresh that
+        its lock was taken and stops.
+        """
         if self.held:
             return self
         self.started = self._clock()
@@ -224,9 +242,10 @@ class ApplianceLock:
                 # Held open by its writer this instant (SMB): a lock being written is a live one.
                 raise LockBusy("appliance %r is locked (%s is being written: %s)"
                                % (self.appliance, self.target.describe_path(self.relpath), exc)) from None
-            if not self._is_expired(doc, self.relpath):
+            broken = not self._is_expired(doc, self.relpath)
+            if broken and not (break_if is not None and break_if(doc)):
                 raise self._busy(doc)
-            if self._take_over(raw, doc):
+            if self._take_over(raw, doc, broken):
                 self.held = True
                 self._last_write = time.monotonic()
                 return self
@@ -254,7 +273,7 @@ class ApplianceLock:
             raise
         return True
 
-    def _take_over(self, stale_raw: bytes, stale_doc: Optional[Dict[str, Any]]) -> bool:
+    def _take_over(self, stale_raw: bytes, stale_doc: Optional[Dict[str, Any]], broken: bool = False) -> bool:
         """Replace an expired lock whose content is ``stale_raw`` (see the module docstring).
 
         Returns True if the lock is now ours, False if it changed meanwhile (acquire() looks again),
@@ -286,8 +305,12 @@ class ApplianceLock:
                 return False
             self._replace_lock()
             self.took_over_from_gone_run = holder_is_gone(stale_doc)
-            self.took_over = dict(stale_doc or {"unreadable": True},
-                                  reason="its process is gone" if self.took_over_from_gone_run else "it expired")
+            reason = "it expired"
+            if self.took_over_from_gone_run:
+                reason = "its process is gone"
+            elif broken:
+                reason = "it was broken by request"
+            self.took_over = dict(stale_doc or {"unreadable": True}, reason=reason)
             return True
         finally:
             for leftover in [marker] + dead_markers:

@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from ansible_collections.segura.backup.plugins.module_utils._engine import catalog, retention
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError, ConfigError, IntegrityError, TargetError, TargetNotFound
-from ansible_collections.segura.backup.plugins.module_utils._engine.locking import DEFAULT_TTL, ApplianceLock
+from ansible_collections.segura.backup.plugins.module_utils._engine.locking import DEFAULT_TTL, ApplianceLock, takeover_message
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
 
 DEFAULT_PARTIAL_GRACE = timedelta(hours=24)
@@ -252,6 +252,8 @@ class ApplianceOutcome:
     applied: bool = False
     removed: Removed = field(default_factory=Removed)
     error: Optional[str] = None
+    lock_takeover: Optional[str] = None  # whose stale lock this prune took over, if it did
+    leftovers: Optional[Removed] = None  # ...and what that dead run left, removed at once
 
     def to_dict(self) -> Dict[str, Any]:
         plan = self.plan or AppliancePlan(self.appliance)
@@ -271,6 +273,8 @@ class ApplianceOutcome:
             "applied": self.applied,
             "files_removed": len(self.removed.files),
             "error": self.error,
+            "lock_takeover": self.lock_takeover,
+            "leftovers_removed": list(self.leftovers.files) if self.leftovers else [],
         }
 
 
@@ -292,6 +296,18 @@ def remove_dead_run_leftovers(target: Target, appliance: str, heartbeat: Callabl
     plan.partials = [record for record in listing.snapshots if record.status == "partial"]
     plan.session_partials = list_session_files(target, appliance)[1]
     return apply_plan(target, plan, heartbeat)
+
+
+def heal_after_takeover(target: Target, lock: ApplianceLock, force: bool = False) -> Optional[Removed]:
+    """What a run does right after taking the lock: when it took over a run that is provably gone
+    (or ``force``: a lock broken by hand), remove that run's leftovers at once. A cleanup, not the
+    job: a target error here returns None (prune removes them later) and the run goes on."""
+    if lock.took_over is None or not (lock.took_over_from_gone_run or force):
+        return None
+    try:
+        return remove_dead_run_leftovers(target, lock.appliance, heartbeat=lock.refresh)
+    except TargetError:
+        return None
 
 
 def apply_plan(target: Target, plan: AppliancePlan, heartbeat: Callable[[], Any] = lambda: None,
@@ -362,6 +378,8 @@ def prune(
                 outcome.plan = plan_appliance(target, name, policy, now, partial_grace, tz, prune_sessions)
             else:
                 with ApplianceLock(target, name, ttl=lock_ttl) as lock:
+                    outcome.lock_takeover = takeover_message(lock.took_over)
+                    outcome.leftovers = heal_after_takeover(target, lock)
                     outcome.plan = plan_appliance(target, name, policy, now, partial_grace, tz, prune_sessions)
                     if outcome.plan.changes:
                         outcome.applied = True

@@ -35,8 +35,8 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encr
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.writer import ArchiveWriter
 from ansible_collections.segura.backup.plugins.module_utils._engine.constants import TOOL_VERSION, MiB
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, ConfigError, LockBusy, TargetError, TargetFull, TargetNotFound
-from ansible_collections.segura.backup.plugins.module_utils._engine.locking import ApplianceLock
-from ansible_collections.segura.backup.plugins.module_utils._engine.pruning import remove_dead_run_leftovers
+from ansible_collections.segura.backup.plugins.module_utils._engine.locking import ApplianceLock, takeover_message
+from ansible_collections.segura.backup.plugins.module_utils._engine.pruning import heal_after_takeover
 from ansible_collections.segura.backup.plugins.module_utils._engine.sessions import sync_sessions
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
 from ansible_collections.segura.backup.plugins.module_utils._engine.text import describe_bytes
@@ -230,12 +230,7 @@ def take_snapshot(target: Target, request: SnapshotRequest,
     started = time.monotonic()
     target.makedirs(catalog.snapshots_dir(request.appliance))
     with ApplianceLock(target, request.appliance, ttl=request.lock_ttl) as lock:
-        leftovers = None
-        if lock.took_over_from_gone_run:
-            try:
-                leftovers = remove_dead_run_leftovers(target, request.appliance, heartbeat=lock.refresh)
-            except TargetError:
-                leftovers = None  # a cleanup, not the backup: prune removes them later
+        leftovers = heal_after_takeover(target, lock)
         facts = _facts(request)
         space = _check_free_space(target, request, facts)
         if not space["ok"]:
@@ -341,18 +336,9 @@ def take_snapshot(target: Target, request: SnapshotRequest,
         "encryption": sidecar.encryption,
         "appliance_version": facts.get("appliance_version"),
         "lock_taken_over": lock.took_over is not None,
-        "lock_takeover": _takeover_message(lock.took_over),
+        "lock_takeover": takeover_message(lock.took_over),
         "leftovers_removed": leftovers.files if leftovers else [],
     }
-
-
-def _takeover_message(stale: Optional[Dict[str, Any]]) -> Optional[str]:
-    """What a run says when it took over a dead run's lock (None when it did not)."""
-    if stale is None:
-        return None
-    return "took over the lock of run %s (host %s, pid %s, since %s): %s" % (
-        stale.get("run_id", "?"), stale.get("host", "?"), stale.get("pid", "?"), stale.get("started", "?"),
-        stale.get("reason", "it expired"))
 
 
 def _encryption_mode(encryption: Encryption) -> str:

@@ -160,6 +160,10 @@ def prune_spec() -> Dict[str, Any]:
     return _fresh(target=_TARGET, appliance={"type": "str"}, lock_ttl={"type": "int", "default": 900}, **_PRUNE_RULES)
 
 
+def break_lock_spec() -> Dict[str, Any]:
+    return _fresh(target=_TARGET, appliance={"type": "str", "required": True}, run_id={"type": "str"})
+
+
 def restore_spec() -> Dict[str, Any]:
     return _fresh(
         target=_TARGET, decryption=_DECRYPTION, appliance=_APPLIANCE, database=_DATABASE,
