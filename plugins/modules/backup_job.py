@@ -211,6 +211,7 @@ job:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.segura.backup.plugins.module_utils._engine import deps
+from ansible_collections.segura.backup.plugins.module_utils._engine.cancel import stop_cleanly_on_signals
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError
 from ansible_collections.segura.backup.plugins.module_utils._engine.job import run_backup
 from ansible_collections.segura.backup.plugins.module_utils._engine.specs import backup_job_spec
@@ -222,7 +223,8 @@ def main():
     if absent:
         module.fail_json(msg=missing_required_lib(", ".join(absent)))
     try:
-        summary = run_backup(module.params, check_mode=module.check_mode)
+        with stop_cleanly_on_signals():
+            summary = run_backup(module.params, check_mode=module.check_mode)
     except BackupError as exc:
         done = getattr(exc, "summary", None)  # a snapshot taken before verify or prune failed
         module.fail_json(msg=str(exc), error=type(exc).__name__, **({"job": done} if done else {}))

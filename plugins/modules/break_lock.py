@@ -152,6 +152,7 @@ leftovers_removed:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.segura.backup.plugins.module_utils._engine import deps
+from ansible_collections.segura.backup.plugins.module_utils._engine.cancel import stop_cleanly_on_signals
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError
 from ansible_collections.segura.backup.plugins.module_utils._engine.specs import break_lock_spec
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
@@ -165,8 +166,9 @@ def main():
     if absent:
         module.fail_json(msg=missing_required_lib(", ".join(absent)))
     try:
-        with open_target(params["target"]) as target:
-            result = break_lock(target, params["appliance"], run_id=params["run_id"], dry_run=module.check_mode)
+        with stop_cleanly_on_signals():
+            with open_target(params["target"]) as target:
+                result = break_lock(target, params["appliance"], run_id=params["run_id"], dry_run=module.check_mode)
     except BackupError as exc:
         module.fail_json(msg=str(exc), error=type(exc).__name__)
     if module.check_mode:

@@ -240,6 +240,7 @@ from datetime import datetime, timedelta, timezone
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.segura.backup.plugins.module_utils._engine import deps, retention
+from ansible_collections.segura.backup.plugins.module_utils._engine.cancel import stop_cleanly_on_signals
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError, ConfigError
 from ansible_collections.segura.backup.plugins.module_utils._engine.pruning import prune
 from ansible_collections.segura.backup.plugins.module_utils._engine.specs import prune_spec
@@ -259,10 +260,11 @@ def main():
         grace = retention.parse_duration(params["partial_grace"], "partial_grace")
         if params["lock_ttl"] < 1:
             raise ConfigError("lock_ttl must be at least 1 second")
-        with open_target(params["target"]) as target:
-            outcomes = prune(target, policy, appliance=params["appliance"], now=datetime.now(timezone.utc),
-                             partial_grace=grace, tz=zone, prune_sessions=params["prune_sessions"],
-                             dry_run=module.check_mode, lock_ttl=timedelta(seconds=params["lock_ttl"]))
+        with stop_cleanly_on_signals("what was removed is reported; nothing that stays was touched"):
+            with open_target(params["target"]) as target:
+                outcomes = prune(target, policy, appliance=params["appliance"], now=datetime.now(timezone.utc),
+                                 partial_grace=grace, tz=zone, prune_sessions=params["prune_sessions"],
+                                 dry_run=module.check_mode, lock_ttl=timedelta(seconds=params["lock_ttl"]))
     except BackupError as exc:
         module.fail_json(msg=str(exc), error=type(exc).__name__)
 

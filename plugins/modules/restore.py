@@ -262,6 +262,7 @@ restore:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.segura.backup.plugins.module_utils._engine import deps
+from ansible_collections.segura.backup.plugins.module_utils._engine.cancel import RESTORE_STOPPED, stop_cleanly_on_signals
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError
 from ansible_collections.segura.backup.plugins.module_utils._engine.options import appliance_name, build_database, build_decryption, build_layout
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.apply import restore
@@ -298,15 +299,16 @@ def main():
             command_timeout=params["command_timeout"],
             post_verify=params["post_verify"],
         )
-        with open_target(params["target"]) as target:
-            plan = plan_restore(target, request)
-            summary = plan.summary()
-            if not plan.ok:
-                module.fail_json(msg="restore refused, nothing was written: %s" % "; ".join(plan.problems),
-                                 plan=summary)
-            if module.check_mode:
-                module.exit_json(changed=plan.would_write(), plan=summary)
-            result = restore(target, request, plan=plan)
+        with stop_cleanly_on_signals(RESTORE_STOPPED):
+            with open_target(params["target"]) as target:
+                plan = plan_restore(target, request)
+                summary = plan.summary()
+                if not plan.ok:
+                    module.fail_json(msg="restore refused, nothing was written: %s" % "; ".join(plan.problems),
+                                     plan=summary)
+                if module.check_mode:
+                    module.exit_json(changed=plan.would_write(), plan=summary)
+                result = restore(target, request, plan=plan)
     except BackupError as exc:
         extra = {"plan": plan.summary()} if plan is not None else {}
         commands = getattr(exc, "results", None)

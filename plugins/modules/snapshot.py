@@ -213,6 +213,7 @@ preflight:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.segura.backup.plugins.module_utils._engine import deps
+from ansible_collections.segura.backup.plugins.module_utils._engine.cancel import stop_cleanly_on_signals
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError
 from ansible_collections.segura.backup.plugins.module_utils._engine.job import snapshot_request
 from ansible_collections.segura.backup.plugins.module_utils._engine.snapshot import preflight, take_snapshot
@@ -228,14 +229,15 @@ def main():
 
     params = module.params
     try:
-        request = snapshot_request(params)
-        with open_target(params["target"]) as target:
-            if module.check_mode:
-                report = preflight(target, request)
-                if not report["ok"]:
-                    module.fail_json(msg="preflight failed: %s" % "; ".join(report["problems"]), preflight=report)
-                module.exit_json(changed=True, preflight=report)
-            result = take_snapshot(target, request)
+        with stop_cleanly_on_signals():
+            request = snapshot_request(params)
+            with open_target(params["target"]) as target:
+                if module.check_mode:
+                    report = preflight(target, request)
+                    if not report["ok"]:
+                        module.fail_json(msg="preflight failed: %s" % "; ".join(report["problems"]), preflight=report)
+                    module.exit_json(changed=True, preflight=report)
+                result = take_snapshot(target, request)
     except BackupError as exc:
         module.fail_json(msg=str(exc), error=type(exc).__name__)
     if result.get("lock_takeover"):

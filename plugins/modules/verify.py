@@ -206,6 +206,7 @@ missing_ids:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.segura.backup.plugins.module_utils._engine import catalog, deps
+from ansible_collections.segura.backup.plugins.module_utils._engine.cancel import stop_cleanly_on_signals
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError
 from ansible_collections.segura.backup.plugins.module_utils._engine.options import build_decryption
 from ansible_collections.segura.backup.plugins.module_utils._engine.specs import verify_spec
@@ -223,14 +224,15 @@ def main():
         module.fail_json(msg=missing_required_lib(", ".join(absent)))
 
     try:
-        decryption = build_decryption(params["decryption"]) if params["mode"] == "deep" else None
-        with open_target(params["target"]) as target:
-            listing = catalog.list_snapshots(target, params["appliance"])
-            chosen, missing = select_snapshots(listing, params["select"], ids=params["ids"],
-                                               sample_size=params["sample_size"])
-            results = verify_snapshots(target, chosen, params["mode"], decryption=decryption,
-                                       check_session_hashes=params["check_session_hashes"],
-                                       record_results=not module.check_mode)
+        with stop_cleanly_on_signals("no result was recorded for the snapshot being read"):
+            decryption = build_decryption(params["decryption"]) if params["mode"] == "deep" else None
+            with open_target(params["target"]) as target:
+                listing = catalog.list_snapshots(target, params["appliance"])
+                chosen, missing = select_snapshots(listing, params["select"], ids=params["ids"],
+                                                   sample_size=params["sample_size"])
+                results = verify_snapshots(target, chosen, params["mode"], decryption=decryption,
+                                           check_session_hashes=params["check_session_hashes"],
+                                           record_results=not module.check_mode)
     except BackupError as exc:
         module.fail_json(msg=str(exc), error=type(exc).__name__)
 

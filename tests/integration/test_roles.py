@@ -189,6 +189,65 @@ def _sidecar_and_members(fleet, appliance, sidecar_name):
     return sidecar, members
 
 
+def _remote_dump_and_module(fleet, appliance):
+    """(dump pid, pid of the module process running it) on the appliance, or None (by exact process name:
+    `pgrep -f` would find the shell that runs it)."""
+    found = fleet.exec(appliance, "for p in $(pgrep -x mariadb-dump); do echo $p $(ps -o ppid= -p $p); done"
+                       ).stdout.decode().split()
+    return (int(found[0]), int(found[1])) if len(found) >= 2 else None
+
+
+def _remote_alive(fleet, appliance, pid):
+    return fleet.exec(appliance, "test -d /proc/%d" % pid, check=False).returncode == 0
+
+
+def test_awx_cancel_over_ssh_never_leaves_a_lock_that_blocks_the_next_run(set_up, fleet):
+    """AWX's cancel (ansible-runner SIGKILLs ansible-playbook's process group, its ssh clients with it) while
+    the backup module runs on the appliance: the module there is not signalled; it finishes its snapshot
+    and releases the lock. A table write-locked from a second MariaDB session keeps the module mid-dump
+    until the test lets it go."""
+    from tests.faults.test_cancel import table_held
+
+    appliance = fleet.primary
+    folder = "%s/%s" % (BACKUP_ROOT, appliance["name"])
+    before = _sidecars(fleet, appliance)
+    private = tempfile.mkdtemp(prefix="runner-", dir=fleet.workdir)
+    os.makedirs(os.path.join(private, "inventory"))
+    _write_private(os.path.join(private, "inventory", "hosts.json"), json.dumps(fleet.inventory()))
+    cancel = {"now": False}
+    holder = [core.require_binary("podman", "podman"), "exec", "-i", appliance["id"], "mariadb"]
+    with table_held(client_argv=holder, client_env=containers.podman_env()):
+        thread, runner = ansible_runner.run_async(
+            private_data_dir=private, playbook=os.path.join(PLAYBOOKS, "backup.yml"), quiet=True,
+            cmdline="--limit %s" % shlex.quote(appliance["name"]), cancel_callback=lambda: cancel["now"],
+            envvars={"ANSIBLE_COLLECTIONS_PATH": COLLECTIONS, "ANSIBLE_NOCOLOR": "1",
+                     "PATH": VENV_BIN + os.pathsep + os.environ.get("PATH", ""),
+                     "ANSIBLE_LOCAL_TEMP": os.path.join(private, "tmp")})
+
+        def mid_dump():
+            partial = fleet.exec(appliance, "ls %s/snapshots/ 2>/dev/null | grep -c partial$ || true"
+                                 % folder).stdout.decode().strip()
+            return partial not in ("", "0") and _remote_dump_and_module(fleet, appliance)
+
+        assert core.wait_for(mid_dump, 180, 0.5), "the backup never reached its dump"
+        dump, module = _remote_dump_and_module(fleet, appliance)
+        cancel["now"] = True
+        thread.join(timeout=120)
+        assert not thread.is_alive() and runner.status == "canceled"
+        time.sleep(1)
+        print("\nafter AWX cancel over ssh: module alive %s, dump alive %s, lock held %s" % (
+            _remote_alive(fleet, appliance, module), _remote_alive(fleet, appliance, dump),
+            fleet.exec(appliance, "test -e %s/lock" % folder, check=False).returncode == 0))
+    # the table is free: whatever still runs on the appliance ends by itself, and releases the lock
+    assert core.wait_for(lambda: not _remote_alive(fleet, appliance, module), 120, 0.5)
+    assert fleet.exec(appliance, "test -e %s/lock" % folder, check=False).returncode != 0
+    leftover = fleet.exec(appliance, "ls %s/snapshots/" % folder).stdout.decode().split()
+    assert not [name for name in leftover if name.endswith(".partial")], leftover
+    runner, _seconds = fleet.run("backup.yml", limit=appliance["name"])
+    assert runner.rc == 0, _output(runner)
+    assert len(_sidecars(fleet, appliance)) >= len(before) + 1
+
+
 def test_backup_runs_on_the_primary_only(set_up, fleet):
     runner, seconds = fleet.run("backup.yml", fleet.inventory(backup_prune={"keep_last": 2}))
     assert runner.rc == 0, _output(runner)

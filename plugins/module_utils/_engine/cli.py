@@ -32,6 +32,7 @@ import sys
 import syslog
 from typing import Any, Dict, List, Optional
 
+from ansible_collections.segura.backup.plugins.module_utils._engine.cancel import stop_cleanly_on_signals
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError, ConfigError
 from ansible_collections.segura.backup.plugins.module_utils._engine.job import EVENT_ERROR, run_backup
 from ansible_collections.segura.backup.plugins.module_utils._engine.specs import backup_job_spec, validate
@@ -98,7 +99,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         except ConfigError as exc:  # run_backup reports its own failures; this one happens before it
             notify("error", "event=%d Error on backup: configuration: %s" % (EVENT_ERROR, exc))
             raise
-        summary = run_backup(params, notify=notify)
+        with stop_cleanly_on_signals():  # systemctl stop, a shutdown: release the lock, remove the partial
+            summary = run_backup(params, notify=notify)
     except ConfigError as exc:
         _emit({"status": "failed", "error": type(exc).__name__, "message": str(exc)})
         return EXIT_CONFIG
