@@ -374,3 +374,55 @@ def test_lock_that_cannot_be_read_while_written_is_busy(target, tmp_path, monkey
     with pytest.raises(LockBusy, match="is being written: .*STATUS_SHARING_VIOLATION"):
         ApplianceLock(target, "pam1").acquire()
     assert read_lock(tmp_path)["run_id"] == "r-old"  # untouched
+
+
+# --- the lock is created whole (found by the kill matrix) --------------------------------------------
+
+
+class _DiesAtRename:
+    """A real target on which the process 'dies' (an exception nothing catches) at the first rename."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def rename(self, src, dst, replace=False):
+        raise SystemExit("killed between writing the lock beside and renaming it")
+
+    def remove(self, relpath):
+        raise SystemExit("dead processes remove nothing")
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def test_a_run_killed_while_creating_the_lock_leaves_no_lock_and_the_next_run_clears_its_stray(target, tmp_path):
+    (tmp_path / "pam1").mkdir()
+    with pytest.raises(SystemExit):
+        ApplianceLock(_DiesAtRename(target), "pam1").acquire()
+    names = sorted(p.name for p in (tmp_path / "pam1").iterdir())
+    assert len(names) == 1 and names[0].startswith("lock.") and names[0].endswith(".creating"), names
+    # no lock (so nothing to wait for), and the stray goes with the next run that takes it
+    lock = ApplianceLock(target, "pam1").acquire()
+    assert lock.took_over is None
+    assert sorted(p.name for p in (tmp_path / "pam1").iterdir()) == ["lock"]
+    lock.release()
+
+
+def test_a_lock_is_never_seen_half_written(target, tmp_path):
+    """Readers see no lock or a whole one: the lock file appears only by its rename."""
+    seen = []
+
+    class Watching:
+        def __init__(self, inner):
+            self._inner = inner
+
+        def write_bytes(self, relpath, data, exclusive=False):
+            seen.append(os.path.exists(tmp_path / "pam1" / "lock"))
+            return self._inner.write_bytes(relpath, data, exclusive=exclusive)
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+    (tmp_path / "pam1").mkdir()
+    ApplianceLock(Watching(target), "pam1").acquire()
+    assert seen == [False] and read_lock(tmp_path)["run_id"]

@@ -3,7 +3,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """One lock per appliance on the target, so two runs (snapshot, prune, restore) never interleave.
 
-The lock is the file ``<appliance>/lock``, created exclusively, holding JSON
+The lock is the file ``<appliance>/lock``, created exclusively and whole (written beside, then renamed
+into place without replacing), holding JSON
 {run_id, host, pid, started, expires, token}. A holder extends ``expires`` with ``refresh()`` (a
 heartbeat, rate-limited so a writer loop can call it for every chunk). A lock whose ``expires`` has
 passed belongs to a run that died; the next run takes it over. So does a lock whose holder ran on
@@ -39,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import secrets
 import socket
 import time
@@ -48,12 +50,14 @@ from typing import Any, Callable, Dict, Literal, Optional, Tuple
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.catalog import format_utc, lock_path, parse_utc
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError, LockBusy, TargetExists, TargetInUse, TargetNotFound
-from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import AtomicRenameUnsupported, Target
 
 DEFAULT_TTL = timedelta(minutes=30)
 _LOCK_LIMIT = 64 * 1024
 _MAX_ATTEMPTS = 4  # create / judge / take over rounds before giving up on a lock that keeps changing
 _MAX_MARKERS = 8  # takeovers of one stale lock that may die midway before we ask for a person
+_CREATING = ".creating"  # suffix of a lock (or marker) being written beside before its rename into place
+_REPLACING = ".new"  # suffix of a refreshed lock being written beside before it replaces the lock
 
 
 def _read_text(path: str) -> Optional[str]:
@@ -233,6 +237,7 @@ class ApplianceLock:
             if self._create():
                 self.held = True
                 self._last_write = time.monotonic()
+                self._remove_strays()
                 return self
             try:
                 raw, doc = self._read(self.relpath)
@@ -248,6 +253,7 @@ class ApplianceLock:
             if self._take_over(raw, doc, broken):
                 self.held = True
                 self._last_write = time.monotonic()
+                self._remove_strays()
                 return self
         raise LockBusy("appliance %r: the lock %s kept changing; gave up after %d attempts"
                        % (self.appliance, self.target.describe_path(self.relpath), _MAX_ATTEMPTS))
@@ -257,6 +263,30 @@ class ApplianceLock:
         return self._create_exclusive(self.relpath, self._content())
 
     def _create_exclusive(self, relpath: str, content: bytes) -> bool:
+        """Create ``relpath`` holding ``content`` unless it exists (then False): whole or not at all.
+
+        Written beside and renamed into place without replacing, so a run killed midway never leaves
+        an empty or half-written lock (found by the kill matrix: ganesha killed right after the lock's
+        write left an empty lock, which only its age can judge, so it blocked for the whole ttl).
+        Where the target cannot rename without replacing atomically: exclusive create, then write.
+        """
+        if self.target.capabilities.atomic_no_replace_rename:
+            fresh = "%s.%s%s" % (relpath, self.token[:16], _CREATING)
+            try:
+                self.target.write_bytes(fresh, content)
+                self.target.rename(fresh, relpath, replace=False)
+                return True
+            except TargetExists:
+                self._remove_quietly(fresh)
+                return False
+            except TargetNotFound:
+                return False  # the lock's holder removed our half-made file (_remove_strays): it is held
+            except AtomicRenameUnsupported:
+                self.target.capabilities.atomic_no_replace_rename = False
+                self._remove_quietly(fresh)
+            except BaseException:
+                self._remove_quietly(fresh)
+                raise
         try:
             handle = self.target.open_write(relpath, exclusive=True)
         except TargetExists:
@@ -266,12 +296,30 @@ class ApplianceLock:
                 handle.write(content)
         except BaseException:
             # We created the file, so removing it cannot hurt anyone else.
-            try:
-                self.target.remove(relpath)
-            except Exception:
-                pass
+            self._remove_quietly(relpath)
             raise
         return True
+
+    def _remove_quietly(self, relpath: str) -> None:
+        try:
+            self.target.remove(relpath)
+        except Exception:
+            pass
+
+    def _remove_strays(self) -> None:
+        """Holding the lock: remove the half-made lock files (``lock.*.creating``, ``lock.*.new``) of runs
+        killed while writing them. Best effort: a failure here never costs the run."""
+        folder = posixpath.dirname(self.relpath)
+        prefix = posixpath.basename(self.relpath) + "."
+        try:
+            entries = self.target.listdir(folder)
+        except Exception:
+            return
+        for entry in entries:
+            name = entry.name
+            if (not entry.is_dir and name.startswith(prefix) and name.endswith((_CREATING, _REPLACING))
+                    and self.token[:16] not in name):
+                self._remove_quietly("%s/%s" % (folder, name))
 
     def _take_over(self, stale_raw: bytes, stale_doc: Optional[Dict[str, Any]], broken: bool = False) -> bool:
         """Replace an expired lock whose content is ``stale_raw`` (see the module docstring).
@@ -314,22 +362,16 @@ class ApplianceLock:
             return True
         finally:
             for leftover in [marker] + dead_markers:
-                try:
-                    self.target.remove(leftover)
-                except Exception:
-                    pass
+                self._remove_quietly(leftover)
 
     def _replace_lock(self) -> None:
         """Write our lock beside, then rename it over the lock file in one step."""
-        fresh = "%s.%s.new" % (self.relpath, self.token[:16])
+        fresh = "%s.%s%s" % (self.relpath, self.token[:16], _REPLACING)
         try:
             self.target.write_bytes(fresh, self._content())
             self.target.rename(fresh, self.relpath, replace=True)
         except BaseException:
-            try:
-                self.target.remove(fresh)
-            except Exception:
-                pass
+            self._remove_quietly(fresh)
             raise
 
     def refresh(self, force: bool = False) -> bool:

@@ -69,11 +69,12 @@ def _load_libc():
     return _libc
 
 
-def _die_with_parent(parent_pid: int) -> Callable[[], None]:
-    """preexec_fn: the dump gets SIGKILL if our process dies (Linux), so a killed run leaves no dump.
+def die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """preexec_fn: the child gets SIGKILL if our process dies (Linux), so a killed run leaves no dump
+    reading the database (nor a restore's client writing into it).
 
-    The signal is tied to the *thread* that started the dump: keep the dump in the thread that
-    created it (the context manager does).
+    The signal is tied to the *thread* that started the child: keep the child in the thread that
+    created it (the context managers do).
     """
     libc = _load_libc()
 
@@ -169,7 +170,7 @@ class DatabaseDump:
         try:
             self.process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                close_fds=True, preexec_fn=_die_with_parent(os.getpid()))
+                close_fds=True, preexec_fn=die_with_parent(os.getpid()))
         except OSError as exc:
             raise ApplianceError("could not start %s: %s" % (command[0], exc.strerror or exc)) from None
         if self.process.stdout is None or self.process.stderr is None:

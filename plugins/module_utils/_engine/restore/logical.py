@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import subprocess
 import tempfile
 import threading
 from typing import IO, Any, Dict, List, Optional, Sequence, cast
 
-from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.dump import DatabaseDump
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.dump import DatabaseDump, die_with_parent
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection, first_tool, stderr_excerpt
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, IntegrityError
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import BLOCK, CREATE_DATABASE, SPOOL_IN_MEMORY
@@ -112,7 +113,8 @@ class DatabaseLoader:
     def start(self) -> "DatabaseLoader":
         try:
             self.process = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                            stderr=subprocess.PIPE, close_fds=True)
+                                            stderr=subprocess.PIPE, close_fds=True,
+                                            preexec_fn=die_with_parent(os.getpid()))
         except OSError as exc:
             raise ApplianceError("could not start %s: %s" % (self.command[0], exc.strerror)) from None
         self._thread = threading.Thread(target=self._drain, name="mariadb-stderr", daemon=True)
