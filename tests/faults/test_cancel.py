@@ -161,10 +161,10 @@ def stoppable(reference_appliance, lab_target_factory, age_identity, tmp_path):
 
 def _finish(process, timeout=120):
     try:
-        output, _ = process.communicate(timeout=timeout)
+        output = process.communicate(timeout=timeout)[0]
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate(timeout=30)
+        output = process.communicate(timeout=30)[0]
         pytest.fail("the run did not end within %ds of being stopped:\n%s" % (timeout, output[-3000:]))
     return output
 
@@ -207,10 +207,10 @@ def test_sigterm_to_ansible_playbook(stoppable, reference_appliance, age_identit
     assert following["lock_taken_over"] is False
 
 
-def test_awx_cancel_lets_the_module_finish_and_release_its_lock(stoppable, reference_appliance, age_identity,
-                                                               tmp_path):
+def test_awx_cancel_lets_the_module_finish_and_release_its_lock(
+        stoppable, reference_appliance, age_identity, tmp_path):
     """AWX cancels through ansible-runner, which SIGKILLs ansible-playbook's process group. The module runs
-    in a session of its own, so it is not in that group: it finishes its snapshot, publishes it and
+    in a session of its own (ansible's workers call setsid), so it is not in that group: it finishes its snapshot, publishes it and
     releases the lock; a run started meanwhile is refused, naming it, and the next one goes ahead."""
     private = tempfile.mkdtemp(prefix="runner-", dir=str(tmp_path))
     cancel = {"now": False}
