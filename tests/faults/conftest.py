@@ -53,7 +53,9 @@ FAULT_NETNS = "segura-lab-f"
 FAULT_NET = "10.254.79"
 FULL_SHARE_BYTES = 3 * 1024 * 1024
 BIG_FILE_BYTES = 6 * 1024 * 1024  # incompressible: the object gets ~100 writes, so "middle" is a real middle
-SHORT_TTL = timedelta(seconds=3)
+# Long on purpose: a run stalled by the machine's load never loses its lock midway, and a test that wants
+# a dead run's lock stale says so explicitly (expire_lock) instead of sleeping past a short ttl.
+LOCK_TTL = timedelta(minutes=30)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -175,7 +177,7 @@ def fault_appliance(reference_appliance, tmp_path):
 
 
 def snapshot_request(appliance, recipient, components=("database", "config", "secrets"), name=APPLIANCE_NAME,
-                     config_paths=None, lock_ttl=SHORT_TTL):
+                     config_paths=None, lock_ttl=LOCK_TTL):
     layout_args = {"root": appliance["root"]}
     if config_paths is not None:
         layout_args["config_paths"] = config_paths
@@ -285,13 +287,22 @@ def is_sidecar_partial(relpath):
 NFS_LEASE_SECONDS = 10  # ganesha's Lease_Lifetime in the lab (tests/lab/ganesha.py)
 
 
-def wait_for_lock_expiry(ttl=SHORT_TTL, nfs=False):
-    """The run that died left its lock; it expires ttl after its last refresh.
+def expire_lock(target_options, appliance=APPLIANCE_NAME, nfs=False):
+    """Make the lock a broken run left behind stale, explicitly: its expiry is rewritten into the past
+    through the target's own protocol (never behind the server's back). The broken run was this test's
+    own process, which is alive, so only expiry lets the next run take the lock over.
 
     With ``nfs``, also wait out the NFSv4 lease of the dead client: until it expires ganesha keeps
     its open state, and nfs-rs reports the next mkdir of the same folder as "uncertain" (measured).
     """
-    time.sleep(max(ttl.total_seconds(), NFS_LEASE_SECONDS + 2 if nfs else 0) + 1.0)
+    relpath = catalog.lock_path(appliance)
+    with open_target(target_options) as target:
+        if target.exists(relpath):
+            doc = json.loads(target.read_bytes(relpath).decode("utf-8"))
+            doc["expires"] = doc["refreshed"] = "2000-01-01T00:00:00Z"
+            target.write_bytes(relpath, json.dumps(doc).encode("utf-8"))
+    if nfs:
+        time.sleep(NFS_LEASE_SECONDS + 2)
 
 
 def deep_check_all(target_options, identity_file, appliance=APPLIANCE_NAME):
@@ -316,7 +327,7 @@ def prune_partials(target_options, appliance=APPLIANCE_NAME):
     """prune with partial_grace 0 and a policy that keeps every complete snapshot."""
     with open_target(target_options) as target:
         (outcome,) = prune(target, retention.Policy(keep_last=-1), appliance=appliance,
-                           partial_grace=timedelta(0), lock_ttl=SHORT_TTL)
+                           partial_grace=timedelta(0), lock_ttl=LOCK_TTL)
     assert outcome.error is None, outcome.error
     return outcome
 

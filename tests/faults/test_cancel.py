@@ -163,17 +163,37 @@ def _finish(process, timeout=120):
     try:
         output = process.communicate(timeout=timeout)[0]
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        _kill_tree(process.pid)
         output = process.communicate(timeout=30)[0]
         pytest.fail("the run did not end within %ds of being stopped:\n%s" % (timeout, output[-3000:]))
     return output
 
 
+def _kill_tree(pid):
+    """SIGKILL ``pid`` and every process below it (the module runs in a session of its own, so killing
+    a process group would miss it); for the cleanup of a failed test."""
+    for victim in reversed([pid] + _descendants(pid)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def cleaned_up(process):
+    """Whatever the test asserts, nothing it started outlives it."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            _kill_tree(process.pid)
+            process.wait(timeout=30)
+        if process.stdout:
+            process.stdout.close()
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
 def test_a_stop_signal_to_the_module_stops_it_cleanly(stoppable, reference_appliance, age_identity, signum):
     """systemctl stop, a shutdown, Ctrl-C, a hang-up: the module unwinds, releases its lock, removes its partial."""
-    with table_held(reference_appliance["defaults_file"]):
-        process = stoppable.start()
+    with table_held(reference_appliance["defaults_file"]), cleaned_up(stoppable.start()) as process:
         module = stoppable.wait_until_mid_snapshot(process.pid)
         dumps = [pid for pid in _descendants(module) if _is_dump(pid)]
         started = time.monotonic()
@@ -183,6 +203,7 @@ def test_a_stop_signal_to_the_module_stops_it_cleanly(stoppable, reference_appli
     assert process.returncode != 0
     assert "stopped by %s before it finished; nothing unfinished was published" % signum.name in output, output[-3000:]
     assert stopped_in < 30, stopped_in
+    print("\n%s to the module: ansible-playbook ended %.2fs later" % (signum.name, stopped_in))
     assert not any(core.pid_alive(pid) for pid in dumps), "the dump outlived the stopped run"
     assert not os.path.exists(stoppable.lock), "a cleanly stopped run releases its lock"
     assert not [n for n in os.listdir(stoppable.snapshots) if n.endswith(".partial")]
@@ -192,8 +213,7 @@ def test_a_stop_signal_to_the_module_stops_it_cleanly(stoppable, reference_appli
 
 def test_sigterm_to_ansible_playbook(stoppable, reference_appliance, age_identity):
     """`kill <ansible-playbook>` (or `timeout`): what the module does then, and that nothing blocks the next run."""
-    with table_held(reference_appliance["defaults_file"]):
-        process = stoppable.start()
+    with table_held(reference_appliance["defaults_file"]), cleaned_up(stoppable.start()) as process:
         module = stoppable.wait_until_mid_snapshot(process.pid)
         os.kill(process.pid, signal.SIGTERM)
         output = _finish(process)
@@ -210,8 +230,9 @@ def test_sigterm_to_ansible_playbook(stoppable, reference_appliance, age_identit
 def test_awx_cancel_lets_the_module_finish_and_release_its_lock(
         stoppable, reference_appliance, age_identity, tmp_path):
     """AWX cancels through ansible-runner, which SIGKILLs ansible-playbook's process group. The module runs
-    in a session of its own (ansible's workers call setsid), so it is not in that group: it finishes its snapshot, publishes it and
-    releases the lock; a run started meanwhile is refused, naming it, and the next one goes ahead."""
+    in a session of its own (ansible's workers call setsid), so it is not in that group: it finishes its
+    snapshot, publishes it and releases the lock; a run started meanwhile is refused, naming it, and the
+    next one goes ahead."""
     private = tempfile.mkdtemp(prefix="runner-", dir=str(tmp_path))
     cancel = {"now": False}
     with table_held(reference_appliance["defaults_file"]):
@@ -219,14 +240,17 @@ def test_awx_cancel_lets_the_module_finish_and_release_its_lock(
             private_data_dir=private, playbook=stoppable.playbook(), inventory="localhost,", quiet=True,
             cancel_callback=lambda: cancel["now"],
             envvars={k: v for k, v in ansible_env(private).items() if k.startswith("ANSIBLE_") or k == "PATH"})
-        deadline = time.monotonic() + 60
-        while runner.status != "running" and time.monotonic() < deadline:
-            time.sleep(0.05)
-        playbook_pid = next((pid for pid in _descendants(os.getpid()) if "ansible-playbook" in _cmdline(pid)), None)
-        assert playbook_pid, "ansible-runner did not start ansible-playbook"
-        module = stoppable.wait_until_mid_snapshot(playbook_pid)
-        cancel["now"] = True
-        runner_thread.join(timeout=120)
+        try:
+            deadline = time.monotonic() + 60
+            while runner.status != "running" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            playbook_pid = next((pid for pid in _descendants(os.getpid()) if "ansible-playbook" in _cmdline(pid)),
+                                None)
+            assert playbook_pid, "ansible-runner did not start ansible-playbook"
+            module = stoppable.wait_until_mid_snapshot(playbook_pid)
+        finally:
+            cancel["now"] = True  # also when the test failed: ansible-runner tears its run down
+            runner_thread.join(timeout=120)
         assert not runner_thread.is_alive()
         assert runner.status == "canceled"
         assert not core.pid_alive(playbook_pid)

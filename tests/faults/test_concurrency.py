@@ -4,11 +4,13 @@
   first completes, and exactly one new sidecar appears. Made deterministic by starting the second
   run from inside the first one's upload (the hook only picks the moment; both are real runs with
   their own connections).
-- The same with two real ansible-playbook processes started together: whatever the interleaving,
-  every run either succeeds or fails with LockBusy, and the new sidecars are exactly the successes.
+- The same with two real ansible-playbook processes started together: whichever takes the lock is held
+  inside its dump (a table write-locked from another session) until the other has met the lock, so
+  contention happens for certain: one succeeds, one fails with LockBusy, one new sidecar.
 - Five appliances on one share at once (five ansible-playbook processes): all succeed.
 """
 
+import concurrent.futures
 import os
 import threading
 
@@ -81,20 +83,27 @@ def _parallel(calls):
 
 
 def test_two_playbook_runs_at_once_never_both_write(lab_target_factory, reference_appliance, age_identity):
+    """Contention for certain, whatever the machine's load: a table write-locked from a second MariaDB
+    session keeps whichever run takes the appliance lock first inside its dump, so the other one meets
+    the held lock; the table is released only once that other run has ended."""
+    from tests.faults.test_cancel import table_held
+
     target = lab_target_factory("smb_signed")
     args = snapshot_args(reference_appliance, target, {"recipients": [age_identity["recipient"]]})
-    runs = _parallel([lambda: run_task("segura.backup.snapshot", args) for _run in range(2)])
-    succeeded = [run for run in runs if run.rc == 0]
-    refused = [run for run in runs if run.rc != 0]
-    for run in refused:
-        assert run.result.get("error") == "LockBusy", run.output
-        assert "locked" in run.result["msg"]
-    assert succeeded, [run.output for run in runs]
-    assert sorted(_sidecars(target)) == sorted(os.path.basename(r.result["snapshot"]["sidecar"]) for r in succeeded)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        with table_held(reference_appliance["defaults_file"]):
+            runs = [pool.submit(run_task, "segura.backup.snapshot", args) for _run in range(2)]
+            done, _pending = concurrent.futures.wait(runs, timeout=300, return_when=concurrent.futures.FIRST_COMPLETED)
+            assert len(done) == 1, "both runs ended while one of them had to wait on the held table"
+        results = [run.result(timeout=300) for run in runs]
+    refused = [run for run in results if run.rc != 0]
+    succeeded = [run for run in results if run.rc == 0]
+    assert len(refused) == 1 and len(succeeded) == 1, [run.output for run in results]
+    assert refused[0].result.get("error") == "LockBusy", refused[0].output
+    assert "is locked by host" in refused[0].result["msg"]
+    assert _sidecars(target) == [os.path.basename(succeeded[0].result["snapshot"]["sidecar"])]
     listing = deep_check_all(target.options, age_identity["identity_file"])
-    published = sorted(r.id for r in listing.snapshots if r.complete)
-    assert published == sorted(r.result["snapshot"]["id"] for r in succeeded)
-    print("two runs at once: %d succeeded, %d refused with LockBusy" % (len(succeeded), len(refused)))
+    assert [r.id for r in listing.snapshots if r.complete] == [succeeded[0].result["snapshot"]["id"]]
 
 
 def test_five_appliances_on_one_share_at_once(lab_target_factory, reference_appliance, age_identity):

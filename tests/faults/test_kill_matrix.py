@@ -181,10 +181,12 @@ def test_killed_at_five_offsets_the_next_run_heals(matrix, phase, victim, kind):
             run["target"] = dict(options, timeout=2)  # the dead server fails the run in seconds
         before = _complete_ids(options, run["appliance"])
         started = time.monotonic()
-        report = matrix.drive(run)
+        try:
+            report = matrix.drive(run)
+        finally:
+            if victim == "server":  # also after a failure: the next cases need the servers
+                matrix.fault_lab.restart()
         broken_seconds = time.monotonic() - started
-        if victim == "server":
-            matrix.fault_lab.restart()
         if not report.get("killed_itself"):
             assert report["fired"], ("the kill never fired", offset, report)
             assert victim == "module" or report["killed"], ("nothing to kill at offset", offset, report)

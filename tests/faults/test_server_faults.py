@@ -32,7 +32,7 @@ from tests.faults.conftest import (
     sha256_file,
     snapshot_dir_files,
     snapshot_request,
-    wait_for_lock_expiry,
+    expire_lock,
 )
 
 # When to break the run: (event, relpath, bytes written so far) -> bool
@@ -76,7 +76,7 @@ class Case:
 
     def assert_nothing_lost(self, expect_partial_left=None):
         """After the server is back: the checks of the module docstring, steps 4."""
-        wait_for_lock_expiry(nfs=self.target.kind.startswith("nfs"))
+        expire_lock(self.target.options, nfs=self.target.kind.startswith("nfs"))
         listing = deep_check_all(self.target.options, self.identity_file)
         complete = [r.id for r in listing.snapshots if r.complete]
         assert complete == [self.good["id"]], [(r.id, r.status) for r in listing.snapshots]

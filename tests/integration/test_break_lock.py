@@ -39,13 +39,20 @@ def test_break_lock_shows_refuses_and_breaks(lab_target_factory, kind):
         _plant_foreign_lock(client, timedelta(minutes=1), "r-live")
         client.write_bytes(partial, b"half an upload")
 
-    # refreshed a minute ago: its run may still be writing
-    refused = run_task("segura.backup.break_lock", args)
+    # refreshed a minute ago: its run may still be writing, so not even force breaks it
+    refused = run_task("segura.backup.break_lock", dict(args, force=True))
     assert refused.rc != 0 and refused.result["failed"] is True
     assert "refusing to break the lock" in refused.result["msg"] and "r-live" in refused.result["msg"], refused.output
+    assert refused.result["holder"]["run_id"] == "r-live"
+    looked = run_task("segura.backup.break_lock", dict(args, force=True), check=True)  # says why, does not fail
+    assert looked.rc == 0 and looked.result["changed"] is False and looked.result["would_break"] is False
+    assert "may still be writing" in looked.result["refusal"]
 
     with open_target(target.options) as client:
         _plant_foreign_lock(client, timedelta(minutes=6), "r-dead")
+    unforced = run_task("segura.backup.break_lock", args)  # silent, but not stale: force is the operator's word
+    assert unforced.rc != 0 and "set force" in unforced.result["msg"], unforced.output
+    args["force"] = True
     shown = run_task("segura.backup.break_lock", args, check=True)
     assert shown.rc == 0, shown.output
     holder = shown.result["holder"]

@@ -371,3 +371,26 @@ def test_a_failed_verify_still_reports_the_snapshot_taken(tmp_path, capsys, appl
     assert code == cli.EXIT_FAILED and result["status"] == "failed", result
     assert result["snapshot"]["id"] in result["message"]
     assert _sidecars(target) == [os.path.basename(result["snapshot"]["object"]).rsplit(".tar", 1)[0] + ".json"]
+
+
+def test_a_stopped_job_reports_event_19_and_exits_failed(monkeypatch, capsys):
+    """systemctl stop (SIGTERM) mid-job: the job unwinds, and the stop is an error event like any other."""
+    import signal
+    import time
+
+    events = []
+    monkeypatch.setattr(cli, "_event", lambda level, text: events.append((level, text)))
+    monkeypatch.setattr(cli, "load_config", lambda path: {})
+
+    def stopped_midway(params, notify):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+        raise AssertionError("SIGTERM did not stop the job")
+
+    monkeypatch.setattr(cli, "run_backup", stopped_midway)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["--config", "unused.json"]) == cli.EXIT_FAILED
+    assert events == [("error", "event=19 Error on backup: stopped by SIGTERM before it finished; "
+                                "nothing unfinished was published")]
+    assert json.loads(capsys.readouterr().out)["error"] == "RunStopped"
+    assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back

@@ -79,9 +79,14 @@ def test_second_lock_is_busy_and_names_the_holder(target, tmp_path):
     assert read_lock(tmp_path)["host"] == "node-b"
 
 
-def test_locks_of_different_appliances_are_independent(target):
-    with ApplianceLock(target, "pam1"), ApplianceLock(target, "pam2"):
-        pass
+def test_locks_of_different_appliances_are_independent(target, tmp_path):
+    with ApplianceLock(target, "pam1") as first, ApplianceLock(target, "pam2") as second:
+        assert first.held and second.held
+        assert read_lock(tmp_path, "pam1")["token"] == first.token
+        assert read_lock(tmp_path, "pam2")["token"] == second.token
+        with pytest.raises(LockBusy):
+            ApplianceLock(target, "pam1").acquire()  # ...while each still excludes its own appliance's runs
+    assert not (tmp_path / "pam1" / "lock").exists() and not (tmp_path / "pam2" / "lock").exists()
 
 
 def test_expired_lock_is_taken_over(target, tmp_path):

@@ -15,9 +15,9 @@ dump is terminated, the lock is released. Further signals are ignored while that
 bounded by the target's timeouts). At the edge (``stop_cleanly_on_signals``) it becomes ``RunStopped``,
 a BackupError the modules and the CLI report like any other failure.
 
-What cannot be caught (SIGKILL, an OOM kill, a power cut) leaves the lock; the next run takes it over
-at once when its holder ran on the same host (locking.holder_is_gone), else after its ttl, and
-break_lock exists for the rest.
+What cannot be caught (SIGKILL, an OOM kill) leaves the lock; the next run takes it over at once when
+its holder ran on the same host and boot (locking.holder_is_gone), else (another host, a reboot, a
+power cut) after its ttl, and break_lock exists for the rest.
 """
 
 from __future__ import annotations
@@ -54,16 +54,28 @@ def stop_cleanly_on_signals(what: str = "nothing unfinished was published") -> I
 
     def handler(signum, frame):  # pylint: disable=unused-argument
         if stopping:
-            return  # already unwinding: let the cleanup finish
+            return  # already unwinding (or done): let the cleanup finish
         stopping.append(signum)
         raise Cancelled(signal.Signals(signum).name)
 
-    previous = {number: signal.signal(number, handler) for number in STOP_SIGNALS}
+    # Signals are held back while the handlers change, so none lands between two of these steps. A
+    # signal the caller ignores (nohup's SIGHUP, a background job's SIGINT) stays ignored.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    previous = {}
+    try:
+        for number in STOP_SIGNALS:
+            if signal.getsignal(number) is not signal.SIG_IGN:
+                previous[number] = signal.signal(number, handler)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     try:
         yield
     except Cancelled as exc:
         raise RunStopped("stopped by %s before it finished; %s" % (exc, what)) from None
     finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         stopping.append(None)  # a signal landing from here on must not escape as a bare Cancelled
         for number, old in previous.items():
-            signal.signal(number, old)
+            # a handler set outside Python reads back as None; the default is the honest stand-in
+            signal.signal(number, old if old is not None else signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)

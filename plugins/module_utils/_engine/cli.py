@@ -32,7 +32,7 @@ import sys
 import syslog
 from typing import Any, Dict, List, Optional
 
-from ansible_collections.segura.backup.plugins.module_utils._engine.cancel import stop_cleanly_on_signals
+from ansible_collections.segura.backup.plugins.module_utils._engine.cancel import RunStopped, stop_cleanly_on_signals
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError, ConfigError
 from ansible_collections.segura.backup.plugins.module_utils._engine.job import EVENT_ERROR, run_backup
 from ansible_collections.segura.backup.plugins.module_utils._engine.specs import backup_job_spec, validate
@@ -104,6 +104,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ConfigError as exc:
         _emit({"status": "failed", "error": type(exc).__name__, "message": str(exc)})
         return EXIT_CONFIG
+    except RunStopped as exc:  # raised around run_backup, which could not report it itself
+        notify("error", "event=%d Error on backup: %s" % (EVENT_ERROR, exc))
+        _emit({"status": "failed", "error": type(exc).__name__, "message": str(exc)})
+        return EXIT_FAILED
     except BackupError as exc:
         done = getattr(exc, "summary", None)  # a snapshot taken before verify or prune failed
         _emit(dict(done or {}, status="failed", error=type(exc).__name__, message=str(exc)))

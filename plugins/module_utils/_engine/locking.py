@@ -99,19 +99,30 @@ def process_identity(pid: int) -> Optional[Dict[str, str]]:
     return dict(where, start=start)
 
 
-def holder_is_gone(doc: Optional[Dict[str, Any]]) -> bool:
-    """True only when the lock's holder provably no longer runs: same kernel and pid namespace as us,
-    and its pid is gone or was reused. Anything unknown is False (the ttl decides)."""
+def _local_holder_runs(doc: Optional[Dict[str, Any]]) -> Optional[bool]:
+    """Whether the lock's holder still runs, where that can be known: it ran on this very kernel and pid
+    namespace (same boot id and namespace), and its pid runs the process (same start time) that took
+    the lock. None when it cannot be known (another host, another container, an older lock)."""
     if not isinstance(doc, dict) or not isinstance(doc.get("process"), dict):
-        return False
+        return None
     recorded, here = doc["process"], _kernel_and_namespace()
     if here is None or recorded.get("boot_id") != here["boot_id"] or recorded.get("pid_namespace") != here["pid_namespace"]:
-        return False
+        return None
     try:
         pid = int(doc["pid"])
     except (KeyError, TypeError, ValueError):
-        return False
-    return _process_start(pid) != recorded.get("start")
+        return None
+    return _process_start(pid) == recorded.get("start")
+
+
+def holder_is_gone(doc: Optional[Dict[str, Any]]) -> bool:
+    """True only when the lock's holder provably no longer runs (its pid is gone or was reused)."""
+    return _local_holder_runs(doc) is False
+
+
+def holder_is_alive(doc: Optional[Dict[str, Any]]) -> bool:
+    """True only when the lock's holder provably still runs on this host."""
+    return _local_holder_runs(doc) is True
 
 
 def takeover_message(stale: Optional[Dict[str, Any]]) -> Optional[str]:
@@ -272,8 +283,10 @@ class ApplianceLock:
         """
         if self.target.capabilities.atomic_no_replace_rename:
             fresh = "%s.%s%s" % (relpath, self.token[:16], _CREATING)
+            renaming = False
             try:
                 self.target.write_bytes(fresh, content)
+                renaming = True
                 self.target.rename(fresh, relpath, replace=False)
                 return True
             except TargetExists:
@@ -286,6 +299,8 @@ class ApplianceLock:
                 self._remove_quietly(fresh)
             except BaseException:
                 self._remove_quietly(fresh)
+                if renaming:
+                    self._remove_if_ours(relpath)  # the rename may have landed before the error (NFS: LINK, then REMOVE)
                 raise
         try:
             handle = self.target.open_write(relpath, exclusive=True)
@@ -303,6 +318,14 @@ class ApplianceLock:
     def _remove_quietly(self, relpath: str) -> None:
         try:
             self.target.remove(relpath)
+        except Exception:
+            pass
+
+    def _remove_if_ours(self, relpath: str) -> None:
+        """Best effort, after an error: remove ``relpath`` if it holds our token (a lock we cannot report)."""
+        try:
+            if self._is_ours(self._read(relpath)[1]):
+                self.target.remove(relpath)
         except Exception:
             pass
 
@@ -398,7 +421,12 @@ class ApplianceLock:
             self.held = False
             raise LockBusy("appliance %r: our lock expired at %s before it was refreshed; stopping"
                            % (self.appliance, (doc or {}).get("expires")))
-        self._replace_lock()
+        try:
+            self._replace_lock()
+        except TargetNotFound:
+            # Our file beside was removed by a new holder cleaning up (_remove_strays): the lock is theirs.
+            self.held = False
+            raise LockBusy("appliance %r: our lock was taken over while being refreshed; stopping" % self.appliance) from None
         self._last_write = time.monotonic()
         return True
 

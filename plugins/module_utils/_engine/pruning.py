@@ -283,31 +283,35 @@ def _snapshot_summary(record: catalog.SnapshotRecord) -> Dict[str, Any]:
             "bytes": record.stored_bytes, "files": list(record.files)}
 
 
-def remove_dead_run_leftovers(target: Target, appliance: str, heartbeat: Callable[[], Any] = lambda: None) -> Removed:
+def remove_dead_run_leftovers(target: Target, appliance: str, heartbeat: Callable[[], Any] = lambda: None,
+                              removed: Optional[Removed] = None) -> Removed:
     """Right after taking over the lock of a run that is provably gone (``locking.holder_is_gone``):
     its partial snapshot objects and half-written session files go at once instead of at the next
     prune. Only a lock holder writes them, so while we hold the lock every one is a dead run's. Call
     it holding the lock, before writing anything. An incomplete listing removes nothing (prune will).
     """
+    removed = removed if removed is not None else Removed()
     listing = catalog.list_snapshots(target, appliance, read_sidecars=False)
     if listing.errors:
-        return Removed()
+        return removed
     plan = AppliancePlan(appliance)
     plan.partials = [record for record in listing.snapshots if record.status == "partial"]
     plan.session_partials = list_session_files(target, appliance)[1]
-    return apply_plan(target, plan, heartbeat)
+    return apply_plan(target, plan, heartbeat, removed=removed)
 
 
 def heal_after_takeover(target: Target, lock: ApplianceLock, force: bool = False) -> Optional[Removed]:
     """What a run does right after taking the lock: when it took over a run that is provably gone
     (or ``force``: a lock broken by hand), remove that run's leftovers at once. A cleanup, not the
-    job: a target error here returns None (prune removes them later) and the run goes on."""
+    job: a target error here stops it with what was removed so far (prune removes the rest later), and
+    the run goes on."""
     if lock.took_over is None or not (lock.took_over_from_gone_run or force):
         return None
+    removed = Removed()
     try:
-        return remove_dead_run_leftovers(target, lock.appliance, heartbeat=lock.refresh)
+        return remove_dead_run_leftovers(target, lock.appliance, heartbeat=lock.refresh, removed=removed)
     except TargetError:
-        return None
+        return removed
 
 
 def apply_plan(target: Target, plan: AppliancePlan, heartbeat: Callable[[], Any] = lambda: None,

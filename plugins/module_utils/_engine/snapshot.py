@@ -302,6 +302,8 @@ def take_snapshot(target: Target, request: SnapshotRequest,
                       "bytes": sum(int(s["size"]) for s in sessions.referenced) if sessions else 0},
             duration=round(time.monotonic() - started, 3),
         )
+        # Still ours, right before publishing: a run whose lock was broken or taken over stops here.
+        lock.refresh(force=True)
         if sessions is not None:
             # Before the sidecar: prune reads this list, as it cannot open the encrypted manifest.
             catalog.write_sessions_list(target, request.appliance, name, sessions.referenced)

@@ -161,7 +161,8 @@ def prune_spec() -> Dict[str, Any]:
 
 
 def break_lock_spec() -> Dict[str, Any]:
-    return _fresh(target=_TARGET, appliance={"type": "str", "required": True}, run_id={"type": "str"})
+    return _fresh(target=_TARGET, appliance={"type": "str", "required": True}, run_id={"type": "str"},
+                  force={"type": "bool", "default": False})
 
 
 def restore_spec() -> Dict[str, Any]:
