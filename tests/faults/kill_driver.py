@@ -120,8 +120,9 @@ class MeteredTarget:
         self._only_below = only_below
 
     def _counts(self, relpath, kind):
-        # The lock is not the run's traffic: a kill at its release would come after the run ended.
-        if posixpath.basename(relpath).startswith("lock"):
+        # The lock's release is not the run's traffic (a kill there comes after the run ended); its
+        # creation is (a kill there once left an empty lock that blocked for the whole ttl).
+        if kind == "removed" and posixpath.basename(relpath).startswith("lock"):
             return False
         return kind == self._measure and (self._only_below is None or ("/%s/" % self._only_below) in relpath)
 

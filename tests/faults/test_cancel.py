@@ -241,12 +241,12 @@ def test_awx_cancel_lets_the_module_finish_and_release_its_lock(
             cancel_callback=lambda: cancel["now"],
             envvars={k: v for k, v in ansible_env(private).items() if k.startswith("ANSIBLE_") or k == "PATH"})
         try:
-            deadline = time.monotonic() + 60
-            while runner.status != "running" and time.monotonic() < deadline:
-                time.sleep(0.05)
-            playbook_pid = next((pid for pid in _descendants(os.getpid()) if "ansible-playbook" in _cmdline(pid)),
-                                None)
-            assert playbook_pid, "ansible-runner did not start ansible-playbook"
+            def playbook():
+                return next((pid for pid in _descendants(os.getpid()) if "ansible-playbook" in _cmdline(pid)), None)
+
+            # runner.status says "running" a moment before its ansible-playbook exists: look for the process
+            assert core.wait_for(lambda: playbook() is not None, 60, 0.05), "ansible-runner did not start ansible-playbook"
+            playbook_pid = playbook()
             module = stoppable.wait_until_mid_snapshot(playbook_pid)
         finally:
             cancel["now"] = True  # also when the test failed: ansible-runner tears its run down
