@@ -394,3 +394,26 @@ def test_a_stopped_job_reports_event_19_and_exits_failed(monkeypatch, capsys):
                                 "nothing unfinished was published")]
     assert json.loads(capsys.readouterr().out)["error"] == "RunStopped"
     assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back
+
+
+def test_a_job_stopped_during_verify_still_reports_its_snapshot(tmp_path, monkeypatch, capsys, appliance_root,
+                                                                 age_key):
+    """The snapshot was published before the stop came: the failed job's summary says which one."""
+    import signal
+    import time
+
+    from ansible_collections.segura.backup.plugins.module_utils._engine import job
+
+    def stopped_while_verifying(self, target, snapshot_id):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        raise AssertionError("SIGTERM did not stop the job")
+
+    monkeypatch.setattr(job.BackupJob, "verify_new", stopped_while_verifying)
+    monkeypatch.setattr(cli, "_event", lambda level, text: None)
+    target = tmp_path / "target"
+    config = _config(appliance_root, target, age_key)  # verify: quick, the default
+    assert cli.main(["--config", _write_config(tmp_path, config)]) == cli.EXIT_FAILED
+    emitted = json.loads(capsys.readouterr().out)
+    assert emitted["error"] == "RunStopped" and emitted["status"] == "failed"
+    assert emitted["snapshot"]["id"] and [emitted["snapshot"]["id"] in name for name in _sidecars(target)] == [True]

@@ -71,7 +71,9 @@ def stop_cleanly_on_signals(what: str = "nothing unfinished was published") -> I
     try:
         yield
     except Cancelled as exc:
-        raise RunStopped("stopped by %s before it finished; %s" % (exc, what)) from None
+        stopped = RunStopped("stopped by %s before it finished; %s" % (exc, what))
+        stopped.summary = getattr(exc, "summary", None)  # type: ignore[attr-defined]  # what the run did before
+        raise stopped from None
     finally:
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         stopping.append(None)  # a signal landing from here on must not escape as a bare Cancelled

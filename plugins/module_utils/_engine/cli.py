@@ -106,7 +106,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_CONFIG
     except RunStopped as exc:  # raised around run_backup, which could not report it itself
         notify("error", "event=%d Error on backup: %s" % (EVENT_ERROR, exc))
-        _emit({"status": "failed", "error": type(exc).__name__, "message": str(exc)})
+        done = getattr(exc, "summary", None)  # a snapshot taken before the stop came
+        _emit(dict(done or {}, status="failed", error=type(exc).__name__, message=str(exc)))
         return EXIT_FAILED
     except BackupError as exc:
         done = getattr(exc, "summary", None)  # a snapshot taken before verify or prune failed

@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Optional
 
 from ansible_collections.segura.backup.plugins.module_utils._engine import catalog, retention, verification
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.facts import appliance_version, cluster_role
+from ansible_collections.segura.backup.plugins.module_utils._engine.cancel import Cancelled
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, BackupError, ConfigError
 from ansible_collections.segura.backup.plugins.module_utils._engine.options import (
     appliance_name,
@@ -169,7 +170,7 @@ def _run(job: BackupJob, check_mode: bool) -> Dict[str, Any]:
                 summary["verify"] = job.verify_new(target, snap["id"])
             if job.policy is not None:
                 summary["prune"] = job.prune_appliance(target)
-        except BackupError as exc:
-            exc.summary = dict(summary, status="failed")  # type: ignore[attr-defined]
+        except (BackupError, Cancelled) as exc:  # a stop signal too: the snapshot taken is still reported
+            exc.summary = dict(summary, status="failed")  # type: ignore[union-attr]
             raise
     return summary
