@@ -396,8 +396,8 @@ def test_a_stopped_job_reports_event_19_and_exits_failed(monkeypatch, capsys):
     assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back
 
 
-def test_a_job_stopped_during_verify_still_reports_its_snapshot(tmp_path, monkeypatch, capsys, appliance_root,
-                                                                 age_key):
+def test_a_job_stopped_during_verify_still_reports_its_snapshot(
+        tmp_path, monkeypatch, capsys, appliance_root, age_key):
     """The snapshot was published before the stop came: the failed job's summary says which one."""
     import signal
     import time
