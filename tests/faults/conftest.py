@@ -192,6 +192,24 @@ def snapshot_request(appliance, recipient, components=("database", "config", "se
     )
 
 
+def child_pids(pid, name=None):
+    """Live PIDs whose parent is ``pid`` (optionally only those whose command name is ``name``), from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry, encoding="utf-8", errors="replace") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] not in ("Z", "X") and (name is None or comm == name):
+            found.append(int(entry))
+    return found
+
+
 # --------------------------------------------------------------------------------------------------
 # hooks: a real target whose calls announce themselves, so a test can break the server at that moment
 

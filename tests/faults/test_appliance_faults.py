@@ -20,6 +20,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.errors impor
 from ansible_collections.segura.backup.plugins.module_utils._engine.snapshot import take_snapshot
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
 from tests.faults.conftest import (
+    child_pids,
     HookedTarget,
     LabTarget,
     Trigger,
@@ -31,24 +32,6 @@ from tests.faults.conftest import (
     snapshot_request,
 )
 from tests.lab import core
-
-
-def _children(pid, name=None):
-    """PIDs whose parent is ``pid`` (optionally only those whose command name is ``name``), from /proc."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % entry, encoding="utf-8", errors="replace") as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        comm = stat[stat.index("(") + 1:stat.rindex(")")]
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == pid and (name is None or comm == name):
-            found.append(int(entry))
-    return found
 
 
 class LocalCase:
@@ -114,7 +97,7 @@ def test_dump_killed_mid_dump(fault_appliance, age_identity, tmp_path):
     def watch():
         deadline = time.monotonic() + 60
         while not stop.is_set() and time.monotonic() < deadline:
-            for pid in _children(os.getpid(), "mariadb-dump") + _children(os.getpid(), "mysqldump"):
+            for pid in child_pids(os.getpid(), "mariadb-dump") + child_pids(os.getpid(), "mysqldump"):
                 if _dump_output_bytes(pid) >= 1024 * 1024:
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
@@ -253,7 +236,7 @@ def test_snapshot_process_killed_leaves_a_lock_the_next_run_takes_over_at_once(f
 
         assert core.wait_for(lambda: partial_is_growing() or process.poll() is not None, 60, 0.01)
         assert process.poll() is None, "the run finished before it could be killed"
-        dumps = _children(process.pid)
+        dumps = child_pids(process.pid)
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
     finally:

@@ -9,6 +9,7 @@ Everything Samba writes (passdb, locks, caches, logs, pid files, sockets) lives 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pwd
@@ -30,6 +31,23 @@ SMB_PASSWORD = "Pa\\ss & w!rd $'\"% ,x"
 _STATE_SUBDIRS = ("private", "lock", "state", "cache", "pid", "ncalrpc", "log")
 
 
+def _shares_root(state_dir: str) -> str:
+    """Where the share folders go. smbd serves them as user `backup`, which must be able to pass through
+    every folder above them: below the state folder when it can, else (a clone in a 0700 home, as root's
+    is) in a folder of this state's own below /var/tmp, named after the state folder's path."""
+    folder = os.path.abspath(state_dir)
+    while folder != os.path.dirname(folder):
+        folder = os.path.dirname(folder)
+        try:
+            passable = os.stat(folder).st_mode & 0o001
+        except FileNotFoundError:
+            continue  # not made yet: made 0755 by the lab
+        if not passable:
+            digest = hashlib.sha256(os.path.abspath(state_dir).encode("utf-8")).hexdigest()[:16]
+            return os.path.join("/var/tmp", "segura-lab-shares-" + digest)
+    return os.path.join(state_dir, "shares")
+
+
 class SambaService(core.Service):
     name = "samba"
 
@@ -40,9 +58,10 @@ class SambaService(core.Service):
         self.pid_file = os.path.join(self.base, "smbd.lab.pid")
         self.log_path = os.path.join(self.base, "log", "smbd.stdout.log")
         self.password_file = os.path.join(self.base, "password")
+        shares = _shares_root(self.state_dir)
         self.share_dirs = {
-            SIGNED_SHARE: os.path.join(self.state_dir, "shares", SIGNED_SHARE),
-            ENCRYPTED_SHARE: os.path.join(self.state_dir, "shares", ENCRYPTED_SHARE),
+            SIGNED_SHARE: os.path.join(shares, SIGNED_SHARE),
+            ENCRYPTED_SHARE: os.path.join(shares, ENCRYPTED_SHARE),
         }
 
     # --- configuration ------------------------------------------------------------------
