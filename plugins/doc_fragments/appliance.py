@@ -91,4 +91,33 @@ options:
         description:
           - User name, when not in O(database.defaults_file).
         type: str
+      method:
+        description:
+          - How a snapshot carries the databases (M(segura.backup.snapshot), M(segura.backup.backup_job);
+            a restore uses the method its snapshot was taken with).
+          - V(physical) - C(mariadb-backup --backup --stream=mbstream) of the whole instance, streamed into
+            the object. Restores bit for bit (FLOAT values, system-versioned history, accounts), and fast,
+            but only with a C(mariadb-backup) of the B(same server version) (X.Y.Z) as the snapshot's.
+          - V(logical) - C(mariadb-dump --single-transaction --dump-history) of O(appliance.databases).
+            Portable across server versions, but a dump prints FLOAT values rounded; the result's
+            snapshot's C(warnings) and the manifest name every column and table a dump
+            cannot carry exactly.
+          - Unset - V(physical) when C(mariadb-backup) is installed, its version is the server's, the server
+            runs on this host and its datadir is readable; otherwise V(logical), with a warning naming why.
+            An explicit V(physical) that cannot work fails the run before anything is written.
+        type: str
+        choices: [physical, logical]
+      service:
+        description:
+          - Physical restore only - the systemd unit of the database server, stopped before the datadir is
+            swapped and started after it.
+          - V(none) - the caller stops the server before the restore (for example in O(pre_commands)) and
+            starts it afterwards; the restore refuses while a server still holds the datadir.
+        type: str
+        default: mariadb
+      datadir:
+        description:
+          - Physical restore only - the server's data directory. Default - the running server's
+            C(@@datadir); required with O(database.service=none), as the server is then down.
+        type: path
 """

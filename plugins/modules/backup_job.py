@@ -191,7 +191,9 @@ job:
       type: str
       returned: when skipped
     snapshot:
-      description: id, created, object, location, size, sha256, duration, throughput_mb_s, components, counts.
+      description:
+        - id, created, object, location, size, sha256, duration, throughput_mb_s, components, counts, database
+          (method, versions, position, losses) and warnings, as M(segura.backup.snapshot) returns them.
       type: dict
       returned: when a snapshot was taken
     verify:
@@ -228,6 +230,8 @@ def main():
     except BackupError as exc:
         done = getattr(exc, "summary", None)  # a snapshot taken before verify or prune failed
         module.fail_json(msg=str(exc), error=type(exc).__name__, **({"job": done} if done else {}))
+    for warning in (summary.get("snapshot") or {}).get("warnings") or []:
+        module.warn(warning)
     module.exit_json(changed=summary["status"] == "ok", job=summary)
 
 

@@ -20,17 +20,40 @@ description:
     checks its size and sha256 against the sidecar and every member against C(manifest.json) (which is
     the last member). Pass 2 streams it again and restores, re-checking every member against that
     manifest before it is used."
-  - The database dump is fed to B(one) C(mariadb) client; it recreates C(mt4) before C(senhasegura),
-    which the module checks before it starts (Segura's restore order). Credentials only ever travel in
-    a defaults file.
+  - The databases are restored by the method the snapshot was taken with (its RV(plan.database_method)).
+  - B(Physical) (a C(mariadb-backup) stream of the whole instance) - refused before anything is touched
+    unless this host's C(mariadb-backup) and C(mariadbd) are the B(same version) as the snapshot's (the
+    message names both). The verified chunks are fed to C(mbstream -x) into C(<datadir>.restore-<time>)
+    beside the datadir, prepared with C(mariadb-backup --prepare), then started once by a throwaway
+    C(mariadbd --skip-networking) whose per-table facts (row counts with system-versioned history, and
+    C(CHECKSUM TABLE)) describe the snapshot's own point. The copy gets the datadir's owner and mode; the
+    service O(database.service) is stopped (with V(none) the caller stops it, and the module refuses while
+    a server still holds the datadir); the datadir is renamed to C(<datadir>.pre-restore-<time>) and the
+    copy renamed into its place; the service is started and its facts compared with the copy's.
+  - B(Rollback) - if any step after the first rename fails (start, or a difference in the facts), the
+    restored copy is moved to C(<datadir>.failed-restore-<time>), the previous datadir is renamed back and
+    the service started again; the task fails and says so. The previous datadir is kept after a success
+    too, and a warning names it - remove it once the restore is accepted.
+  - The restored server holds the snapshot's accounts and grants; O(database) must be able to log in with
+    them (root over the local socket, as on Debian, always can).
+  - "On a Galera node restore one node physically, start it as a new cluster (set C(safe_to_bootstrap: 1)
+    in its C(grastate.dat), C(galera_new_cluster)); the other nodes rejoin by SST, which copies that node."
+  - B(Logical) (a C(mariadb-dump)) - the dump is fed to B(one) C(mariadb) client; it recreates C(mt4) before
+    C(senhasegura), which the module checks before it starts (Segura's restore order). Credentials only
+    ever travel in a defaults file.
   - Files are written to a temporary name in their folder, hashed, compared with the manifest, then
     renamed into place with their mode, owner and mtime. Inside the restored paths a symbolic link is
     never followed. Members outside the appliance's configured paths, symbolic links pointing out of
     them, path traversal, devices and hard links are refused before anything is written.
   - A snapshot of another appliance is refused unless O(allow_other_appliance=true); a snapshot taken on
     another application version is refused unless O(force_version_mismatch=true).
-  - After the restore every file is compared with the manifest again and the databases are dumped and
-    compared with the dump inside the snapshot.
+  - After the restore every file is compared with the manifest again, and the databases with facts about
+    the B(source) - never a dump with a re-dump of itself. Physical - the live server against the prepared
+    copy (above). Logical - each table's row count (history included) and C(CHECKSUM TABLE) against
+    C(db/facts.json), taken at the dump's own point; tables the snapshot reported as not carried exactly
+    (FLOAT columns) are compared by row count and named in the warnings. A difference fails the task.
+    Logical snapshots of earlier releases carry no facts; for them a re-dump is compared with the
+    snapshot's dump, and RV(restore.verification) says that this check is weak.
 author:
   - segura.backup maintainers (@segura-backup)
 extends_documentation_fragment:
@@ -116,8 +139,9 @@ options:
     default: 600
   post_verify:
     description:
-      - Verify the result - restored files against the manifest, and a fresh dump of the databases
-        against the dump in the snapshot.
+      - Verify the result - restored files against the manifest, and the databases against the source's
+        facts (see above). A physical restore always compares the started server with the prepared copy,
+        as the rollback depends on it.
     type: bool
     default: true
 requirements:
@@ -127,6 +151,7 @@ requirements:
   - smbprotocol (for SMB targets)
   - nfs-rs (for NFS targets)
   - mariadb and mariadb-dump (MariaDB client) on the appliance
+  - for a physical snapshot, mariadb-backup, mbstream and mariadbd of the snapshot's server version, and root
 notes:
   - Stop Segura before a restore (O(pre_commands)) so nothing writes to the databases meanwhile.
   - Files present on the appliance but not in the snapshot are left in place.
@@ -193,12 +218,17 @@ plan:
       description: Components restored.
       type: list
       elements: str
+    database_method:
+      description: V(physical) or V(logical), the method the snapshot was taken with; null without the database.
+      type: str
     databases:
-      description: Databases the dump recreates, in its order (C(mt4) before C(senhasegura)).
+      description:
+        - Databases the dump recreates, in its order (C(mt4) before C(senhasegura)); with a physical snapshot
+          (the whole instance) the databases whose tables are checked.
       type: list
       elements: str
     database_bytes:
-      description: Bytes of SQL fed to the database.
+      description: Bytes of the dump, or of the physical backup stream.
       type: int
     files:
       description: Regular files in the restored components (also V(dirs), V(symlinks), V(file_bytes)).
@@ -217,7 +247,10 @@ plan:
       description: Session recordings that would be copied back.
       type: int
     checks:
-      description: Each preflight check (quick, deep, version, database_order, database_reachable, free_space).
+      description:
+        - Each preflight check (quick, deep, version, database_order, database_reachable, physical, free_space).
+        - C(physical) - the versions of C(mariadb-backup) and C(mariadbd) here and in the snapshot, the datadir,
+          the service, free space beside the datadir and, with service V(none), whether a server holds it.
       type: dict
     problems:
       description: Why the restore is refused, if it is.
@@ -239,7 +272,19 @@ restore:
       description: Recordings restored and skipped, and bytes copied.
       type: dict
     verification:
-      description: Post-restore checks of files, sessions and databases.
+      description:
+        - Post-restore checks of files, sessions and databases.
+        - C(database.strength) says what the database check proves - V(exact) (physical, live server against
+          the prepared copy), V(copy) (physical with service V(none) - the prepared copy was checked, the
+          server not started), V(exact except the known losses) (logical, against the source's facts;
+          C(known_losses) lists them), V(row counts) (logical onto another server version), V(weak) (an old
+          snapshot without facts - a re-dump against its dump).
+      type: dict
+    physical:
+      description:
+        - What a physical restore did - C(datadir), C(previous_datadir) (the old datadir, kept), C(service),
+          C(started), C(live_check), C(bytes) and C(durations) (extract, prepare, check_copy,
+          swap_start_check); null for a logical restore.
       type: dict
     durations:
       description: Seconds per phase (fetch_verify is pass 1), database, files, sessions, post_verify, total.
@@ -298,6 +343,8 @@ def main():
             post_commands=[[str(arg) for arg in command] for command in params["post_commands"]],
             command_timeout=params["command_timeout"],
             post_verify=params["post_verify"],
+            db_service=(params["database"] or {}).get("service") or "mariadb",
+            db_datadir=(params["database"] or {}).get("datadir"),
         )
         with stop_cleanly_on_signals(RESTORE_STOPPED):
             with open_target(params["target"]) as target:
@@ -316,6 +363,8 @@ def main():
             extra["commands"] = commands
         module.fail_json(msg=str(exc), error=type(exc).__name__, **extra)
     changed = result.pop("changed")
+    for warning in result.get("warnings") or []:
+        module.warn(warning)
     module.exit_json(changed=changed, plan=summary, restore=result)
 
 

@@ -16,9 +16,15 @@ description:
   - Streams one snapshot of the Segura PAM appliance on the managed host to an SMB share, an NFS
     export or a local directory, without staging it on the appliance's disk or holding it in memory.
   - The object is C(<appliance>/snapshots/<UTC time>-<id>.tar.zst.age) on the target, an age-encrypted,
-    zstd-compressed tar holding C(snapshot.json), both databases in B(one) C(mariadb-dump --single-transaction)
-    run (cut into fixed-size C(db/dump.sql.NNNNNN) members), the configuration files and the secrets
+    zstd-compressed tar holding C(snapshot.json), the databases, the configuration files and the secrets
     staging folder, and C(manifest.json) last (every member with size and sha256).
+  - The databases, by O(database.method) - V(physical) (the default when a C(mariadb-backup) of the server's
+    version is installed) streams C(mariadb-backup --backup --stream=mbstream) of the whole instance into
+    C(db/backup.mbstream.NNNNNN) members, restored bit for bit by a C(mariadb-backup) of the same version;
+    V(logical) runs B(one) C(mariadb-dump --single-transaction --dump-history) of both databases into
+    C(db/dump.sql.NNNNNN) members, portable across versions, and C(db/facts.json) (each table's row count and
+    checksum at the dump's point, which the restore is checked against); every column a dump cannot carry
+    exactly (FLOAT) is named in RV(snapshot.warnings).
   - It is written under a temporary name, closed, size-checked and renamed; a small unencrypted sidecar
     C(<same>.json) is written last, and its presence is what makes the snapshot complete. A failure at
     any point leaves no complete-looking object, and earlier snapshots are never touched.
@@ -26,8 +32,10 @@ description:
     C(<appliance>/sessions/YYYY/MMDD/) and referenced by the manifest; only new files move.
   - One lock per appliance on the target keeps two runs from interleaving; a stale lock (its holder
     died) is taken over once it expires.
-  - In a disaster, Debian's C(age -d -i KEY | zstd -d | tar -x) opens the object, and
-    C(cat db/dump.sql.* | mariadb) loads the databases.
+  - In a disaster, Debian's C(age -d -i KEY | zstd -d | tar -x) opens the object; then
+    C(cat db/backup.mbstream.* | mbstream -x -C DIR), C(mariadb-backup --prepare --target-dir=DIR) and
+    C(mariadb-backup --copy-back --target-dir=DIR) bring a physical snapshot back, and
+    C(cat db/dump.sql.* | mariadb) loads a logical one.
 author:
   - segura.backup maintainers (@segura-backup)
 extends_documentation_fragment:
@@ -178,6 +186,30 @@ snapshot:
     appliance_version:
       description: Segura version of the appliance, as recorded with the snapshot.
       type: str
+    database:
+      description:
+        - How the databases were taken (also in the manifest; method and versions in the sidecar too).
+        - C(method) V(physical) or V(logical); C(server_version); C(tool_version) of C(mariadb-backup)
+          (a physical restore needs the same); C(position) (physical - C(lsn_from), C(lsn_to), and with binary
+          logging C(binlog) file, position and GTID); C(losses) (logical - every table and column the dump
+          cannot carry exactly, with the reason); C(facts) (logical - the member holding the source's
+          per-table row counts and checksums at the dump's point, which the restore is checked against).
+      type: dict
+      returned: when the database component was taken
+      sample:
+        method: physical
+        server_version: 10.11.19-MariaDB-0+deb12u1
+        tool: mariadb-backup
+        tool_version: 10.11.19
+        galera: false
+        position: {lsn_from: 44420, lsn_to: 6962487}
+        losses: []
+    warnings:
+      description:
+        - What this snapshot does not carry exactly, and why the logical method was chosen if it was
+          (each also given as an Ansible warning).
+      type: list
+      elements: str
     lock_taken_over:
       description:
         - Whether a stale lock of a dead run had to be taken over.
@@ -202,7 +234,7 @@ preflight:
       description: Whether every check passed.
       type: bool
     checks:
-      description: One entry per check (target_reachable, target_writable, lock_free, appliance, free_space, components).
+      description: One entry per check (target_reachable, target_writable, lock_free, appliance, free_space, database_method, components).
       type: dict
     problems:
       description: What failed, one message each.
@@ -240,6 +272,8 @@ def main():
                 result = take_snapshot(target, request)
     except BackupError as exc:
         module.fail_json(msg=str(exc), error=type(exc).__name__)
+    for warning in result.get("warnings") or []:
+        module.warn(warning)
     if result.get("lock_takeover"):
         module.warn(result["lock_takeover"])
     module.exit_json(changed=True, snapshot=result)

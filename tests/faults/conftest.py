@@ -189,6 +189,7 @@ def snapshot_request(appliance, recipient, components=("database", "config", "se
         components=components,
         chunk_size=1024 * 1024,
         lock_ttl=lock_ttl,
+        db_method="logical",  # the fault matrix is about the dump path (see tests/integration/test_database_methods.py)
     )
 
 

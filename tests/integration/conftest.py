@@ -230,7 +230,9 @@ def snapshot_args(appliance, target, encryption, components=("database", "config
         "encryption": encryption,
         "components": list(components),
         "appliance": {"name": appliance.get("name", APPLIANCE_NAME), "root": appliance["root"]},  # + config_paths
-        "database": {"defaults_file": appliance["defaults_file"]},
+        # These tests are about the dump path (its faults, its by-hand recovery); the physical method has
+        # its own tests (tests/integration/test_database_methods.py).
+        "database": {"defaults_file": appliance["defaults_file"], "method": "logical"},
     }
     if appliance.get("config_paths") is not None:
         args["appliance"]["config_paths"] = list(appliance["config_paths"])

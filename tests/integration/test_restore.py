@@ -110,7 +110,7 @@ def take(root, service, target_options, recipient, name=APPLIANCE, components=AL
     request = SnapshotRequest(appliance=name, layout=ApplianceLayout(root=root),
                               encryption=Encryption.recipients_of([recipient]),
                               db=DatabaseConnection(defaults_file=service.defaults_file, exclusive_defaults=True),
-                              components=components)
+                              components=components, db_method="logical")  # physical: test_database_methods.py
     with open_target(target_options) as target:
         return take_snapshot(target, request)
 

@@ -195,6 +195,10 @@ def _snapshot(source_root, target_dir, appliance="box", passphrase="correct hors
     return snap_id
 
 
+#: Folders above the backed-up paths: not in a snapshot, so a restore creates them with the time of the day.
+_PARENTS = ("etc", "srv", "srv/cache", "var", "var/senhasegura")
+
+
 def _tree(root):
     found = {}
     for folder, dirs, files in os.walk(str(root)):
@@ -203,7 +207,8 @@ def _tree(root):
             info = os.lstat(path)
             content = os.readlink(path) if os.path.islink(path) else (
                 open(path, "rb").read() if os.path.isfile(path) else None)
-            found[os.path.relpath(path, str(root))] = (info.st_mode, int(info.st_mtime), content)
+            relpath = os.path.relpath(path, str(root))
+            found[relpath] = (info.st_mode, None if relpath in _PARENTS else int(info.st_mtime), content)
     return found
 
 

@@ -37,7 +37,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.targets impo
 EVENT_PERFORMED = 18
 EVENT_ERROR = 19
 SNAPSHOT_SUMMARY_KEYS = ("id", "created", "object", "location", "size", "sha256", "duration", "throughput_mb_s",
-                         "components", "counts")
+                         "components", "counts", "database", "warnings")
 
 Notify = Callable[[str, str], None]  # (level "info" | "error", text)
 
@@ -61,6 +61,7 @@ def snapshot_request(params: Dict[str, Any]) -> SnapshotRequest:
         chunk_size=params["chunk_size_mb"] * 1024 * 1024,
         lock_ttl=timedelta(seconds=params["lock_ttl"]),
         health_url=params["appliance"].get("health_url"),
+        db_method=(params["database"] or {}).get("method"),
     )
 
 

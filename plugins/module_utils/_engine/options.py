@@ -51,9 +51,13 @@ def build_layout(options: Optional[Dict[str, Any]]) -> ApplianceLayout:
     )
 
 
+DATABASE_HANDLING = ("method", "service", "datadir")
+
+
 def build_database(options: Optional[Dict[str, Any]]) -> DatabaseConnection:
     """The database connection; with no option given, the appliance's own default."""
-    options = {k: v for k, v in (options or {}).items() if v is not None}
+    # method, service and datadir say how to back up and restore, not how to connect.
+    options = {k: v for k, v in (options or {}).items() if v is not None and k not in DATABASE_HANDLING}
     if not options:
         return DatabaseConnection.appliance_default()
     return DatabaseConnection(**options)

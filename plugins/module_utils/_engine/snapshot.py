@@ -7,8 +7,9 @@ Order of work, and why:
 1. lock the appliance on the target (two runs never interleave);
 2. read facts and check free space before moving any data;
 3. sync new session recordings first, so the manifest can reference every one of them;
-4. stream snapshot.json, the database dump, config and secrets into ``<object>.partial``;
-   the manifest goes last; close, check the size, rename to the final name;
+4. stream snapshot.json, the database (physical: the mariadb-backup stream; logical: the dump, then
+   db/facts.json, the source's table facts at the dump's point), config and secrets into
+   ``<object>.partial``; the manifest goes last; close, check the size, rename to the final name;
 5. publish the sidecar last: its presence is what makes the snapshot complete.
 Any failure before step 5 leaves no sidecar, so nothing looks complete, and earlier snapshots are
 never touched (objects are created exclusively and never renamed over).
@@ -22,7 +23,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ansible_collections.segura.backup.plugins.module_utils._engine import catalog
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.dump import DatabaseDump
@@ -30,8 +31,19 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.fa
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.facts import facts as appliance_facts
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.files import Problem, collect_files, problems_message
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import COMPONENTS, ApplianceLayout
-from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection, run_query
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.physical import PHYSICAL, MethodChoice, PhysicalBackup, choose_method
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.tablefacts import (
+    FACTS_MEMBER,
+    FactsSession,
+    PointWatcher,
+    dump_history_supported,
+    float_columns_query,
+    logical_losses,
+    tables_query,
+)
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Encryption
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.format import DB_PREFIX, PHYSICAL_PREFIX
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.writer import ArchiveWriter
 from ansible_collections.segura.backup.plugins.module_utils._engine.constants import TOOL_VERSION, MiB
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, ConfigError, LockBusy, TargetError, TargetFull, TargetNotFound
@@ -60,6 +72,8 @@ class SnapshotRequest:
     health_url: Optional[str] = None
     #: free space the target must keep after the snapshot, on top of the estimate
     free_space_margin: int = 0
+    #: "physical", "logical", or None: physical when a matching mariadb-backup can run here
+    db_method: Optional[str] = None
 
     def __post_init__(self):
         self.appliance = catalog.validate_appliance(self.appliance)
@@ -172,6 +186,8 @@ def preflight(target: Target, request: SnapshotRequest) -> Dict[str, Any]:
         if space and not space["ok"]:
             problems.append("the target has %s free but the snapshot may need %s"
                             % (describe_bytes(space["free_bytes"]), describe_bytes(space["estimate_bytes"])))
+    if "database" in request.components:
+        check("database_method", lambda: _check_method(request))
     check("components", lambda: _check_components(request))
     return {"ok": not problems, "checks": checks, "problems": problems}
 
@@ -208,6 +224,11 @@ def _lock_state(target: Target, appliance: str) -> Dict[str, Any]:
         return {"ok": True, "held": False, "stale": True, "holder": doc.get("host")}
     raise LockBusy("appliance %r is locked by host %s (pid %s) until %s"
                    % (appliance, doc.get("host"), doc.get("pid"), doc.get("expires")))
+
+
+def _check_method(request: SnapshotRequest) -> Dict[str, Any]:
+    choice = choose_method(request.db_method, request.database())
+    return dict(choice.as_dict(), ok=True, warning=choice.warning)
 
 
 def _check_components(request: SnapshotRequest) -> Dict[str, Any]:
@@ -249,6 +270,8 @@ def take_snapshot(target: Target, request: SnapshotRequest,
             if sessions.problems:
                 raise ApplianceError(problems_message(sessions.problems, what="session recordings"))
 
+        choice = choose_method(request.db_method, request.database()) if "database" in request.components else None
+        warnings = [choice.warning] if choice and choice.warning else []
         created = _utc_now()
         snap_id = catalog.new_snapshot_id()
         name = catalog.object_name(created, snap_id, request.encryption.encrypted)
@@ -261,20 +284,24 @@ def take_snapshot(target: Target, request: SnapshotRequest,
             "tool_version": TOOL_VERSION,
             "facts": facts,
         }
+        if choice is not None:
+            header["database"] = choice.as_dict()
         counts = _Counts()
-        db_info = None
+        db_info: Optional[Dict[str, Any]] = None
+        database: Optional[Dict[str, Any]] = None
         with catalog.AtomicUpload(target, catalog.object_path(request.appliance, name)) as upload:
             writer = ArchiveWriter(_LockRefreshingSink(upload, lock), request.encryption,
                                    zstd_level=request.zstd_level, zstd_threads=request.zstd_threads,
                                    chunk_size=request.chunk_size)
             try:
                 writer.add_json("snapshot.json", header)
-                if "database" in request.components:
-                    with DatabaseDump(request.database(), request.layout.databases) as dump:
-                        db_info = writer.add_stream("db/dump.sql", dump.stdout).as_dict()
+                if choice is not None:
+                    db_info, database = _archive_database(writer, request, choice, warnings)
                 _archive_files(writer, request, counts)
-                extra = {"facts": facts, "components": list(request.components),
-                         "sessions": sessions.referenced if sessions else []}
+                extra: Dict[str, Any] = {"facts": facts, "components": list(request.components),
+                                         "sessions": sessions.referenced if sessions else []}
+                if database is not None:
+                    extra["db"], extra["database"] = db_info, database
                 result = writer.finish(extra)
             except BaseException:
                 writer.abort()
@@ -297,7 +324,7 @@ def take_snapshot(target: Target, request: SnapshotRequest,
             versions={"appliance": facts.get("appliance_version"), "tool": TOOL_VERSION},
             encryption={"mode": _encryption_mode(request.encryption),
                         "recipients": request.encryption.recipient_strings()},
-            db=db_info,
+            db=dict(db_info, **{k: database[k] for k in _SIDECAR_DB_KEYS}) if db_info and database else None,
             sessions={"count": len(sessions.referenced) if sessions else 0,
                       "bytes": sum(int(s["size"]) for s in sessions.referenced) if sessions else 0},
             duration=round(time.monotonic() - started, 3),
@@ -336,11 +363,57 @@ def take_snapshot(target: Target, request: SnapshotRequest,
             "sessions_skipped": sessions.skipped_count if sessions else 0,
         },
         "encryption": sidecar.encryption,
+        "database": database,
+        "warnings": warnings,
         "appliance_version": facts.get("appliance_version"),
         "lock_taken_over": lock.took_over is not None,
         "lock_takeover": takeover_message(lock.took_over),
         "leftovers_removed": leftovers.files if leftovers else [],
     }
+
+
+#: What the sidecar repeats of the manifest's "database" (readable without the key: method and versions
+#: decide how, and where, the snapshot can be restored).
+_SIDECAR_DB_KEYS = ("method", "server_version", "tool_version", "position")
+
+
+def _archive_database(writer: ArchiveWriter, request: SnapshotRequest, choice: MethodChoice,
+                      warnings: List[str]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """The database into the archive: (stream info for ``db``, the manifest's ``database`` record)."""
+    db = request.database()
+    if choice.method == PHYSICAL:
+        backup = PhysicalBackup(db, choice)
+        with backup:
+            stream = writer.add_stream(PHYSICAL_PREFIX, backup.stdout)
+        record = dict(choice.as_dict(), members=PHYSICAL_PREFIX + ".*", position=backup.position, losses=[],
+                      facts=None, databases="the whole instance")
+        return stream.as_dict(), record
+    history = dump_history_supported()
+    extra_args = ["--dump-history"] if history else []
+    with FactsSession(db, request.layout.databases) as session:
+        held = session.hold_point(warnings)
+        with DatabaseDump(db, request.layout.databases, extra_args=extra_args) as dump:
+            source = PointWatcher(dump.stdout, session.release) if held else dump.stdout
+            stream = writer.add_stream(DB_PREFIX, source)
+        source_facts = session.collect(warnings) if held else None
+        tables, float_columns = session.tables, session.float_columns
+    if not held:  # what the dump cannot carry is reported all the same
+        tables = run_query(db, tables_query(request.layout.databases))
+        float_columns = run_query(db, float_columns_query(request.layout.databases))
+    losses = logical_losses(tables, float_columns, history)
+    for loss in losses:
+        if loss["changes_data"]:
+            warnings.append("logical dump: %s%s (%s) is not restored exactly: %s; use database method physical"
+                            % (loss["table"], "." + loss["column"] if loss["column"] else "", loss["type"],
+                               loss["reason"]))
+    if source_facts is not None:
+        writer.add_json(FACTS_MEMBER, {"method": "logical", "point": "the dump's transaction",
+                                       "server_version": source_facts["server_version"],
+                                       "tables": source_facts["tables"], "losses": losses})
+    record = dict(choice.as_dict(), members=DB_PREFIX + ".*", position={}, losses=losses,
+                  facts=FACTS_MEMBER if source_facts is not None else None, dump_history=history,
+                  databases=list(request.layout.databases))
+    return stream.as_dict(), record
 
 
 def _encryption_mode(encryption: Encryption) -> str:

@@ -110,6 +110,9 @@ _DATABASE = {
         "host": {"type": "str"},
         "port": {"type": "int"},
         "user": {"type": "str"},
+        "method": {"type": "str", "choices": ["physical", "logical"]},
+        "service": {"type": "str", "default": "mariadb"},
+        "datadir": {"type": "path"},
     },
 }
 

@@ -276,6 +276,14 @@ def _compare(result: VerifyResult, what: str, found: Any, expected: Any) -> None
         result.problems.append("%s: the object has %r, the sidecar says %r" % (what, found, expected))
 
 
+DB_STREAM_KEYS = ("chunks", "bytes", "sha256")
+DB_METHOD_KEYS = ("method", "server_version", "tool_version", "position")
+
+
+def _picked(doc: Any, keys: Sequence[str]) -> Any:
+    return {key: doc.get(key) for key in keys} if isinstance(doc, dict) else doc
+
+
 def _check_documents(sidecar: catalog.Sidecar, report: Any, result: VerifyResult) -> None:
     """snapshot.json and manifest.json (inside the object) against the sidecar (outside)."""
     header = report.snapshot or {}
@@ -286,7 +294,13 @@ def _check_documents(sidecar: catalog.Sidecar, report: Any, result: VerifyResult
     _compare(result, "snapshot.json created", header.get("created"), catalog.format_utc(sidecar.created))
     _compare(result, "snapshot.json components", header.get("components"), sidecar.components)
     if sidecar.db is not None or manifest.get("db") is not None:
-        _compare(result, "database dump (chunks, bytes, sha256)", manifest.get("db"), sidecar.db)
+        _compare(result, "database dump (chunks, bytes, sha256)", _picked(manifest.get("db"), DB_STREAM_KEYS),
+                 _picked(sidecar.db, DB_STREAM_KEYS))
+        # What the sidecar says of the method (read without the key) must be what the manifest says.
+        recorded = manifest.get("database")
+        if isinstance(recorded, dict) and isinstance(sidecar.db, dict) and "method" in sidecar.db:
+            _compare(result, "database method and versions", _picked(recorded, DB_METHOD_KEYS),
+                     _picked(sidecar.db, DB_METHOD_KEYS))
     if "members" in sidecar.counts:
         _compare(result, "member count", report.members, sidecar.counts["members"])
     _compare(result, "content bytes", report.bytes, sidecar.bytes_in)

@@ -53,6 +53,7 @@ DUMP_OPTIONS = (
 
 _TAIL_BYTES = 256
 _STDERR_LIMIT = 64 * 1024
+_STDERR_TAIL = 16 * 1024  # the last lines: where mariadb-backup says "completed OK!" and its position
 _STOP_TIMEOUT = 10.0
 
 _PR_SET_PDEATHSIG = 1
@@ -138,6 +139,7 @@ class DatabaseDump:
         self._reader: Optional[_DumpReader] = None
         self._argv: List[str] = []  # the command start() ran (the process's args)
         self._stderr = bytearray()
+        self._stderr_tail = b""
         self._stderr_thread: Optional[threading.Thread] = None
 
     def command(self) -> List[str]:
@@ -181,7 +183,7 @@ class DatabaseDump:
         return self
 
     def _drain_stderr(self) -> None:
-        """Keep the first 64 KiB of stderr; read (and drop) the rest so the tool never blocks on it."""
+        """Keep the first 64 KiB and the last 16 KiB of stderr, so the tool never blocks on it."""
         stream = self._started().stderr
         if stream is None:
             raise AssertionError("no stderr pipe, though opened with stderr=PIPE")
@@ -192,10 +194,16 @@ class DatabaseDump:
             room = _STDERR_LIMIT - len(self._stderr)
             if room > 0:
                 self._stderr += data[:room]
+            self._stderr_tail = (self._stderr_tail + data)[-_STDERR_TAIL:]
 
     @property
     def stderr_text(self) -> str:
         return stderr_excerpt(bytes(self._stderr))
+
+    @property
+    def stderr_tail(self) -> str:
+        """The last lines the tool wrote (complete once ``finish()`` returned)."""
+        return self._stderr_tail.decode("utf-8", "replace")
 
     def abort(self) -> None:
         """Stop the dump (SIGTERM, then SIGKILL) and reap it. Safe to call twice."""
@@ -243,6 +251,10 @@ class DatabaseDump:
         if code != 0:
             raise ApplianceError("database dump of %s failed (%s exit code %d): %s"
                                  % (", ".join(self.databases), tool, code, self.stderr_text))
+        self.check_complete(tool, reader)
+
+    def check_complete(self, tool: str, reader: _DumpReader) -> None:
+        """The tool exited 0: check that its output is whole (mariadb-dump's trailer line)."""
         last_line = reader.tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]
         if not last_line.startswith(DUMP_TRAILER):
             raise ApplianceError("database dump of %s is incomplete: %s ended without its '-- Dump completed' "

@@ -30,11 +30,14 @@ except ImportError:  # reported by require_zstandard() so modules fail with a cl
     HAS_ZSTANDARD = False
     ZSTD_ERRORS = (EOFError,)
 
-__all__ = ["FORMAT", "SNAPSHOT_MEMBER", "MANIFEST_MEMBER", "DB_PREFIX", "MemberInfo", "check_member_name"]
+__all__ = ["FORMAT", "SNAPSHOT_MEMBER", "MANIFEST_MEMBER", "DB_PREFIX", "PHYSICAL_PREFIX", "DB_PREFIXES", "MemberInfo",
+           "check_member_name"]
 
 SNAPSHOT_MEMBER = "snapshot.json"
 MANIFEST_MEMBER = "manifest.json"
-DB_PREFIX = "db/dump.sql"
+DB_PREFIX = "db/dump.sql"  # the logical method: a mariadb-dump stream
+PHYSICAL_PREFIX = "db/backup.mbstream"  # the physical method: a mariadb-backup mbstream
+DB_PREFIXES = (DB_PREFIX, PHYSICAL_PREFIX)  # a snapshot holds one of them, cut into chunks
 DEFAULT_CHUNK_SIZE = 16 * MiB
 SUFFIX_ENCRYPTED = ".tar.zst.age"
 SUFFIX_PLAIN = ".tar.zst"

@@ -18,6 +18,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encr
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.format import (
     COPY_BLOCK,
     DB_PREFIX,
+    DB_PREFIXES,
     FORMAT,
     MANIFEST_MEMBER,
     SNAPSHOT_MEMBER,
@@ -181,7 +182,7 @@ class ArchiveReader:
             if self.manifest is not None:
                 self._after_manifest.append(info.name)
             is_json = info.name in (SNAPSHOT_MEMBER, MANIFEST_MEMBER)
-            is_db = info.name.startswith(DB_PREFIX + ".") and info.type == "file"
+            is_db = _db_prefix(info.name) is not None and info.type == "file"
             content = _MemberReader(self._tar.extractfile(tarinfo) if info.type == "file" else None, is_json,
                                     self._db if is_db else None)
             if info.name != MANIFEST_MEMBER:
@@ -280,13 +281,17 @@ class ArchiveReader:
 
     def _db_problems(self) -> List[str]:
         db = self.manifest.get("db") if self.manifest else None
-        chunks = [s for s in self.seen if s.info.name.startswith(DB_PREFIX + ".")]
+        chunks = [s for s in self.seen if _db_prefix(s.info.name)]
+        prefixes = {_db_prefix(s.info.name) for s in chunks}
+        if len(prefixes) > 1:
+            return ["the object holds both a database dump and a physical backup"]
+        prefix = prefixes.pop() if prefixes else DB_PREFIX
         if db is None:
             return ["db chunks present but manifest.json has no 'db' entry"] if chunks else []
         if not isinstance(db, dict):
             return ["manifest.json 'db' entry is not an object"]
         names = [s.info.name for s in chunks]
-        if names != ["%s.%06d" % (DB_PREFIX, i) for i in range(len(names))]:
+        if names != ["%s.%06d" % (prefix, i) for i in range(len(names))]:
             return ["db chunks are not numbered consecutively in order"]
         # Chunks arrived in order (checked above), so the running hash is that of `cat db/dump.sql.*`.
         whole_hex = self._db.hexdigest()
@@ -350,3 +355,11 @@ def read_metadata(source, decryption: Decryption) -> Tuple[Dict[str, Any], Dict[
     if reader.snapshot is None or reader.manifest is None:
         raise IntegrityError("archive lacks %s" % (SNAPSHOT_MEMBER if reader.snapshot is None else MANIFEST_MEMBER))
     return reader.snapshot, reader.manifest
+
+
+def _db_prefix(name: str) -> Optional[str]:
+    """The database stream a member belongs to (``db/dump.sql`` or ``db/backup.mbstream``), or None."""
+    for prefix in DB_PREFIXES:
+        if name.startswith(prefix + ".") and len(name) == len(prefix) + 7:
+            return prefix
+    return None

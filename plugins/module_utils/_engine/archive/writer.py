@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Encryption
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.format import (
     COPY_BLOCK,
-    DB_PREFIX,
+    DB_PREFIXES,
     DEFAULT_CHUNK_SIZE,
     FORMAT,
     MANIFEST_MEMBER,
@@ -316,8 +316,9 @@ class ArchiveWriter:
             for key in ("id", "appliance"):
                 if key in self._snapshot:
                     manifest[key] = self._snapshot[key]
-        if DB_PREFIX in self._streams:
-            manifest["db"] = self._streams[DB_PREFIX].as_dict()
+        for prefix in DB_PREFIXES:
+            if prefix in self._streams:
+                manifest["db"] = self._streams[prefix].as_dict()
         manifest.update(manifest_extra or {})
         manifest["format"] = FORMAT
         manifest["members"] = list(self._members)

@@ -17,8 +17,16 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.errors impor
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.check import post_verify
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.commands import run_commands
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.logical import DatabaseLoader, spool_chunk
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.physical import PhysicalRestore
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.plan import RestorePlan, open_object, plan_restore, snapshot_facts
-from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import BLOCK, DB_CHUNK, FILES_PREFIX, MAX_LISTED, RestoreRequest
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import (
+    BLOCK,
+    DB_CHUNK,
+    FILES_PREFIX,
+    MAX_LISTED,
+    PHYSICAL_CHUNK,
+    RestoreRequest,
+)
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.sessions import restore_sessions
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.tree import DestinationTree, Wanted, allowed_roots
 from ansible_collections.segura.backup.plugins.module_utils._engine.streams import HashingReader
@@ -48,7 +56,8 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
     roots = allowed_roots(request.layout)
     tree = DestinationTree(request.layout.root, list(roots))
     by_relpath = {w.relpath: w for w in plan.wanted}
-    loader: Optional[DatabaseLoader] = None
+    loader: Optional[Any] = None  # DatabaseLoader (logical) or PhysicalRestore
+    physical: Optional[Dict[str, Any]] = None  # what the physical restore did
     db_done = False
     db_seconds = files_seconds = 0.0
     dir_entries: List[Wanted] = []
@@ -62,14 +71,14 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
                     continue
                 if expected is None:
                     raise IntegrityError("member %s is not in the manifest verified in the first pass" % info.name)
-                if DB_CHUNK.fullmatch(info.name):
+                if DB_CHUNK.fullmatch(info.name) or PHYSICAL_CHUNK.fullmatch(info.name):
                     if not plan.restores_database:
                         continue
                     tick = time.monotonic()
                     spool = spool_chunk(content, expected, info.name)
                     try:
                         if loader is None:
-                            loader = DatabaseLoader(request.database()).start()
+                            loader = _database_restorer(request, plan).start()
                         loader.feed(spool)
                     finally:
                         spool.close()
@@ -79,7 +88,7 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
                     continue
                 if loader is not None and not db_done:  # the dump ended: let the client finish
                     tick = time.monotonic()
-                    loader.finish()
+                    physical = loader.finish()
                     db_done = True
                     db_seconds += time.monotonic() - tick
                 wanted = by_relpath.get(info.name[len(FILES_PREFIX):]) if info.name.startswith(FILES_PREFIX) else None
@@ -92,7 +101,7 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
                 files_seconds += time.monotonic() - tick
             if loader is not None and not db_done:
                 tick = time.monotonic()
-                loader.finish()
+                physical = loader.finish()
                 db_done = True
                 db_seconds += time.monotonic() - tick
         except BaseException:
@@ -110,6 +119,12 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
     if counted.hexdigest() != plan.record.sha256:
         result["warnings"].append("the object changed on the target between the two passes; every restored "
                                   "member still matched the verified manifest")
+    if physical is not None:
+        result["warnings"].append("the previous datadir was kept as %s: remove it once the restored server is "
+                                  "accepted" % physical["previous_datadir"])
+        if not physical["started"]:
+            result["warnings"].append("database.service none: start the server on %s now; the restored copy was "
+                                      "checked by a throwaway server before the swap" % physical["datadir"])
     durations["database"] = round(db_seconds, 3)
     durations["files"] = round(files_seconds, 3)
 
@@ -122,8 +137,12 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
     verification: Dict[str, Any] = {}
     if request.post_verify:
         tick = time.monotonic()
-        verification = post_verify(request, plan)
+        verification = post_verify(request, plan, physical)
         durations["post_verify"] = round(time.monotonic() - tick, 3)
+        for loss in (verification.get("database") or {}).get("known_losses") or []:
+            result["warnings"].append("restored with a loss the snapshot reported: %s%s (%s) - %s"
+                                      % (loss["table"], "." + loss["column"] if loss.get("column") else "",
+                                         loss["type"], loss["reason"]))
         if not verification["ok"]:
             raise IntegrityError("the restore finished but its verification failed: %s"
                                  % "; ".join(verification["problems"][:10]))
@@ -131,6 +150,8 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
     result["post_commands"] = run_commands(request.post_commands, "post", request.command_timeout)
     durations["total"] = round(time.monotonic() - started + preflight_outside, 3)
     result.update({
+        "database_method": plan.db_method if plan.restores_database else None,
+        "physical": physical,
         "databases": list(plan.databases) if plan.restores_database else [],
         "database_bytes": loader.bytes if loader else 0,
         "written": written,
@@ -143,6 +164,12 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
                         or written["metadata"] or sessions["restored"]),
     })
     return result
+
+
+def _database_restorer(request: RestoreRequest, plan: RestorePlan):
+    if plan.physical is not None:
+        return PhysicalRestore(request, plan.physical, plan.databases)
+    return DatabaseLoader(request.database())
 
 
 def _restore_entry(tree: DestinationTree, wanted: Wanted, content, written: Dict[str, int],

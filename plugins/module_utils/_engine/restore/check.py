@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.physical import short_version
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.tablefacts import compare_facts, table_facts
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.logical import dump_digest
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.plan import RestorePlan
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import RestoreRequest
@@ -16,8 +18,8 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.restore.sess
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.tree import DestinationTree, allowed_roots
 
 
-def post_verify(request: RestoreRequest, plan: RestorePlan) -> Dict[str, Any]:
-    """Files on disk against the manifest; databases re-dumped and compared with the snapshot's dump."""
+def post_verify(request: RestoreRequest, plan: RestorePlan, physical: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Files on disk against the manifest; databases against facts of the source (see ``check_database``)."""
     problems: List[str] = []
     tree = DestinationTree(request.layout.root, list(allowed_roots(request.layout)))
     checked = 0
@@ -34,12 +36,53 @@ def post_verify(request: RestoreRequest, plan: RestorePlan) -> Dict[str, Any]:
         problems.extend("session recording %s was not restored intact" % p for p in bad[:10])
         result["sessions"] = {"checked": len(plan.sessions), "ok": not bad}
     if plan.restores_database:
-        digest = dump_digest(request.database(), plan.databases)
-        same = digest == plan.dump_digest
-        result["database"] = {"method": "re-dump compared with the snapshot's dump (comment lines aside)",
-                              "databases": list(plan.databases), "ok": same}
-        if not same:
-            problems.append("a fresh dump of %s differs from the dump in the snapshot" % ", ".join(plan.databases))
+        result["database"] = check_database(request, plan, physical)
+        problems.extend(result["database"]["problems"])
     result["problems"] = problems
     result["ok"] = not problems
     return result
+
+
+def check_database(request: RestoreRequest, plan: RestorePlan, physical: Optional[Dict[str, Any]] = None
+                   ) -> Dict[str, Any]:
+    """The restored databases against what the snapshot says about its source.
+
+    physical: the live server was compared, right after it started, with a throwaway server on the
+    prepared copy (the snapshot's point itself); a difference rolled the restore back.
+    logical with db/facts.json: row counts (history included) and CHECKSUM TABLE of the restored
+    server against the source's, taken at the dump's point; the losses the snapshot reported are
+    compared by row count only and listed as known losses. Any other difference fails the check.
+    older logical snapshots: only a re-dump compared with the snapshot's dump, which cannot see what
+    the dump itself lost - said as much in ``strength``.
+    """
+    if physical is not None:
+        live = physical.get("live_check")
+        return {"method": "physical", "databases": list(plan.databases), "ok": True, "problems": [],
+                "strength": "exact" if live else "copy",
+                "compared": "the restored server with a throwaway server on the prepared copy (row counts with "
+                            "history, CHECKSUM TABLE)" if live else
+                            "the prepared copy only (service none: the server was not started by the restore)",
+                "known_losses": []}
+    losses = (plan.db_record or {}).get("losses") or []
+    known = [loss for loss in losses if loss.get("changes_data")]
+    if plan.source_facts is not None:
+        source = plan.source_facts
+        actual = table_facts(request.database(), plan.databases)
+        same_version = short_version(actual["server_version"]) == short_version(source.get("server_version") or "")
+        problems = compare_facts(source, actual, rows_only=sorted({loss["table"] for loss in known}),
+                                 checksums=same_version)
+        return {"method": "logical", "databases": list(plan.databases), "ok": not problems, "problems": problems,
+                "strength": "exact except the known losses" if same_version else "row counts",
+                "compared": "the restored server with the source's facts at the dump's point (row counts with history"
+                            "%s)" % (", CHECKSUM TABLE" if same_version else "; another server version, so no "
+                                     "checksums"),
+                "known_losses": known}
+    extra = ["--dump-history"] if (plan.db_record or {}).get("dump_history") else []
+    same = dump_digest(request.database(), plan.databases, extra) == plan.dump_digest
+    return {"method": "logical", "databases": list(plan.databases), "ok": same,
+            "problems": [] if same else ["a fresh dump of %s differs from the dump in the snapshot"
+                                         % ", ".join(plan.databases)],
+            "strength": "weak",
+            "compared": "a re-dump with the snapshot's dump (this snapshot carries no source facts, so what the dump "
+                        "itself lost cannot be seen)",
+            "known_losses": known}

@@ -188,10 +188,10 @@ def spool_chunk(content, expected: Dict[str, Any], name: str):
     return spool
 
 
-def dump_digest(connection: DatabaseConnection, databases: Sequence[str]) -> str:
+def dump_digest(connection: DatabaseConnection, databases: Sequence[str], extra_args: Sequence[str] = ()) -> str:
     """DumpScanner digest of a fresh dump of ``databases`` (same options as a snapshot's dump)."""
     scanner = DumpScanner()
-    with DatabaseDump(connection, databases) as dump:
+    with DatabaseDump(connection, databases, extra_args=extra_args) as dump:
         for block in iter(lambda: dump.stdout.read(BLOCK), b""):
             scanner.feed(block)
     return scanner.finish()

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -15,17 +16,21 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from ansible_collections.segura.backup.plugins.module_utils._engine import catalog
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.facts import appliance_version
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import run_query
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.physical import LOGICAL, METHODS, PHYSICAL
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.tablefacts import FACTS_MEMBER
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.format import MANIFEST_MEMBER, SNAPSHOT_MEMBER, check_member_name
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.reader import ArchiveReader
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ArchiveError, ConfigError, IntegrityError, TargetNotFound
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.logical import DumpScanner
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.physical import PhysicalSetup, physical_preflight
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import (
     BLOCK,
     DB_CHUNK,
     DB_SPACE_FACTOR,
     FILES_PREFIX,
     MAX_LISTED,
+    PHYSICAL_CHUNK,
     RESTORABLE_COMPONENTS,
     RestoreRequest,
     select_snapshot,
@@ -61,6 +66,10 @@ class RestorePlan:
     checks: Dict[str, Any] = field(default_factory=dict)
     problems: List[str] = field(default_factory=list)
     fetch_seconds: float = 0.0
+    db_method: str = LOGICAL  # how the snapshot carries the databases (older snapshots: logical)
+    db_record: Dict[str, Any] = field(default_factory=dict)  # the manifest's "database"
+    source_facts: Optional[Dict[str, Any]] = None  # db/facts.json: the source's tables at the dump's point
+    physical: Optional[PhysicalSetup] = None
 
     @property
     def ok(self) -> bool:
@@ -91,6 +100,7 @@ class RestorePlan:
         return {
             "snapshot": snapshot_facts(self.record, self.snapshot),
             "components": list(self.components),
+            "database_method": self.db_method if self.restores_database else None,
             "databases": list(self.databases) if self.restores_database else [],
             "database_bytes": int(db.get("bytes", 0)) if self.restores_database else 0,
             "database_chunks": int(db.get("chunks", 0)) if self.restores_database else 0,
@@ -142,12 +152,24 @@ def open_object(target: Target, record: catalog.SnapshotRecord):
         raise IntegrityError("%s vanished from the target" % target.describe_path(record.object_relpath)) from None
 
 
-def _first_pass(target: Target, record: catalog.SnapshotRecord,
-                decryption: Decryption) -> Tuple[ArchiveReader, Optional[str], List[str], List[str]]:
-    """Stream the object once: quick check (size, sha256) and deep check (every member). Nothing is written.
+#: db/facts.json is small (two numbers per table); anything larger is not ours.
+FACTS_LIMIT = 64 * 1024 * 1024
 
-    (reader, DumpScanner digest of the dump or None, databases the dump creates, problems).
-    """
+
+@dataclass
+class FirstPass:
+    """What streaming the object once found (nothing is trusted until ``problems`` is empty)."""
+
+    reader: ArchiveReader
+    dump_digest: Optional[str]  # DumpScanner digest of a logical dump, None without one
+    databases: List[str]  # the databases the dump creates, in order
+    physical_chunks: int
+    facts_raw: Optional[bytes]
+    problems: List[str]
+
+
+def _first_pass(target: Target, record: catalog.SnapshotRecord, decryption: Decryption) -> FirstPass:
+    """Stream the object once: quick check (size, sha256) and deep check (every member). Nothing is written."""
     problems: List[str] = []
     sidecar = record.require_sidecar()
     stored = target.stat(record.object_relpath).size
@@ -156,6 +178,8 @@ def _first_pass(target: Target, record: catalog.SnapshotRecord,
                              % (target.describe_path(record.object_relpath), stored, sidecar.size))
     scanner = DumpScanner()
     saw_db = False
+    physical_chunks = 0
+    facts_raw: Optional[bytes] = None
     where = "snapshot %s (%s)" % (record.id, target.describe_path(record.object_relpath))
     with open_object(target, record) as handle:
         counted = HashingReader(handle)
@@ -171,6 +195,10 @@ def _first_pass(target: Target, record: catalog.SnapshotRecord,
                     saw_db = True
                     for block in iter(lambda: content.read(BLOCK), b""):
                         scanner.feed(block)
+                elif PHYSICAL_CHUNK.fullmatch(info.name):
+                    physical_chunks += 1  # read (and so checked) by the reader; extracted in pass 2
+                elif info.name == FACTS_MEMBER and info.size <= FACTS_LIMIT:
+                    facts_raw = content.read(FACTS_LIMIT + 1)
             problems.extend(reader.problems())
         except IntegrityError as exc:
             raise IntegrityError("%s failed deep verification, nothing was restored: %s" % (where, exc)) from None
@@ -179,7 +207,37 @@ def _first_pass(target: Target, record: catalog.SnapshotRecord,
     if counted.bytes != sidecar.size or counted.hexdigest() != sidecar.sha256:
         problems.insert(0, "the object's sha256 differs from its sidecar (the stored object was changed or damaged)")
     digest = scanner.finish() if saw_db else None
-    return reader, digest, scanner.databases, problems
+    return FirstPass(reader, digest, scanner.databases, physical_chunks, facts_raw, problems)
+
+
+def _database_record(manifest: Dict[str, Any], passed: FirstPass, snap_id: str) -> Tuple[str, Dict[str, Any]]:
+    """The snapshot's database method, from its verified manifest, and whether its members agree."""
+    record = manifest.get("database")
+    if record is None:  # snapshots before the methods: a dump
+        return LOGICAL, {}
+    if not isinstance(record, dict) or record.get("method") not in METHODS:
+        raise IntegrityError("the manifest of snapshot %s names no known database method" % snap_id)
+    method = record["method"]
+    if (method == PHYSICAL) != (passed.physical_chunks > 0) or (method == PHYSICAL and passed.dump_digest):
+        raise IntegrityError("snapshot %s says its databases are %s but its members do not hold a %s backup"
+                             % (snap_id, method, method))
+    return method, record
+
+
+def _source_facts(raw: Optional[bytes], record: Dict[str, Any], snap_id: str) -> Optional[Dict[str, Any]]:
+    if record.get("facts") != FACTS_MEMBER:
+        return None
+    if raw is None:
+        raise IntegrityError("snapshot %s names %s but does not hold it" % (snap_id, FACTS_MEMBER))
+    try:
+        facts = json.loads(raw.decode("utf-8"))
+        tables = facts["tables"]
+        for fact in tables.values():
+            if not isinstance(fact["rows"], int) or not isinstance(fact["checksum"], str):
+                raise TypeError
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        raise IntegrityError("%s of snapshot %s is not a table-facts document" % (FACTS_MEMBER, snap_id)) from None
+    return facts
 
 
 def plan_restore(target: Target, request: RestoreRequest) -> RestorePlan:
@@ -210,11 +268,12 @@ def plan_restore(target: Target, request: RestoreRequest) -> RestorePlan:
     _check_version(sidecar.versions.get("appliance"), current, request, record.id)
 
     started = time.monotonic()
-    reader, dump_digest, dump_databases, integrity = _first_pass(target, record, request.decryption)
+    passed = _first_pass(target, record, request.decryption)
+    reader = passed.reader
     fetch_seconds = time.monotonic() - started
-    if integrity:
+    if passed.problems:
         raise IntegrityError("snapshot %s failed deep verification, nothing was restored: %s"
-                             % (record.id, "; ".join(integrity[:10])))
+                             % (record.id, "; ".join(passed.problems[:10])))
     snapshot, manifest = reader.snapshot or {}, reader.manifest or {}
     checks["quick"] = {"ok": True, "size": sidecar.size, "sha256": sidecar.sha256}
     checks["deep"] = {"ok": True, "members": len(reader.seen) + 1, "seconds": round(fetch_seconds, 3)}
@@ -236,7 +295,8 @@ def plan_restore(target: Target, request: RestoreRequest) -> RestorePlan:
     roots = allowed_roots(request.layout)
     wanted: List[Wanted] = []
     for name, entry in entries.items():
-        if name in (SNAPSHOT_MEMBER, MANIFEST_MEMBER) or DB_CHUNK.fullmatch(name):
+        if name in (SNAPSHOT_MEMBER, MANIFEST_MEMBER, FACTS_MEMBER) or DB_CHUNK.fullmatch(name) \
+                or PHYSICAL_CHUNK.fullmatch(name):
             continue
         if not name.startswith(FILES_PREFIX):
             raise IntegrityError("snapshot %s holds member %r outside files/ and db/; refusing it" % (record.id, name))
@@ -256,13 +316,17 @@ def plan_restore(target: Target, request: RestoreRequest) -> RestorePlan:
         if component in components:
             wanted.append(item)
 
-    databases: List[str] = list(dump_databases)
-    if "database" in components:
+    db_method, db_record = _database_record(manifest, passed, record.id)
+    databases: List[str] = list(passed.databases)
+    if db_method == PHYSICAL:
+        databases = list(request.layout.databases)  # the whole instance; these are checked after the restore
+    elif "database" in components:
         checks["database_order"] = _check_database_order(databases, request.layout.databases, record.id)
 
     plan = RestorePlan(record=record, snapshot=snapshot, manifest=manifest, components=components, wanted=wanted,
-                       members=entries, databases=databases, dump_digest=dump_digest, checks=checks,
-                       problems=problems, fetch_seconds=fetch_seconds)
+                       members=entries, databases=databases, dump_digest=passed.dump_digest, checks=checks,
+                       problems=problems, fetch_seconds=fetch_seconds, db_method=db_method, db_record=db_record,
+                       source_facts=_source_facts(passed.facts_raw, db_record, record.id))
     tree = DestinationTree(request.layout.root, list(roots))
     for item in wanted:
         plan.states[item.relpath] = tree.state(item)
@@ -273,7 +337,12 @@ def plan_restore(target: Target, request: RestoreRequest) -> RestorePlan:
     if request.restore_sessions:
         plan.sessions = session_entries(manifest, record.appliance)
         plan_sessions(target, request, plan)
-    if "database" in components:
+    if "database" in components and db_method == PHYSICAL:
+        plan.physical = physical_preflight(request, db_record, int((manifest.get("db") or {}).get("bytes", 0)))
+        checks["physical"] = dict(plan.physical.checks, datadir=plan.physical.datadir, service=plan.physical.service,
+                                  ok=not plan.physical.problems)
+        problems.extend(plan.physical.problems)
+    elif "database" in components:
         checks["database_reachable"] = _check_database(request, plan)
     checks["free_space"] = _check_free_space(request, plan)
     return plan
@@ -338,7 +407,7 @@ def _check_free_space(request: RestoreRequest, plan: RestorePlan) -> Dict[str, A
     if result["files_free"] is not None and result["files_free"] < need_files:
         plan.problems.append("the appliance has %s free below %s but the restore writes %s of files"
                              % (describe_bytes(result["files_free"]), request.layout.root, describe_bytes(need_files)))
-    if plan.restores_database:
+    if plan.restores_database and plan.db_method == LOGICAL:
         db_bytes = int((plan.manifest.get("db") or {}).get("bytes", 0))
         need_db = int(db_bytes * DB_SPACE_FACTOR)
         datadir = plan.checks.get("database_reachable", {}).get("datadir") or ""

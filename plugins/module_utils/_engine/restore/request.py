@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
@@ -15,7 +16,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine import catal
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import ApplianceLayout
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption
-from ansible_collections.segura.backup.plugins.module_utils._engine.archive.format import DB_PREFIX
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.format import DB_PREFIX, PHYSICAL_PREFIX
 from ansible_collections.segura.backup.plugins.module_utils._engine.constants import MiB
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError, IntegrityError
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
@@ -33,6 +34,7 @@ SESSION_DIR_MODE = 0o750
 MAX_LISTED = 50  # paths listed in a result (overwrites, problems)
 
 DB_CHUNK = re.compile(re.escape(DB_PREFIX) + r"\.\d{6}")
+PHYSICAL_CHUNK = re.compile(re.escape(PHYSICAL_PREFIX) + r"\.\d{6}")
 CREATE_DATABASE = re.compile(rb"^CREATE DATABASE (?:/\*!\d+ IF NOT EXISTS\*/ )?`([^`]+)`")
 _SNAPSHOT_ID = re.compile(r"[0-9a-f]{8}")
 
@@ -60,6 +62,10 @@ class RestoreRequest:
     post_commands: Sequence[Sequence[str]] = ()
     command_timeout: float = 600.0
     post_verify: bool = True
+    #: physical restore: the systemd unit stopped and started around the swap, or "none" (the caller does)
+    db_service: str = "mariadb"
+    #: physical restore: the server's datadir (default: the running server's @@datadir)
+    db_datadir: Optional[str] = None
 
     def __post_init__(self):
         self.appliance = catalog.validate_appliance(self.appliance)
@@ -81,6 +87,10 @@ class RestoreRequest:
             if not components and not self.restore_sessions:
                 raise ConfigError("nothing to restore: components is empty and restore_sessions is off")
             self.components = tuple(c for c in RESTORABLE_COMPONENTS if c in components)
+        if not isinstance(self.db_service, str) or not re.fullmatch(r"[A-Za-z0-9@._:-]+", self.db_service):
+            raise ConfigError("database.service must be a systemd unit name or 'none', got %r" % (self.db_service,))
+        if self.db_datadir is not None and not os.path.isabs(self.db_datadir):
+            raise ConfigError("database.datadir must be an absolute path, got %r" % (self.db_datadir,))
         self.pre_commands = _check_commands(self.pre_commands, "pre_commands")
         self.post_commands = _check_commands(self.post_commands, "post_commands")
 

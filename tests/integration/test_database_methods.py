@@ -1,0 +1,310 @@
+"""The two database methods against a real MariaDB: exact physical restores, honest logical ones.
+
+One private MariaDB (its own port and datadir, stopped and started by the tests) holds a small
+reference appliance plus the values a logical dump mangles: FLOAT edge values (a dump prints about
+six digits), DOUBLE edge values (a dump carries them exactly) and a system-versioned table with
+history. The source's fingerprint is taken by this file's own client queries (CHECKSUM TABLE, row
+counts with history, FLOAT values compared as FLOAT), never by the engine under test.
+
+Run: .venv/bin/pytest tests/integration/test_database_methods.py
+"""
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from tests.integration.playbook import run_task
+from tests.integration.test_restore import start_mariadb, write_version
+from tests.lab import reference
+
+from ansible_collections.segura.backup.plugins.module_utils._engine import catalog
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import ApplianceLayout
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption, Encryption
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.check import check_database
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.physical import PhysicalRestore, PhysicalSetup
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.plan import plan_restore
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import RestoreRequest
+from ansible_collections.segura.backup.plugins.module_utils._engine.snapshot import SnapshotRequest, take_snapshot
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
+
+APPLIANCE = "methods-appliance"
+DATABASES = ("mt4", "senhasegura")
+# What a logical dump mangles, and what it does not: FLOAT prints rounded, DOUBLE round-trips, the
+# history of a system-versioned table needs --dump-history.
+EDGE_SQL = b"""
+CREATE TABLE mt4.edge_floats (id INT PRIMARY KEY, f FLOAT) ENGINE=InnoDB;
+INSERT INTO mt4.edge_floats VALUES (1, 1.2345678), (2, 3.4028234e38), (3, -1.17549435e-38), (4, 0.1), (5, NULL);
+CREATE TABLE mt4.edge_doubles (id INT PRIMARY KEY, d DOUBLE) ENGINE=InnoDB;
+INSERT INTO mt4.edge_doubles VALUES (1, 1.2345678901234567), (2, 1.7976931348623157e308), (3, 4.9e-324), (4, 0.1),
+  (5, -0.0);
+CREATE TABLE senhasegura.credential_history (id INT PRIMARY KEY, secret VARCHAR(64)) WITH SYSTEM VERSIONING;
+INSERT INTO senhasegura.credential_history VALUES (1, 'first'), (2, 'kept');
+UPDATE senhasegura.credential_history SET secret = 'second' WHERE id = 1;
+UPDATE senhasegura.credential_history SET secret = 'third' WHERE id = 1;
+"""
+#: FLOAT values compared as FLOAT: 1 when the stored bits are the source's, 0 when a dump rounded them.
+EXACT_FLOATS = ("SELECT COUNT(*) FROM mt4.edge_floats WHERE f = CAST(1.2345678 AS FLOAT) "
+                "OR f = CAST(3.4028234e38 AS FLOAT);")
+
+
+def mariadb(defaults_file, sql):
+    done = subprocess.run(["mariadb", "--defaults-file=" + defaults_file, "--batch", "--skip-column-names"],
+                          input=sql.encode() if isinstance(sql, str) else sql, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, check=True, timeout=300)
+    return [line.split("\t") for line in done.stdout.decode().splitlines()]
+
+
+def fingerprint(defaults_file):
+    """{table: (rows with history, CHECKSUM TABLE)} of both databases, and the exact-FLOAT count."""
+    tables = mariadb(defaults_file, "SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_TYPE FROM information_schema.TABLES "
+                                    "WHERE TABLE_SCHEMA IN ('mt4', 'senhasegura') AND TABLE_TYPE <> 'VIEW' ORDER BY 1, 2;")
+    result = {}
+    for schema, table, kind in tables:
+        name = "`%s`.`%s`" % (schema, table)
+        history = " FOR SYSTEM_TIME ALL" if kind == "SYSTEM VERSIONED" else ""
+        rows = mariadb(defaults_file, "SELECT COUNT(*) FROM %s%s;" % (name, history))[0][0]
+        checksum = mariadb(defaults_file, "CHECKSUM TABLE %s;" % name)[0][1]
+        result["%s.%s" % (schema, table)] = (int(rows), checksum)
+    result["exact floats"] = int(mariadb(defaults_file, EXACT_FLOATS)[0][0])
+    return result
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory, age_identity):
+    """A private server with a small reference appliance and the edge tables; yields its facts."""
+    base = tmp_path_factory.mktemp("methods")
+    service = start_mariadb(str(base / "server"))
+    try:
+        root = str(base / "appliance")
+        reference.seed(root, reference.parse_size("4MB"), 3, {"defaults_file": service.defaults_file})
+        write_version(root)
+        mariadb(service.defaults_file, EDGE_SQL)
+        before = fingerprint(service.defaults_file)
+        assert before["exact floats"] == 2 and before["senhasegura.credential_history"][0] == 4
+        yield {"service": service, "root": root, "target": str(base / "target"), "fingerprint": before,
+               "key": age_identity}
+    finally:
+        service.down()
+
+
+def take(source, method=None):
+    service = source["service"]
+    request = SnapshotRequest(appliance=APPLIANCE, layout=ApplianceLayout(root=source["root"]),
+                              encryption=Encryption.recipients_of([source["key"]["recipient"]]),
+                              db=DatabaseConnection(defaults_file=service.defaults_file, exclusive_defaults=True),
+                              components=("database", "config"), db_method=method)
+    os.makedirs(source["target"], exist_ok=True)
+    with open_target({"type": "path", "path": source["target"]}) as target:
+        return take_snapshot(target, request)
+
+
+def restore_args(source, snap, **database):
+    return {"target": {"type": "path", "path": source["target"]},
+            "decryption": {"identity_file": source["key"]["identity_file"]},
+            "appliance": {"name": APPLIANCE, "root": source["root"]}, "snapshot": snap["id"],
+            "components": ["database"],
+            "database": dict({"defaults_file": source["service"].defaults_file}, **database)}
+
+
+def restore_request(source, snap, **extra):
+    return RestoreRequest(appliance=APPLIANCE, layout=ApplianceLayout(root=source["root"]),
+                          decryption=Decryption.identity_file(source["key"]["identity_file"]),
+                          db=DatabaseConnection(defaults_file=source["service"].defaults_file, exclusive_defaults=True),
+                          snapshot=snap["id"], components=["database"], **extra)
+
+
+def sidecar_of(source, snap):
+    with open(os.path.join(source["target"], snap["sidecar"]), encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def scramble(source):
+    """Change what the restore must bring back: a FLOAT, history, a row of the reference data."""
+    mariadb(source["service"].defaults_file, "UPDATE mt4.edge_floats SET f = 7 WHERE id = 1; UPDATE mt4.edge_doubles SET d = 0 WHERE id = 2; "
+                                             "DELETE FROM senhasegura.credential_history WHERE id = 2; "
+                                             "CREATE TABLE mt4.not_in_the_snapshot (id INT);")
+
+
+def leftovers(datadir):
+    parent, name = os.path.split(datadir)
+    return sorted(entry for entry in os.listdir(parent) if entry.startswith(name + "."))
+
+
+def remove_leftovers(datadir):
+    for entry in leftovers(datadir):
+        shutil.rmtree(os.path.join(os.path.dirname(datadir), entry))
+
+
+# ------------------------------------------------------------------ physical
+def test_the_default_is_physical_and_the_records_say_how_and_where(source):
+    snap = take(source)
+    database = snap["database"]
+    assert database["method"] == "physical" and snap["warnings"] == []
+    assert database["tool_version"] == database["server_version"].split("-")[0]
+    assert database["position"]["lsn_to"] >= database["position"]["lsn_from"] > 0
+    side = sidecar_of(source, snap)["db"]
+    assert side["method"] == "physical" and side["tool_version"] == database["tool_version"]
+    assert side["position"] == database["position"] and side["bytes"] == snap["counts"]["db_bytes"]
+
+
+def test_physical_restore_into_an_offline_datadir_is_exact(source):
+    service = source["service"]
+    snap = take(source, "physical")
+    scramble(source)
+    assert fingerprint(service.defaults_file) != source["fingerprint"]
+    service.down()
+    try:
+        done = run_task("segura.backup.restore", restore_args(source, snap, service="none", datadir=service.datadir))
+    finally:
+        service.up()
+    assert not done.failed, done.output
+    restored = done.result["restore"]
+    assert restored["database_method"] == "physical"
+    assert restored["verification"]["database"]["strength"] == "copy"
+    assert fingerprint(service.defaults_file) == source["fingerprint"]  # FLOAT bits and history included
+    previous = restored["physical"]["previous_datadir"]
+    assert os.path.isdir(os.path.join(previous, "mt4")) and leftovers(service.datadir) == [os.path.basename(previous)]
+    assert any(previous in warning for warning in done.result.get("warnings", restored["warnings"]))
+    remove_leftovers(service.datadir)
+
+
+def test_physical_restore_refuses_while_a_server_holds_the_datadir(source):
+    service = source["service"]
+    snap = take(source, "physical")
+    mariadb(service.defaults_file, "CREATE TABLE mt4.written_after (id INT);")
+    done = run_task("segura.backup.restore", restore_args(source, snap, service="none", datadir=service.datadir))
+    assert done.failed and "a running server holds %s" % service.datadir in done.result["msg"], done.output
+    assert mariadb(service.defaults_file, "SHOW TABLES FROM mt4 LIKE 'written_after';") == [["written_after"]]
+    assert leftovers(service.datadir) == []
+    mariadb(service.defaults_file, "DROP TABLE mt4.written_after;")
+
+
+def test_physical_restore_refuses_another_mariadb_backup_version_before_touching_anything(source, tmp_path,
+                                                                                          monkeypatch):
+    snap = take(source, "physical")
+    # Test double of an older mariadb-backup: it only answers --version.
+    double = tmp_path / "bin" / "mariadb-backup"
+    double.parent.mkdir()
+    double.write_text("#!/bin/sh\necho 'mariadb-backup based on MariaDB server 10.6.99-MariaDB debian-linux-gnu' >&2\n")
+    double.chmod(0o755)
+    monkeypatch.setenv("PATH", "%s:%s" % (double.parent, os.environ["PATH"]))
+    request = restore_request(source, snap, db_service="none", db_datadir=source["service"].datadir)
+    with open_target({"type": "path", "path": source["target"]}) as target:
+        plan = plan_restore(target, request)
+    version = snap["database"]["tool_version"]
+    assert not plan.ok
+    assert any("taken by mariadb-backup %s" % version in p and "this host has mariadb-backup 10.6.99" in p
+               for p in plan.problems), plan.problems
+    assert leftovers(source["service"].datadir) == []
+
+
+def test_a_failure_after_the_swap_puts_the_previous_datadir_back(tmp_path):
+    datadir, staging = tmp_path / "data", tmp_path / "data.restore-x"
+    datadir.mkdir()
+    (datadir / "ibdata1").write_text("old")
+    staging.mkdir()
+    (staging / "ibdata1").write_text("restored")
+    setup = PhysicalSetup(datadir=str(datadir), tool="", server="", service="none", stamp="x", staging=str(staging),
+                          previous=str(tmp_path / "data.pre-restore-x"))
+    restorer = PhysicalRestore(None, setup, DATABASES)
+    os.rename(setup.datadir, setup.previous)
+    os.rename(setup.staging, setup.datadir)
+    with pytest.raises(ApplianceError, match=r"failed after the datadir swap and was rolled back: the server did "
+                                             r"not start\. The previous datadir is back in .*data; the restored "
+                                             r"copy was kept as .*data\.failed-restore-x"):
+        restorer._roll_back(RuntimeError("the server did not start"))
+    assert (datadir / "ibdata1").read_text() == "old"
+    assert (tmp_path / "data.failed-restore-x" / "ibdata1").read_text() == "restored"
+    assert not os.path.exists(setup.previous)
+
+
+# ------------------------------------------------------------------ logical
+def test_a_logical_snapshot_names_what_it_cannot_carry(source):
+    snap = take(source, "logical")
+    losses = snap["database"]["losses"]
+    assert [(loss["table"], loss["column"]) for loss in losses if loss["changes_data"]] == [("mt4.edge_floats", "f")]
+    assert snap["database"]["dump_history"] is True and snap["database"]["facts"] == "db/facts.json"
+    assert any("mt4.edge_floats.f" in warning and "physical" in warning for warning in snap["warnings"])
+    assert sidecar_of(source, snap)["db"]["method"] == "logical"
+
+
+def test_a_logical_restore_loses_exactly_the_reported_columns_and_says_so(source):
+    service = source["service"]
+    snap = take(source, "logical")
+    scramble(source)
+    done = run_task("segura.backup.restore", restore_args(source, snap))
+    assert not done.failed, done.output
+    check = done.result["restore"]["verification"]["database"]
+    assert check["ok"] and check["strength"] == "exact except the known losses"
+    assert [(loss["table"], loss["column"]) for loss in check["known_losses"]] == [("mt4.edge_floats", "f")]
+    assert any("mt4.edge_floats.f" in warning for warning in done.result["restore"]["warnings"])
+    after = fingerprint(service.defaults_file)
+    lost = {name for name in after if after[name] != source["fingerprint"].get(name)}
+    # Exactly the FLOAT table's checksum and the exact-FLOAT probe differ; DOUBLE and history came back whole.
+    assert lost == {"mt4.edge_floats", "exact floats"}, lost
+    assert after["mt4.edge_floats"][0] == source["fingerprint"]["mt4.edge_floats"][0]
+    assert after["senhasegura.credential_history"] == source["fingerprint"]["senhasegura.credential_history"]
+
+
+def test_the_check_fails_when_a_restored_table_differs_from_the_source(source):
+    service = source["service"]
+    snap = take(source, "logical")
+    request = restore_request(source, snap)
+    with open_target({"type": "path", "path": source["target"]}) as target:
+        plan = plan_restore(target, request)
+    assert check_database(request, plan)["ok"]  # nothing changed since the snapshot
+    mariadb(service.defaults_file, "UPDATE senhasegura.credential_history SET secret = 'tampered' WHERE id = 2;")
+    result = check_database(request, plan)
+    assert not result["ok"]
+    assert any(problem.startswith("table senhasegura.credential_history holds 5 rows") for problem in result["problems"])
+    mariadb(service.defaults_file, "UPDATE mt4.edge_doubles SET d = d * 2 WHERE id = 1; CREATE TABLE mt4.added (i INT);")
+    result = check_database(request, plan)
+    assert any("table mt4.edge_doubles has the snapshot's 5 rows but not its content" in problem
+               for problem in result["problems"]), result["problems"]
+    assert "table mt4.added exists after the restore but not in the snapshot" in result["problems"]
+    # A known loss is still compared by its row count.
+    mariadb(service.defaults_file, "DELETE FROM mt4.edge_floats WHERE id = 5;")
+    assert "table mt4.edge_floats holds 4 rows, the snapshot 5" in check_database(request, plan)["problems"]
+
+
+# ------------------------------------------------------------------ by hand
+def test_a_physical_snapshot_comes_back_by_hand_with_the_documented_commands(source, tmp_path):
+    """docs/recovery.md: age -d | zstd -d | tar -x, cat | mbstream -x, --prepare, --copy-back; then a server."""
+    snap = take(source, "physical")
+    datadir = tmp_path / "datadir"
+    script = os.path.join(os.path.dirname(__file__), "recover_physical_by_hand.sh")
+    subprocess.run(["bash", script, os.path.join(source["target"], snap["object"]),
+                    source["key"]["identity_file"], str(tmp_path / "work"), str(datadir)], check=True, timeout=600,
+                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    socket = str(tmp_path / "by-hand.sock")
+    # --skip-grant-tables: the check is about the data; the restored accounts are the source's.
+    server = subprocess.Popen(["mariadbd", "--no-defaults", "--user=root", "--datadir=" + str(datadir),
+                               "--socket=" + socket, "--skip-networking", "--skip-grant-tables",
+                               "--pid-file=" + str(tmp_path / "pid"),
+                               "--log-error=" + str(tmp_path / "err.log")], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        client = tmp_path / "client.cnf"
+        client.write_text("[client]\nuser = root\nsocket = %s\n" % socket)
+        for _attempt in range(300):
+            if subprocess.run(["mariadb", "--defaults-file=" + str(client), "-e", "SELECT 1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30).returncode == 0:
+                break
+            assert server.poll() is None, (tmp_path / "err.log").read_text()
+            subprocess.run(["sleep", "0.2"], check=True)
+        assert fingerprint(str(client)) == fingerprint(source["service"].defaults_file)
+    finally:
+        server.terminate()
+        server.wait(timeout=120)
+
+
+def test_catalog_sidecar_of_a_physical_snapshot_is_still_a_sidecar(source):
+    snap = take(source, "physical")
+    with open_target({"type": "path", "path": source["target"]}) as target:
+        records = catalog.list_snapshots(target, APPLIANCE).for_appliance(APPLIANCE)
+    assert any(record.id == snap["id"] and record.complete for record in records)
