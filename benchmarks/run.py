@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/run.py [--size small|full] [--only NAME ...] [--repeat N]
 
-Benchmarks (NAME): e2e, smb_push, nfs_push, scaling, incremental, catalog, restore.
+Benchmarks (NAME): e2e, smb_push, nfs_push, scaling, incremental, catalog, restore, dbmethods.
 Each is run as a baseline (shell tools: mariadb-dump | zstd | age | smbclient, nfs-cp) and as the
 collection (plugins/module_utils, in a child process: benchmarks/worker.py), N times, interleaved
 (the side that goes first alternates) so both share the machine's noise. Every side is one child
@@ -56,11 +56,12 @@ PROFILE = {"dir": None}  # --profile: where e2e writes a cProfile report of one 
 
 SIZES = {
     "small": {"e2e": "100MB", "push_mib": 256, "scaling": ("50MB", "200MB"), "recordings": 1000,
-              "recording_bytes": 64 * 1024, "catalog": (20, 100)},
+              "recording_bytes": 64 * 1024, "catalog": (20, 100), "dbmethods": ("250MB",)},
+    # dbmethods: a seed holds ~40 % databases, so 1.25GB and 5GB give ~500 MB and ~2 GB of data in MariaDB.
     "full": {"e2e": "2GB", "push_mib": 1024, "scaling": ("500MB", "2GB"), "recordings": 10000,
-             "recording_bytes": 64 * 1024, "catalog": (20, 500)},
+             "recording_bytes": 64 * 1024, "catalog": (20, 500), "dbmethods": ("1.25GB", "5GB")},
 }
-BENCHMARKS = ("e2e", "smb_push", "nfs_push", "scaling", "incremental", "catalog", "restore")
+BENCHMARKS = ("e2e", "smb_push", "nfs_push", "scaling", "incremental", "catalog", "restore", "dbmethods")
 
 
 def log(message):
@@ -619,6 +620,118 @@ def bench_restore(lab, cfg, repeat, data):
                        "restore/snapshot (baseline)": base["wall_s"] / made_base["wall"]}}
 
 
+# ------------------------------------------------------------------ h. the database methods
+BY_HAND_LOGICAL_DB = r"""
+$SMBCLIENT -c "mkdir $DIR" >/dev/null
+mariadb-dump --defaults-file="$DEFAULTS" --single-transaction --quick --routines --triggers --events --hex-blob \
+    --databases mt4 senhasegura | zstd -q -T0 -3 | age -r "$RECIPIENT" | $SMBCLIENT -c "put - $DIR/db.sql.zst.age" >/dev/null
+"""
+BY_HAND_PHYSICAL_DB = r"""
+$SMBCLIENT -c "mkdir $DIR" >/dev/null
+mariadb-backup --defaults-file="$DEFAULTS" --backup --stream=mbstream --datadir="$DATADIR" 2>/dev/null \
+    | zstd -q -T0 -3 | age -r "$RECIPIENT" | $SMBCLIENT -c "put - $DIR/db.mbstream.zst.age" >/dev/null
+"""
+
+
+def bench_dbmethods(lab, cfg, repeat, data):
+    """Physical snapshot against both by-hand pipelines; physical restore against the logical one."""
+    key, recipient = age_key(lab.workdir)
+    results = []
+    for size in cfg["dbmethods"]:
+        appliance = data.appliance("dbmethods", size)
+        db_bytes = tree_bytes(appliance["service"].datadir)
+        env = {"SMBCLIENT": lab.smbclient_args("encrypted"), "DEFAULTS": appliance["defaults_file"],
+               "RECIPIENT": recipient, "DATADIR": appliance["service"].datadir}
+
+        def side(run, label):
+            def once(index):
+                folder = "bench-db-%s-%s" % (label, uuid.uuid4().hex[:8])
+                try:
+                    return run(folder)
+                finally:
+                    shutil.rmtree(lab.behind_share("encrypted", folder), ignore_errors=True)
+            return once
+
+        def ours(method):
+            return lambda folder: worker({"op": "snapshot", "target": lab.smb("encrypted", folder), "appliance": APPLIANCE,
+                                          "root": appliance["root"], "defaults_file": appliance["defaults_file"],
+                                          "recipient": recipient, "components": ["database"], "db_method": method})
+
+        runs = interleaved(repeat, {
+            "by hand, logical": side(lambda folder: shell(BY_HAND_LOGICAL_DB, dict(env, DIR=folder)), "hand-logical"),
+            "by hand, physical": side(lambda folder: shell(BY_HAND_PHYSICAL_DB, dict(env, DIR=folder)), "hand-physical"),
+            "segura.backup, physical": side(ours("physical"), "ours-physical"),
+        })
+        snap = {label: summary(found) for label, found in runs.items()}
+        restore = _bench_method_restores(lab, appliance, key, recipient, repeat, ours)
+        ours_wall = snap["segura.backup, physical"]["wall_s"]
+        ratios = {"physical snapshot (ours) / by-hand logical": ours_wall / snap["by hand, logical"]["wall_s"],
+                  "physical snapshot (ours) / by-hand physical": ours_wall / snap["by hand, physical"]["wall_s"],
+                  "physical restore / logical restore (ours)": restore["physical"]["wall_s"] / restore["logical"]["wall_s"]}
+        title = "h. database methods, %s appliance (%.0f MB datadir), SMB encrypted share" % (size, db_bytes / 1e6)
+        rows = ["| side | wall (s) | CPU (s) | max RSS (MiB) | tree RSS (MiB) |", "|---|---:|---:|---:|---:|"]
+        for label, found in [("snapshot: " + k, v) for k, v in snap.items()] + \
+                [("restore (database): segura.backup, " + k, v) for k, v in restore.items()]:
+            rows.append("| %s | %s | %s | %s | %s |" % (label, fmt(found["wall_s"]), fmt(found["cpu_s"]),
+                                                       fmt(found["maxrss_mib"], 0), fmt(found["tree_rss_mib"], 0)))
+        rows += ["", "| ratio | value |", "|---|---:|"] + ["| %s | %s |" % (k, fmt(v)) for k, v in ratios.items()]
+        rows += ["", "Physical restore phases (last run): %s; logical: %s. The physical side includes starting the "
+                 "server on the restored datadir (service none) and one query." % (restore["physical"]["physical"],
+                                                                                   restore["logical"]["phases"])]
+        results.append({"title": title, "snapshot": snap, "restore": restore, "ratios": ratios, "table": "\n".join(rows)})
+    return results
+
+
+def _bench_method_restores(lab, appliance, key, recipient, repeat, ours):
+    """Both methods restored from a snapshot of the same data: physical into a stopped private server
+    (service none; its start and a query are timed and added), logical into a running one."""
+    folders = {"physical": "bench-db-restore-physical-%s" % uuid.uuid4().hex[:8],
+               "logical": "bench-db-restore-logical-%s" % uuid.uuid4().hex[:8]}
+    for method, folder in folders.items():
+        ours(method)(folder)
+    # Two servers: a physical restore brings the source's accounts along, which a logical one then could not use.
+    servers = {method: lab.mariadb("methods-restore-%s-%s" % (method, uuid.uuid4().hex[:6])) for method in folders}
+    root = os.path.join(lab.workdir, "restored-methods")
+    os.makedirs(root, exist_ok=True)
+    write_version(root)
+
+    def job(method, **extra):
+        return dict({"op": "restore", "target": lab.smb("encrypted", folders[method]), "appliance": APPLIANCE,
+                     "root": root, "defaults_file": servers[method].defaults_file, "identity": key,
+                     "components": ["database"],
+                     "restore_sessions": False}, **extra)
+
+    def physical(index):
+        server = servers["physical"]
+        server.down()
+        try:
+            done = worker(job("physical", db_service="none", db_datadir=server.datadir))
+        finally:
+            started = time.perf_counter()
+            server.up()
+            subprocess.run(["mariadb", "--no-defaults", "--socket=" + server.socket, "--user=root", "-e", "SELECT 1"],
+                           check=True, timeout=60, stdout=subprocess.DEVNULL)
+            for entry in os.listdir(os.path.dirname(server.datadir)):
+                if entry.startswith(os.path.basename(server.datadir) + "."):
+                    shutil.rmtree(os.path.join(os.path.dirname(server.datadir), entry))
+        done["wall"] += time.perf_counter() - started
+        return done
+
+    def logical(index):
+        return worker(job("logical"))
+
+    try:
+        runs = interleaved(repeat, {"physical": physical, "logical": logical})
+    finally:
+        for folder in folders.values():
+            shutil.rmtree(lab.behind_share("encrypted", folder), ignore_errors=True)
+    found = {method: summary(method_runs) for method, method_runs in runs.items()}
+    for method in found:
+        found[method]["phases"] = runs[method][-1]["result"].get("durations")
+        found[method]["physical"] = (runs[method][-1]["result"].get("physical") or {}).get("durations")
+    return found
+
+
 # ------------------------------------------------------------------ data shared across benchmarks
 class Data:
     def __init__(self, lab):
@@ -739,7 +852,8 @@ def main(argv=None):
               "repeat": args.repeat, "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
               "machine": machine(), "load_before": load_average(), "results": {}}
     functions = {"e2e": bench_e2e, "smb_push": bench_smb_push, "nfs_push": bench_nfs_push, "scaling": bench_scaling,
-                 "incremental": bench_incremental, "catalog": bench_catalog, "restore": bench_restore}
+                 "incremental": bench_incremental, "catalog": bench_catalog, "restore": bench_restore,
+                 "dbmethods": bench_dbmethods}
     workdir = tempfile.mkdtemp(prefix="segura-bench-")
     if args.profile:
         PROFILE["dir"] = workdir

@@ -7,9 +7,10 @@ result on stdout. Jobs:
       stream a local file through Target.open_write in 1 MiB writes (optionally under cProfile;
       generic_writes: SMB without the writer's fast path, i.e. smbprotocol's Open.write())
   {"op": "snapshot", "target": {...}, "appliance": NAME, "root": DIR, "defaults_file": F,
-   "recipient": "age1...", "components": [...]}
+   "recipient": "age1...", "components": [...], "db_method": "physical"|"logical"|null}
       snapshot.take_snapshot
-  {"op": "restore", "target": {...}, "appliance": NAME, "root": DIR, "defaults_file": F, "identity": KEYFILE}
+  {"op": "restore", "target": {...}, "appliance": NAME, "root": DIR, "defaults_file": F, "identity": KEYFILE,
+   "components": [...]|null, "restore_sessions": bool, "db_service": "mariadb"|"none", "db_datadir": DIR|null}
       restore.restore of the latest snapshot
 Run by benchmarks/run.py; not meant to be used by hand.
 """
@@ -56,7 +57,7 @@ def snapshot(job):
     db = DatabaseConnection(defaults_file=job["defaults_file"], exclusive_defaults=True) if job.get("defaults_file") else None
     request = SnapshotRequest(appliance=job["appliance"], layout=ApplianceLayout(root=job["root"]),
                               encryption=Encryption.recipients_of([job["recipient"]]), db=db,
-                              components=job["components"])
+                              components=job["components"], db_method=job.get("db_method"))
     started = time.perf_counter()
     sessions_done = [None]
 
@@ -77,11 +78,13 @@ def restore(job):
     request = RestoreRequest(appliance=job["appliance"], layout=ApplianceLayout(root=job["root"]),
                              decryption=Decryption.identity_file(job["identity"]),
                              db=DatabaseConnection(defaults_file=job["defaults_file"], exclusive_defaults=True),
-                             restore_sessions=True)
+                             restore_sessions=job.get("restore_sessions", True), components=job.get("components"),
+                             db_service=job.get("db_service", "mariadb"), db_datadir=job.get("db_datadir"))
     started = time.perf_counter()
     with open_target(job["target"]) as target:
         done = run_restore(target, request)
-    return {"seconds": time.perf_counter() - started, "durations": done.get("durations")}
+    return {"seconds": time.perf_counter() - started, "durations": done.get("durations"),
+            "physical": done.get("physical"), "verification": done.get("verification")}
 
 
 def main():

@@ -33,9 +33,10 @@ options:
         default: 3
       threads:
         description:
-          - zstd worker threads; V(0) compresses in the calling thread, V(-1) uses one per CPU.
+          - zstd worker threads; V(0) compresses in the calling thread, V(-1) uses one per CPU (at most
+            4, each about 20 MiB of memory), so that reading the database and compressing overlap.
         type: int
-        default: 0
+        default: -1
   chunk_size_mb:
     description:
       - Size of the database dump members in MiB (1 to 256). One chunk is the most the dump ever

@@ -29,6 +29,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.restore.chec
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.physical import PhysicalRestore, PhysicalSetup
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.plan import plan_restore
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import RestoreRequest
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.swap import DatadirSwap
 from ansible_collections.segura.backup.plugins.module_utils._engine.snapshot import SnapshotRequest, take_snapshot
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
 
@@ -203,24 +204,63 @@ def test_physical_restore_refuses_another_mariadb_backup_version_before_touching
     assert leftovers(source["service"].datadir) == []
 
 
-def test_a_failure_after_the_swap_puts_the_previous_datadir_back(tmp_path):
+def _datadirs(tmp_path):
     datadir, staging = tmp_path / "data", tmp_path / "data.restore-x"
-    datadir.mkdir()
+    datadir.mkdir(exist_ok=True)
     (datadir / "ibdata1").write_text("old")
+    (datadir / "mt4").mkdir()
+    (datadir / "mt4" / "t.ibd").write_text("old table")
     staging.mkdir()
     (staging / "ibdata1").write_text("restored")
+    (staging / "senhasegura").mkdir()
+    return datadir, staging
+
+
+def _contents(folder):
+    return {os.path.relpath(os.path.join(base, name), str(folder)): open(os.path.join(base, name)).read()
+            for base, _dirs, files in os.walk(str(folder)) for name in files}
+
+
+def test_a_failure_after_the_swap_puts_the_previous_datadir_back(tmp_path):
+    datadir, staging = _datadirs(tmp_path)
     setup = PhysicalSetup(datadir=str(datadir), tool="", server="", service="none", stamp="x", staging=str(staging),
                           previous=str(tmp_path / "data.pre-restore-x"))
     restorer = PhysicalRestore(None, setup, DATABASES)
-    os.rename(setup.datadir, setup.previous)
-    os.rename(setup.staging, setup.datadir)
+    restorer.swap.swap_in()
+    assert restorer.swap.mode == "rename" and (datadir / "ibdata1").read_text() == "restored"
     with pytest.raises(ApplianceError, match=r"failed after the datadir swap and was rolled back: the server did "
                                              r"not start\. The previous datadir is back in .*data; the restored "
                                              r"copy was kept as .*data\.failed-restore-x"):
         restorer._roll_back(RuntimeError("the server did not start"))
-    assert (datadir / "ibdata1").read_text() == "old"
+    assert _contents(datadir) == {"ibdata1": "old", "mt4/t.ibd": "old table"}
     assert (tmp_path / "data.failed-restore-x" / "ibdata1").read_text() == "restored"
-    assert not os.path.exists(setup.previous)
+    assert not os.path.exists(setup.previous) and not os.path.exists(str(staging))
+
+
+def test_a_datadir_that_is_a_mount_point_is_swapped_by_its_entries_and_back(tmp_path):
+    """Its own filesystem (an LVM volume on many servers) cannot be renamed: EBUSY. The entries move instead,
+    across filesystems by cp -a, with owner and mode."""
+    datadir = tmp_path / "data"
+    datadir.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0750", "segura-test-datadir", str(datadir)],
+                   check=True, timeout=30)
+    try:
+        _datadirs(tmp_path)
+        os.chown(str(datadir / "mt4" / "t.ibd"), 1234, 4321)
+        swap = DatadirSwap(str(datadir), str(tmp_path / "data.restore-x"), str(tmp_path / "data.pre-restore-x"))
+        swap.swap_in()
+        assert swap.mode == "entries" and os.path.ismount(str(datadir))
+        assert _contents(datadir) == {"ibdata1": "restored"} and (datadir / "senhasegura").is_dir()
+        previous = tmp_path / "data.pre-restore-x"
+        assert _contents(previous) == {"ibdata1": "old", "mt4/t.ibd": "old table"}
+        assert (previous / "mt4" / "t.ibd").stat().st_uid == 1234 and oct(previous.stat().st_mode & 0o777) == "0o750"
+        swap.roll_back(str(tmp_path / "data.failed-restore-x"))
+        assert _contents(datadir) == {"ibdata1": "old", "mt4/t.ibd": "old table"}
+        assert (datadir / "mt4" / "t.ibd").stat().st_gid == 4321
+        assert _contents(tmp_path / "data.failed-restore-x") == {"ibdata1": "restored"}
+        assert not previous.exists()
+    finally:
+        subprocess.run(["umount", str(datadir)], check=True, timeout=30)
 
 
 # ------------------------------------------------------------------ logical

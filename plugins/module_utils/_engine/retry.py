@@ -55,3 +55,60 @@ def remove_checked(remove: Callable[[str], None], exists: Callable[[str], bool],
             if not retry_read(exists, relpath):
                 return True  # the attempt that looked failed did remove it
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+class ResumingReader:
+    """A target file read once from start to end that survives a failed read.
+
+    On a TargetError it reopens the file and skips to where it was, at most ATTEMPTS - 1 times in all;
+    every byte is still checked downstream (sha256 of the object, of each member). Used by both passes of
+    a restore: a share that drops one read in the middle of a 2 GB object must not cost the restore,
+    least of all after the databases were dropped.
+    """
+
+    _SKIP = 1024 * 1024
+
+    def __init__(self, target: Any, relpath: str):
+        self._target = target
+        self._relpath = relpath
+        self._offset = 0
+        self._failures = 0
+        self._handle = retry_read(target.open_read, relpath)
+
+    def read(self, size: int = -1) -> bytes:
+        while True:
+            try:
+                data = self._handle.read(size)
+            except TargetNotFound:
+                raise
+            except TargetError:
+                self._failures += 1
+                if self._failures >= ATTEMPTS:
+                    raise
+                self._reopen()
+                continue
+            self._offset += len(data)
+            return data
+
+    def _reopen(self) -> None:
+        try:
+            self._handle.close()
+        except TargetError:
+            pass  # the failed handle; the new one decides
+        self._handle = self._target.open_read(self._relpath)
+        left = self._offset
+        while left:
+            skipped = self._handle.read(min(left, self._SKIP))
+            if not skipped:
+                raise TargetError("%s is shorter than before (%d bytes) when opened again after a failed read"
+                                  % (self._relpath, self._offset))
+            left -= len(skipped)
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> "ResumingReader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -66,7 +66,7 @@ class SnapshotRequest:
     db: Optional[DatabaseConnection] = None
     components: Sequence[str] = DEFAULT_COMPONENTS
     zstd_level: int = 3
-    zstd_threads: int = 0
+    zstd_threads: int = -1  # one zstd worker per CPU (at most 4), as `zstd -T0` by hand
     chunk_size: int = 16 * MiB
     lock_ttl: timedelta = timedelta(minutes=15)
     health_url: Optional[str] = None

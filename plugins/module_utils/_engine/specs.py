@@ -120,7 +120,7 @@ _SNAPSHOT_OWN = {
     "components": {"type": "list", "elements": "str", "choices": list(COMPONENTS), "default": list(DEFAULT_COMPONENTS)},
     "compression": {"type": "dict", "default": {}, "options": {
         "level": {"type": "int", "default": 3},
-        "threads": {"type": "int", "default": 0},
+        "threads": {"type": "int", "default": -1},
     }},
     "chunk_size_mb": {"type": "int", "default": 16},
     "lock_ttl": {"type": "int", "default": 900},

@@ -26,3 +26,15 @@ def test_fingerprint_equals_the_one_before_the_backup(host):
     now = containers.fingerprint(host.backend.name)
     assert now["databases"] == before["databases"]
     assert now["files"] == before["files"]
+
+
+def test_the_restore_was_physical_and_kept_the_previous_datadir(host):
+    """The appliance image has mariadb-backup of its server's version, so the snapshot was physical and the
+    restore swapped the datadir with systemd: the previous one is kept, nothing half-made is left."""
+    kept = host.check_output("find /var/lib -maxdepth 1 -name 'mysql.*' -printf '%f\\n'").split()
+    assert len(kept) == 1 and kept[0].startswith("mysql.pre-restore-"), kept
+    datadir = host.file("/var/lib/mysql")
+    assert datadir.is_directory and datadir.user == "mysql" and datadir.group == "mysql"
+    assert host.file("/var/lib/mysql/ibdata1").user == "mysql"
+    assert host.service("mariadb").is_running
+    assert host.run("systemctl is-active mariadb.socket").stdout.strip() == "active"

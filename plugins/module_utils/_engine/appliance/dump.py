@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import fcntl
 import os
 import signal
 import subprocess
@@ -86,6 +87,19 @@ def die_with_parent(parent_pid: int) -> Callable[[], None]:
             os._exit(1)
 
     return preexec
+
+
+_F_SETPIPE_SZ = 1031  # Linux fcntl
+_PIPE_BYTES = 1024 * 1024
+
+
+def _widen_pipe(fd: int) -> None:
+    """Let the tool run up to 1 MiB ahead of us (a pipe holds 64 KiB by default): while we compress
+    and hash a chunk it keeps reading the database instead of waiting on a full pipe."""
+    try:
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
+    except OSError:
+        pass  # above /proc/sys/fs/pipe-max-size, or not Linux: the default size still works
 
 
 class _DumpReader(ReadMixin):
@@ -177,6 +191,7 @@ class DatabaseDump:
             raise ApplianceError("could not start %s: %s" % (command[0], exc.strerror or exc)) from None
         if self.process.stdout is None or self.process.stderr is None:
             raise AssertionError("no stdout or stderr pipe, though opened with stdout=PIPE and stderr=PIPE")
+        _widen_pipe(self.process.stdout.fileno())
         self._reader = _DumpReader(self.process.stdout)
         self._stderr_thread = threading.Thread(target=self._drain_stderr, name="dump-stderr", daemon=True)
         self._stderr_thread.start()

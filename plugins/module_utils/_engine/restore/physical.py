@@ -3,20 +3,21 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 #
 # PRIVATE to the segura.backup collection (see _engine/__init__.py): may change in any release.
-"""The physical database method's restore: a whole datadir, swapped in by rename, checked, rolled back on failure.
+"""The physical database method's restore: a whole datadir, swapped in, checked, rolled back on failure.
 
 Order of work, and why:
 1. preflight (``physical_preflight``): the same mariadb-backup version as the snapshot's (a prepared
-   copy is only readable by its own server version), a datadir that is not a mount point (the swap is a
-   rename), free space beside it, and - with ``service: none`` - no server holding it;
-2. every verified chunk is fed to ONE ``mbstream -x`` into a staging folder beside the datadir (same
-   filesystem, so the swap is a rename);
+   copy is only readable by its own server version), free space beside the datadir, and - with
+   ``service: none`` - no server holding it;
+2. every verified chunk is fed to ONE ``mbstream -x`` into a staging folder beside the datadir (the
+   same filesystem, so the swap is a rename; ``swap.py`` moves entries when it cannot be);
 3. ``mariadb-backup --prepare``, then a throwaway ``mariadbd --skip-networking`` on the staging folder:
    it proves the copy starts, and its per-table facts (rows, history included, and CHECKSUM TABLE) are
    what the restored server must show - facts of the snapshot's own point, not of a re-dump;
-4. ownership of the old datadir; stop the service; rename the datadir to ``<datadir>.pre-restore-<ts>``
-   and the staging folder to the datadir; start the service; compare its facts with step 3's;
-5. any failure after the first rename puts the old datadir back and starts it again (and says so).
+4. ownership of the old datadir; stop the service (and its socket units); move the datadir to
+   ``<datadir>.pre-restore-<ts>`` and the staging folder into its place; start the service; compare
+   its facts with step 3's;
+5. any failure after the first move puts the old datadir back and starts it again (and says so).
 Nothing before step 4 touches the running server; an error there removes the staging folder only.
 """
 
@@ -46,6 +47,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.ph
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.tablefacts import compare_facts, table_facts
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import BLOCK, RestoreRequest
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.swap import DatadirSwap
 from ansible_collections.segura.backup.plugins.module_utils._engine.text import describe_bytes
 
 NO_SERVICE = "none"
@@ -53,6 +55,8 @@ NO_SERVICE = "none"
 PHYSICAL_SPACE_FACTOR = 1.1
 #: Files a running mariadbd keeps an fcntl lock on: if one is locked, a server holds the datadir.
 LOCKED_FILES = ("ibdata1", "aria_log_control")
+#: Socket units that start the service on a connection (Debian 12: mariadb.socket, mariadb-extra.socket).
+SOCKET_UNITS = (".socket", "-extra.socket")
 SERVER_START_SECONDS = 300
 SERVER_STOP_SECONDS = 300
 TOOL_SECONDS = 6 * 3600  # mbstream and --prepare of a very large instance
@@ -144,9 +148,6 @@ def _check_datadir(setup: PhysicalSetup, db_bytes: int) -> None:
     if not os.path.isdir(datadir):
         problems.append("the datadir %s does not exist (create it empty, owned by the server's user)" % datadir)
         return
-    if os.path.ismount(datadir):
-        problems.append("the datadir %s is a mount point: the restore swaps it by rename, so it must be a folder "
-                        "inside a filesystem (mount the filesystem one level up)" % datadir)
     parent = os.path.dirname(datadir)
     for path in (setup.staging, setup.previous):
         if os.path.lexists(path):
@@ -158,7 +159,11 @@ def _check_datadir(setup: PhysicalSetup, db_bytes: int) -> None:
         problems.append("cannot read the free space of %s: %s" % (parent, exc.strerror))
         return
     need = int(db_bytes * PHYSICAL_SPACE_FACTOR)
-    setup.checks["space"] = {"need": need, "free": free, "where": parent, "ok": free >= need}
+    if os.path.ismount(datadir):
+        # Its own filesystem: the old entries are copied out beside it (swap.py), so they need room here too.
+        need += _tree_bytes(datadir)
+    setup.checks["space"] = {"need": need, "free": free, "where": parent, "ok": free >= need,
+                             "datadir_is_mount_point": os.path.ismount(datadir)}
     if free < need:
         problems.append("%s has %s free but the prepared copy needs about %s beside the current datadir (it stays "
                         "as %s until you remove it)" % (parent, describe_bytes(free), describe_bytes(need),
@@ -168,6 +173,17 @@ def _check_datadir(setup: PhysicalSetup, db_bytes: int) -> None:
         setup.checks["stopped"] = {"ok": holder is None}
         if holder:
             problems.append("%s; with database.service none stop the server first (for example in pre_commands)" % holder)
+
+
+def _tree_bytes(path: str) -> int:
+    total = 0
+    for folder, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:
+                pass
+    return total
 
 
 def _run(argv: Sequence[str], what: str, timeout: float = TOOL_SECONDS) -> str:
@@ -263,6 +279,8 @@ class PhysicalRestore:
         self.durations: Dict[str, float] = {}
         self.copy_facts: Optional[Dict[str, Any]] = None
         self.swapped = False
+        self.sockets: List[str] = []  # socket units stopped with the service, started again after it
+        self.swap = DatadirSwap(setup.datadir, setup.staging, setup.previous)
 
     def start(self) -> "PhysicalRestore":
         mbstream = shutil.which("mbstream")
@@ -344,25 +362,20 @@ class PhysicalRestore:
             holder = datadir_holder(setup.datadir)
             if holder:
                 raise ApplianceError("%s after stopping %s" % (holder, setup.service))
-            try:
-                os.rename(setup.datadir, setup.previous)
-            except OSError as exc:
-                raise ApplianceError("cannot move the datadir %s aside to %s: %s (nothing was changed)"
-                                     % (setup.datadir, setup.previous, exc.strerror)) from None
         except BaseException:
             self.abort()
             self._start_service()
             raise
         self.swapped = True
         try:
-            os.rename(setup.staging, setup.datadir)
-            _fsync_dir(os.path.dirname(setup.datadir))
+            self.swap.swap_in()
             live = self._start_and_check()
         except BaseException as exc:
             self._roll_back(exc)
             raise  # _roll_back raises; this only keeps the type checker honest
         self._timed("swap_start_check", tick)
         return {"method": "physical", "datadir": setup.datadir, "previous_datadir": setup.previous,
+                "swap": self.swap.mode,
                 "service": setup.service, "started": setup.service != NO_SERVICE, "live_check": live,
                 "bytes": self.bytes, "durations": dict(self.durations)}
 
@@ -389,19 +402,28 @@ class PhysicalRestore:
             raise ApplianceError("the restored server differs from the snapshot: %s" % "; ".join(problems[:10]))
         return {"ok": True, "tables": len(facts["tables"])}
 
-    def _systemctl(self, verb: str) -> None:
-        _run(["systemctl", verb, self.setup.service], "systemctl %s %s" % (verb, self.setup.service),
-             timeout=SERVER_STOP_SECONDS)
+    def _systemctl(self, verb: str, unit: str) -> None:
+        _run(["systemctl", verb, unit], "systemctl %s %s" % (verb, unit), timeout=SERVER_STOP_SECONDS)
 
     def _stop_service(self) -> None:
-        if self.setup.service != NO_SERVICE:
-            self._systemctl("stop")
+        """Stop the unit, and first its socket units: Debian's mariadb.socket would start it again
+        at the first connection, on a datadir being swapped."""
+        if self.setup.service == NO_SERVICE:
+            return
+        for suffix in SOCKET_UNITS:
+            unit = self.setup.service + suffix
+            if unit not in self.sockets and _unit_active(unit):
+                self._systemctl("stop", unit)
+                self.sockets.append(unit)
+        self._systemctl("stop", self.setup.service)
 
     def _start_service(self, strict: bool = False) -> None:
         if self.setup.service == NO_SERVICE:
             return
         try:
-            self._systemctl("start")
+            self._systemctl("start", self.setup.service)
+            for unit in self.sockets:
+                self._systemctl("start", unit)
         except ApplianceError:
             if strict:
                 raise
@@ -412,10 +434,7 @@ class PhysicalRestore:
         failed = setup.datadir + ".failed-restore-" + setup.stamp
         try:
             self._stop_service()
-            if os.path.lexists(setup.datadir):
-                os.rename(setup.datadir, failed)
-            os.rename(setup.previous, setup.datadir)
-            _fsync_dir(os.path.dirname(setup.datadir))
+            self.swap.roll_back(failed)
             self._start_service(strict=True)
         except BaseException as exc:
             raise ApplianceError("the physical restore failed after the datadir swap (%s) and the rollback failed "
@@ -428,6 +447,14 @@ class PhysicalRestore:
                                 if setup.service != NO_SERVICE else "", failed)) from None
 
 
+def _unit_active(unit: str) -> bool:
+    try:
+        return subprocess.run(["systemctl", "is-active", "--quiet", unit], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 def _copy_ownership(datadir: str, staging: str) -> None:
     """Give the prepared copy the owner and mode of the datadir it replaces (prepare ran as root)."""
     info = os.stat(datadir)
@@ -436,11 +463,3 @@ def _copy_ownership(datadir: str, staging: str) -> None:
             os.lchown(os.path.join(folder, name), info.st_uid, info.st_gid)
     os.chown(staging, info.st_uid, info.st_gid)
     os.chmod(staging, info.st_mode & 0o7777)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -43,6 +43,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.restore.tree
     check_symlink_target,
     component_of,
 )
+from ansible_collections.segura.backup.plugins.module_utils._engine.retry import ResumingReader
 from ansible_collections.segura.backup.plugins.module_utils._engine.streams import HashingReader
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
 from ansible_collections.segura.backup.plugins.module_utils._engine.text import describe_bytes
@@ -146,8 +147,9 @@ def _wanted_of(name: str, entry: Dict[str, Any], component: str) -> Wanted:
 
 
 def open_object(target: Target, record: catalog.SnapshotRecord):
+    """The object, read once from start to end; a failed read is resumed where it stopped (both passes)."""
     try:
-        return target.open_read(record.object_relpath)
+        return ResumingReader(target, record.object_relpath)
     except TargetNotFound:
         raise IntegrityError("%s vanished from the target" % target.describe_path(record.object_relpath)) from None
 
