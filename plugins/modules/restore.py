@@ -27,9 +27,13 @@ description:
     beside the datadir, prepared with C(mariadb-backup --prepare), then started once by a throwaway
     C(mariadbd --skip-networking) whose per-table facts (row counts with system-versioned history, and
     C(CHECKSUM TABLE)) describe the snapshot's own point. The copy gets the datadir's owner and mode; the
-    service O(database.service) is stopped (with V(none) the caller stops it, and the module refuses while
-    a server still holds the datadir); the datadir is renamed to C(<datadir>.pre-restore-<time>) and the
-    copy renamed into its place; the service is started and its facts compared with the copy's.
+    service O(database.service) is stopped, with its socket units (Debian's C(mariadb.socket) would start
+    it again at the first connection) - with V(none) the caller stops it, and the module refuses while a
+    server still holds the datadir; the datadir is renamed to C(<datadir>.pre-restore-<time>) and the copy
+    renamed into its place; the service is started and its facts compared with the copy's.
+  - A datadir that cannot be renamed - a mount point of its own, or a folder of a container image's lower
+    layer - keeps its folder, and its entries are moved instead (by rename, else copied with C(cp -a) and
+    removed); the free-space check then counts the old datadir's size beside it too.
   - B(Rollback) - if any step after the first rename fails (start, or a difference in the facts), the
     restored copy is moved to C(<datadir>.failed-restore-<time>), the previous datadir is renamed back and
     the service started again; the task fails and says so. The previous datadir is kept after a success

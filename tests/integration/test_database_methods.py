@@ -24,13 +24,16 @@ from ansible_collections.segura.backup.plugins.module_utils._engine import catal
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import ApplianceLayout
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption, Encryption
-from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.reader import ArchiveReader
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, TargetError
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.apply import restore
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.check import check_database
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.physical import PhysicalRestore, PhysicalSetup
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.plan import plan_restore
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import RestoreRequest
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.swap import DatadirSwap
 from ansible_collections.segura.backup.plugins.module_utils._engine.snapshot import SnapshotRequest, take_snapshot
+from ansible_collections.segura.backup.plugins.module_utils._engine.streams import HashingReader
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
 
 APPLIANCE = "methods-appliance"
@@ -93,12 +96,12 @@ def source(tmp_path_factory, age_identity):
         service.down()
 
 
-def take(source, method=None):
+def take(source, method=None, **extra):
     service = source["service"]
     request = SnapshotRequest(appliance=APPLIANCE, layout=ApplianceLayout(root=source["root"]),
                               encryption=Encryption.recipients_of([source["key"]["recipient"]]),
                               db=DatabaseConnection(defaults_file=service.defaults_file, exclusive_defaults=True),
-                              components=("database", "config"), db_method=method)
+                              components=("database", "config"), db_method=method, **extra)
     os.makedirs(source["target"], exist_ok=True)
     with open_target({"type": "path", "path": source["target"]}) as target:
         return take_snapshot(target, request)
@@ -348,3 +351,85 @@ def test_catalog_sidecar_of_a_physical_snapshot_is_still_a_sidecar(source):
     with open_target({"type": "path", "path": source["target"]}) as target:
         records = catalog.list_snapshots(target, APPLIANCE).for_appliance(APPLIANCE)
     assert any(record.id == snap["id"] and record.complete for record in records)
+
+
+# ------------------------------------------------------------------ reads that fail in the second pass
+class FailingReads:
+    """Wraps a real target: from the ``first``-th open on, reads past ``offset`` bytes fail (a share that
+    drops the connection); ``times`` failures in all."""
+
+    def __init__(self, target, offset, first, times):
+        self.target, self.offset, self.first, self.times = target, offset, first, times
+        self.opens = 0
+
+    def __getattr__(self, name):
+        return getattr(self.target, name)
+
+    def open_read(self, relpath):
+        self.opens += 1
+        handle = self.target.open_read(relpath)
+        if self.opens < self.first or not relpath.endswith(".age"):
+            return handle
+        wrapper = self
+
+        class Handle:
+            position = 0
+
+            def read(self, size=-1):
+                if wrapper.times and self.position + max(size, 0) > wrapper.offset:
+                    wrapper.times -= 1
+                    raise TargetError("simulated: connection reset while reading %s" % relpath)
+                data = handle.read(size)
+                self.position += len(data)
+                return data
+
+            def close(self):
+                handle.close()
+
+        return Handle()
+
+
+def _object_offset_of(path, identity_file, member):
+    """How far into the object the engine's reader has read when ``member`` begins."""
+    with open(path, "rb") as handle:
+        counted = HashingReader(handle)
+        reader = ArchiveReader(counted, Decryption.identity_file(identity_file))
+        try:
+            for info, content in reader.members(strict=False):
+                if info.name == member:
+                    return counted.bytes
+                while content.read(1024 * 1024):  # as the restore reads a chunk (restore/logical.spool_chunk)
+                    pass
+        finally:
+            reader.close()
+    raise AssertionError("%s is not in %s" % (member, path))
+
+
+def _logical_restore_with_failures(source, times):
+    # 3 MB that do not compress, so each 1 MiB chunk spans many of the object's 64 KiB age chunks.
+    mariadb(source["service"].defaults_file, "CREATE TABLE IF NOT EXISTS mt4.bulk (id INT PRIMARY KEY, b BLOB); "
+                                             "INSERT IGNORE INTO mt4.bulk SELECT seq, RANDOM_BYTES(1024) FROM mt4.seq_1_to_3000;")
+    snap = take(source, "logical", chunk_size=1024 * 1024)
+    assert snap["counts"]["db_chunks"] >= 4
+    request = restore_request(source, snap)
+    offset = _object_offset_of(os.path.join(source["target"], snap["object"]), source["key"]["identity_file"],
+                               "db/dump.sql.000002")
+    with open_target({"type": "path", "path": source["target"]}) as real:
+        # Open 1 is pass 1; in the second pass (open 2 on) reads fail once two chunks were loaded.
+        return restore(FailingReads(real, offset, first=2, times=times), request)
+
+
+def test_a_read_that_fails_once_in_the_second_pass_is_resumed_and_the_restore_completes(source):
+    done = _logical_restore_with_failures(source, times=1)
+    assert done["verification"]["ok"] and done["verification"]["database"]["strength"].startswith("exact")
+
+
+def test_a_logical_restore_that_cannot_go_on_says_the_databases_are_partly_restored(source):
+    with pytest.raises(ApplianceError) as failure:
+        _logical_restore_with_failures(source, times=99)
+    message = str(failure.value)
+    assert message.startswith("databases partly restored: the restore stopped after ")
+    assert "simulated: connection reset" in message and "mt4 then senhasegura" in message
+    assert "mt4 has " in message and "run the restore again" in message and "physical" in message
+    again = _logical_restore_with_failures(source, times=0)  # the snapshot is intact: a second run mends it
+    assert again["verification"]["ok"]

@@ -73,11 +73,13 @@ class ResumingReader:
         self._relpath = relpath
         self._offset = 0
         self._failures = 0
-        self._handle = retry_read(target.open_read, relpath)
+        self._handle: Any = retry_read(target.open_read, relpath)
 
     def read(self, size: int = -1) -> bytes:
         while True:
             try:
+                if self._handle is None:
+                    self._reopen()
                 data = self._handle.read(size)
             except TargetNotFound:
                 raise
@@ -85,16 +87,20 @@ class ResumingReader:
                 self._failures += 1
                 if self._failures >= ATTEMPTS:
                     raise
-                self._reopen()
+                self._drop_handle()
                 continue
             self._offset += len(data)
             return data
 
+    def _drop_handle(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            try:
+                handle.close()
+            except TargetError:
+                pass  # the failed handle; the next one decides
+
     def _reopen(self) -> None:
-        try:
-            self._handle.close()
-        except TargetError:
-            pass  # the failed handle; the new one decides
         self._handle = self._target.open_read(self._relpath)
         left = self._offset
         while left:
@@ -105,7 +111,7 @@ class ResumingReader:
             left -= len(skipped)
 
     def close(self) -> None:
-        self._handle.close()
+        self._drop_handle()
 
     def __enter__(self) -> "ResumingReader":
         return self

@@ -11,9 +11,10 @@ import posixpath
 import time
 from typing import Any, Callable, Dict, List, Optional
 
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import run_query
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.format import SNAPSHOT_MEMBER
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.reader import ArchiveReader
-from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ArchiveError, ConfigError, IntegrityError
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, ArchiveError, ConfigError, IntegrityError
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.check import post_verify
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.commands import run_commands
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.logical import DatabaseLoader, spool_chunk
@@ -31,6 +32,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.restore.sess
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.tree import DestinationTree, Wanted, allowed_roots
 from ansible_collections.segura.backup.plugins.module_utils._engine.streams import HashingReader
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
+from ansible_collections.segura.backup.plugins.module_utils._engine.text import describe_bytes
 
 
 def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan] = None,
@@ -104,9 +106,11 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
                 physical = loader.finish()
                 db_done = True
                 db_seconds += time.monotonic() - tick
-        except BaseException:
+        except BaseException as exc:
             if loader is not None and not db_done:
                 loader.abort()
+                if isinstance(loader, DatabaseLoader) and loader.bytes and isinstance(exc, Exception):
+                    raise partly_restored(request, plan, loader.bytes, exc) from None
             raise
         finally:
             reader.close()
@@ -120,6 +124,7 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
         result["warnings"].append("the object changed on the target between the two passes; every restored "
                                   "member still matched the verified manifest")
     if physical is not None:
+        result["warnings"].extend(physical["warnings"])
         result["warnings"].append("the previous datadir was kept as %s: remove it once the restored server is "
                                   "accepted" % physical["previous_datadir"])
         if not physical["started"]:
@@ -164,6 +169,26 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
                         or written["metadata"] or sessions["restored"]),
     })
     return result
+
+
+def partly_restored(request: RestoreRequest, plan: RestorePlan, fed: int, cause: Exception) -> ApplianceError:
+    """The error of a logical restore that stopped after the dump began to drop and recreate databases."""
+    try:
+        rows = run_query(request.database(), "SELECT s.SCHEMA_NAME, COUNT(t.TABLE_NAME) FROM information_schema.SCHEMATA s "
+                                             "LEFT JOIN information_schema.TABLES t ON t.TABLE_SCHEMA = s.SCHEMA_NAME "
+                                             "GROUP BY s.SCHEMA_NAME;")
+        present = {row[0]: row[1] for row in rows if len(row) > 1}
+        state = ", ".join("%s %s" % (name, "has %s tables" % present[name] if name in present else "is missing")
+                          for name in plan.databases)
+    except ApplianceError as exc:
+        state = "unknown (%s)" % exc
+    return ApplianceError(
+        "databases partly restored: the restore stopped after %s of the dump had been loaded (%s). The dump "
+        "drops and recreates %s one after the other, so the databases are now partly the snapshot's: %s. The "
+        "snapshot itself is intact: run the restore again (or load db/dump.sql.* by hand, docs/recovery.md) "
+        "before starting Segura. A physical snapshot (database.method physical) is restored by swapping a "
+        "prepared datadir, which never leaves the databases half-restored."
+        % (describe_bytes(fed), cause, " then ".join(plan.databases), state))
 
 
 def _database_restorer(request: RestoreRequest, plan: RestorePlan):

@@ -281,6 +281,7 @@ class PhysicalRestore:
         self.swapped = False
         self.sockets: List[str] = []  # socket units stopped with the service, started again after it
         self.swap = DatadirSwap(setup.datadir, setup.staging, setup.previous)
+        self.warnings: List[str] = []
 
     def start(self) -> "PhysicalRestore":
         mbstream = shutil.which("mbstream")
@@ -375,7 +376,7 @@ class PhysicalRestore:
             raise  # _roll_back raises; this only keeps the type checker honest
         self._timed("swap_start_check", tick)
         return {"method": "physical", "datadir": setup.datadir, "previous_datadir": setup.previous,
-                "swap": self.swap.mode,
+                "swap": self.swap.mode, "warnings": list(self.warnings),
                 "service": setup.service, "started": setup.service != NO_SERVICE, "live_check": live,
                 "bytes": self.bytes, "durations": dict(self.durations)}
 
@@ -418,12 +419,17 @@ class PhysicalRestore:
         self._systemctl("stop", self.setup.service)
 
     def _start_service(self, strict: bool = False) -> None:
+        """Socket units first, as at boot (the service then takes its sockets from systemd); a socket
+        unit that does not start is a warning: the server itself listens all the same."""
         if self.setup.service == NO_SERVICE:
             return
+        for unit in self.sockets:
+            try:
+                self._systemctl("start", unit)
+            except ApplianceError as exc:
+                self.warnings.append("%s; start it by hand" % exc)
         try:
             self._systemctl("start", self.setup.service)
-            for unit in self.sockets:
-                self._systemctl("start", unit)
         except ApplianceError:
             if strict:
                 raise
