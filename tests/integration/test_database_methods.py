@@ -207,6 +207,21 @@ def test_physical_restore_refuses_another_mariadb_backup_version_before_touching
     assert leftovers(source["service"].datadir) == []
 
 
+def test_another_mariadb_backup_version_makes_the_snapshot_logical_and_says_why(source, tmp_path, monkeypatch):
+    double = tmp_path / "bin" / "mariadb-backup"  # test double of an older mariadb-backup: --version only
+    double.parent.mkdir()
+    double.write_text("#!/bin/sh\necho 'mariadb-backup based on MariaDB server 10.6.99-MariaDB debian-linux-gnu' >&2\n")
+    double.chmod(0o755)
+    monkeypatch.setenv("PATH", "%s:%s" % (double.parent, os.environ["PATH"]))
+    snap = take(source)
+    assert snap["database"]["method"] == "logical"
+    assert any(warning.startswith("database method logical: mariadb-backup is version 10.6.99 but the server runs 10.11")
+               for warning in snap["warnings"]), snap["warnings"]
+    with pytest.raises(ApplianceError, match="database method physical is not possible here: mariadb-backup is "
+                                             "version 10.6.99"):
+        take(source, "physical")
+
+
 def _datadirs(tmp_path):
     datadir, staging = tmp_path / "data", tmp_path / "data.restore-x"
     datadir.mkdir(exist_ok=True)
@@ -433,3 +448,20 @@ def test_a_logical_restore_that_cannot_go_on_says_the_databases_are_partly_resto
     assert "mt4 has " in message and "run the restore again" in message and "physical" in message
     again = _logical_restore_with_failures(source, times=0)  # the snapshot is intact: a second run mends it
     assert again["verification"]["ok"]
+
+
+def test_deep_verify_of_a_physical_snapshot_checks_its_stream_and_its_method_against_the_sidecar(source):
+    snap = take(source, "physical")
+    args = {"target": {"type": "path", "path": source["target"]}, "appliance": APPLIANCE, "mode": "deep",
+            "decryption": {"identity_file": source["key"]["identity_file"]}, "ids": [snap["id"]], "select": "ids"}
+    done = run_task("segura.backup.verify", args)
+    assert not done.failed and done.result["snapshots"][0]["ok"], done.output
+    # The sidecar's word on the method is checked against the manifest inside the object.
+    path = os.path.join(source["target"], snap["sidecar"])
+    side = sidecar_of(source, snap)
+    side["db"]["tool_version"] = "10.6.99"
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(side, handle)
+    done = run_task("segura.backup.verify", dict(args, fail_on_error=False))
+    problems = " ".join(done.result["snapshots"][0]["problems"])
+    assert "database method and versions" in problems, done.output

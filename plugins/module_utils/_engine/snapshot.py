@@ -385,8 +385,9 @@ def _archive_database(writer: ArchiveWriter, request: SnapshotRequest, choice: M
         backup = PhysicalBackup(db, choice)
         with backup:
             stream = writer.add_stream(PHYSICAL_PREFIX, backup.stdout)
+        # The whole instance: the layout's databases are those a restore checks.
         record = dict(choice.as_dict(), members=PHYSICAL_PREFIX + ".*", position=backup.position, losses=[],
-                      facts=None, databases="the whole instance")
+                      facts=None, databases=list(request.layout.databases), whole_instance=True)
         return stream.as_dict(), record
     history = dump_history_supported()
     extra_args = ["--dump-history"] if history else []
@@ -412,7 +413,7 @@ def _archive_database(writer: ArchiveWriter, request: SnapshotRequest, choice: M
                                        "tables": source_facts["tables"], "losses": losses})
     record = dict(choice.as_dict(), members=DB_PREFIX + ".*", position={}, losses=losses,
                   facts=FACTS_MEMBER if source_facts is not None else None, dump_history=history,
-                  databases=list(request.layout.databases))
+                  databases=list(request.layout.databases), whole_instance=False)
     return stream.as_dict(), record
 
 

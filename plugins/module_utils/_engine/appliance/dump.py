@@ -12,10 +12,11 @@ import ctypes
 import ctypes.util
 import fcntl
 import os
+import queue
 import signal
 import subprocess
 import threading
-from typing import IO, Callable, List, Optional, Sequence
+from typing import IO, Any, Callable, List, Optional, Sequence
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import DEFAULT_DATABASES, check_database_names
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection, first_tool, stderr_excerpt
@@ -93,7 +94,7 @@ _F_SETPIPE_SZ = 1031  # Linux fcntl
 _PIPE_BYTES = 1024 * 1024
 
 
-def _widen_pipe(fd: int) -> None:
+def widen_pipe(fd: int) -> None:
     """Let the tool run up to 1 MiB ahead of us (a pipe holds 64 KiB by default): while we compress
     and hash a chunk it keeps reading the database instead of waiting on a full pipe."""
     try:
@@ -102,10 +103,73 @@ def _widen_pipe(fd: int) -> None:
         pass  # above /proc/sys/fs/pipe-max-size, or not Linux: the default size still works
 
 
+class _ReadAhead:
+    """Reads the tool's output in a thread, up to ``depth`` blocks ahead of the consumer.
+
+    While the consumer hashes, compresses and waits on the share, the tool keeps reading the database
+    instead of waiting on a full pipe: the overlap a shell pipeline has between its processes. Memory
+    stays bounded (``depth`` x ``block``); an error of the read is raised to the consumer.
+    """
+
+    _POLL = 0.5
+
+    def __init__(self, raw: IO[bytes], block: int = 1024 * 1024, depth: int = 16):
+        self._raw = raw
+        self._block = block
+        self._queue: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
+        self._pending = memoryview(b"")
+        self._eof = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dump-read-ahead", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        read = getattr(self._raw, "read1", self._raw.read)
+        while not self._stop.is_set():
+            try:
+                data: Any = read(self._block)
+            except (OSError, ValueError) as exc:  # ValueError: the pipe was closed under us (abort)
+                data = exc
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(data, timeout=self._POLL)
+                    break
+                except queue.Full:
+                    continue
+            if not isinstance(data, bytes) or not data:
+                return
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._pending:
+            if self._eof:
+                return b""
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self._eof = True
+                raise item
+            if not item:
+                self._eof = True
+                return b""
+            self._pending = memoryview(item)
+        if size is None or size < 0:
+            size = len(self._pending)
+        data, self._pending = self._pending[:size].tobytes(), self._pending[size:]
+        return data
+
+    def close(self) -> None:
+        self._stop.set()
+        self._raw.close()
+        self._thread.join(timeout=_STOP_TIMEOUT)
+
+    @property
+    def closed(self) -> bool:
+        return self._raw.closed
+
+
 class _DumpReader(ReadMixin):
     """The dump's stdout as a binary stream; remembers the byte count and the last bytes read."""
 
-    def __init__(self, raw: IO[bytes]):
+    def __init__(self, raw: Any):
         self._raw = raw
         self.bytes_read = 0
         self.at_eof = False
@@ -191,8 +255,8 @@ class DatabaseDump:
             raise ApplianceError("could not start %s: %s" % (command[0], exc.strerror or exc)) from None
         if self.process.stdout is None or self.process.stderr is None:
             raise AssertionError("no stdout or stderr pipe, though opened with stdout=PIPE and stderr=PIPE")
-        _widen_pipe(self.process.stdout.fileno())
-        self._reader = _DumpReader(self.process.stdout)
+        widen_pipe(self.process.stdout.fileno())
+        self._reader = _DumpReader(_ReadAhead(self.process.stdout))
         self._stderr_thread = threading.Thread(target=self._drain_stderr, name="dump-stderr", daemon=True)
         self._stderr_thread.start()
         return self

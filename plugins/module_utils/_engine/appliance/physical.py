@@ -118,9 +118,11 @@ def choose_method(requested: Optional[str], db: DatabaseConnection) -> MethodCho
     """
     if requested not in (None,) + METHODS:
         raise ConfigError("database method must be physical or logical, got %r" % (requested,))
-    rows = run_query(db, "SELECT VERSION(), @@datadir, IFNULL(@@GLOBAL.wsrep_on, 0);")
-    version, datadir, wsrep = (rows[0] + ["", "", "0"])[:3] if rows else ("", "", "0")
-    choice = MethodChoice(method=LOGICAL, server_version=version, datadir=datadir, galera=wsrep in ("1", "ON"))
+    rows = run_query(db, "SELECT VERSION(), @@datadir;")
+    version, datadir = (rows[0] + ["", ""])[:2] if rows else ("", "")
+    wsrep = run_query(db, "SHOW GLOBAL VARIABLES LIKE 'wsrep_on';")  # no row on a build without Galera
+    galera = bool(wsrep) and wsrep[0][-1].upper() in ("1", "ON")
+    choice = MethodChoice(method=LOGICAL, server_version=version, datadir=datadir, galera=galera)
     if requested == LOGICAL:
         return choice
     reason = _physical_obstacle(db, choice)

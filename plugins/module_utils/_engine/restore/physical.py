@@ -26,15 +26,17 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
-from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.dump import die_with_parent
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.dump import die_with_parent, widen_pipe
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection, run_query, stderr_excerpt
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.physical import (
     COMPLETED,
@@ -46,7 +48,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.ph
 )
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.tablefacts import compare_facts, table_facts
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError
-from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import BLOCK, RestoreRequest
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import RestoreRequest
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.swap import DatadirSwap
 from ansible_collections.segura.backup.plugins.module_utils._engine.text import describe_bytes
 
@@ -57,6 +59,8 @@ PHYSICAL_SPACE_FACTOR = 1.1
 LOCKED_FILES = ("ibdata1", "aria_log_control")
 #: Socket units that start the service on a connection (Debian 12: mariadb.socket, mariadb-extra.socket).
 SOCKET_UNITS = (".socket", "-extra.socket")
+FEED_BLOCK = 4 * 1024 * 1024
+FEED_DEPTH = 8
 SERVER_START_SECONDS = 300
 SERVER_STOP_SECONDS = 300
 TOOL_SECONDS = 6 * 3600  # mbstream and --prepare of a very large instance
@@ -282,6 +286,10 @@ class PhysicalRestore:
         self.sockets: List[str] = []  # socket units stopped with the service, started again after it
         self.swap = DatadirSwap(setup.datadir, setup.staging, setup.previous)
         self.warnings: List[str] = []
+        # mbstream's input, written by a thread (bounded: FEED_DEPTH blocks of FEED_BLOCK bytes)
+        self._queue: "queue.Queue[Optional[bytes]]" = queue.Queue(maxsize=FEED_DEPTH)
+        self._writer: Optional[threading.Thread] = None
+        self._write_error: Optional[OSError] = None
 
     def start(self) -> "PhysicalRestore":
         mbstream = shutil.which("mbstream")
@@ -295,17 +303,31 @@ class PhysicalRestore:
         except OSError as exc:
             self._remove_staging()
             raise ApplianceError("could not start mbstream: %s" % exc.strerror) from None
+        widen_pipe(self._process().stdin.fileno())  # type: ignore[union-attr]
+        self._writer = threading.Thread(target=self._write_behind, name="mbstream-feed", daemon=True)
+        self._writer.start()
         self._tick = time.monotonic()
         return self
 
     def feed(self, source) -> None:
-        process = self._process()
-        try:
-            for block in iter(lambda: source.read(BLOCK), b""):
-                process.stdin.write(block)  # type: ignore[union-attr]
-                self.bytes += len(block)
-        except BrokenPipeError:
-            self._end_stream()
+        """Queue one verified chunk; a thread writes it to mbstream while the next one is read and checked."""
+        if self._write_error is not None:
+            self._end_stream()  # raises with mbstream's exit code and message
+        for block in iter(lambda: source.read(FEED_BLOCK), b""):
+            self._queue.put(block)
+            self.bytes += len(block)
+
+    def _write_behind(self) -> None:
+        stdin = self._process().stdin
+        while True:
+            block = self._queue.get()
+            if block is None:
+                return
+            if self._write_error is None:  # after an error keep taking blocks, so feed() never blocks
+                try:
+                    stdin.write(block)  # type: ignore[union-attr]
+                except OSError as exc:
+                    self._write_error = exc
 
     def _process(self) -> "subprocess.Popen[bytes]":
         if self.process is None or self.process.stdin is None:
@@ -314,6 +336,7 @@ class PhysicalRestore:
 
     def _end_stream(self) -> None:
         process = self._process()
+        self._stop_writer()
         try:
             process.stdin.close()  # type: ignore[union-attr]
         except BrokenPipeError:
@@ -324,12 +347,19 @@ class PhysicalRestore:
             raise ApplianceError("extracting the physical backup failed (mbstream exit code %d after %s): %s"
                                  % (code, describe_bytes(self.bytes), stderr_excerpt(stderr)))
 
+    def _stop_writer(self) -> None:
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
+            self._writer = None
+
     def abort(self) -> None:
         """Before the swap: stop mbstream and remove the staging folder. The live datadir was not touched."""
         process = self.process
         if process is not None and process.poll() is None:
             process.kill()
             process.wait(timeout=30)
+        self._stop_writer()  # its writes fail now, so it drains the queue and ends
         if not self.swapped:
             self._remove_staging()
 
