@@ -111,8 +111,8 @@ options:
         description:
           - Physical restore only - the systemd unit of the database server, stopped before the datadir is
             swapped and started after it.
-          - V(none) - the caller stops the server before the restore (for example in O(pre_commands)) and
-            starts it afterwards; the restore refuses while a server still holds the datadir.
+          - V(none) - the caller stops the server before the restore (for example in the restore's
+            C(pre_commands)) and starts it afterwards; the restore refuses while a server still holds the datadir.
         type: str
         default: mariadb
       datadir:

@@ -31,6 +31,11 @@ description:
     it again at the first connection) - with V(none) the caller stops it, and the module refuses while a
     server still holds the datadir; the datadir is renamed to C(<datadir>.pre-restore-<time>) and the copy
     renamed into its place; the service is started and its facts compared with the copy's.
+  - Refused before anything is touched when the running server keeps InnoDB or Aria files outside its
+    datadir (C(innodb_log_group_home_dir), C(innodb_undo_directory), C(innodb_data_home_dir),
+    C(aria_log_dir_path)) - the swap moves the datadir only.
+  - The live comparison runs right after the start; stop whatever writes to the databases first (Segura,
+    and events of the event scheduler), or a write in between fails the check and rolls the restore back.
   - A datadir that cannot be renamed - a mount point of its own, or a folder of a container image's lower
     layer - keeps its folder, and its entries are moved instead (by rename, else copied with C(cp -a) and
     removed); the free-space check then counts the old datadir's size beside it too.

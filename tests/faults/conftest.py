@@ -190,6 +190,9 @@ def snapshot_request(appliance, recipient, components=("database", "config", "se
         chunk_size=1024 * 1024,
         lock_ttl=lock_ttl,
         db_method="logical",  # the fault matrix is about the dump path (see tests/integration/test_database_methods.py)
+        # One thread: a byte read from the appliance reaches the target at once, which is what the
+        # triggers ("after N bytes written") count on to act while a given file is being read.
+        zstd_threads=0,
     )
 
 

@@ -72,9 +72,16 @@ def _check_extracted(extracted, appliance, target, server):
         else:
             assert os.path.isdir(path), name
 
-    # The dump: chunks in name order are the one dump whose sha256 the manifest records.
-    chunks = sorted(name for name in os.listdir(os.path.join(extracted, "db")))
+    # The dump: chunks in name order are the one dump whose sha256 the manifest records; beside them
+    # db/facts.json, the source's table facts a restore is checked against.
+    assert sorted(os.listdir(os.path.join(extracted, "db")))[-1] == "facts.json"
+    chunks = sorted(name for name in os.listdir(os.path.join(extracted, "db")) if name != "facts.json")
     assert chunks and chunks == ["dump.sql.%06d" % number for number in range(len(chunks))]
+    with open(os.path.join(extracted, "db", "facts.json"), encoding="utf-8") as handle:
+        facts = json.load(handle)
+    assert manifest["database"]["method"] == "logical" and manifest["database"]["facts"] == "db/facts.json"
+    assert set(facts["tables"]) == {"%s.%s" % (db, table) for db, tables in
+                                    appliance["fingerprint"]["databases"].items() for table in tables["tables"]}
     digest = hashlib.sha256()
     for name in chunks:
         with open(os.path.join(extracted, "db", name), "rb") as handle:

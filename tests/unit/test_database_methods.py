@@ -16,6 +16,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encr
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.reader import ArchiveReader
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.writer import ArchiveWriter
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.swap import DatadirSwap
 
 # The end of a real `mariadb-backup --backup --stream=mbstream` (10.11.19) with binary logging on.
 BACKUP_TAIL = """[00] 2026-12-04 18:34:31 Finished backing up non-InnoDB tables and files
@@ -99,7 +100,7 @@ def test_the_point_watcher_fires_once_at_the_first_create_database_even_across_r
     calls = []
     watcher = PointWatcher(io.BytesIO(dump), lambda: calls.append(len(calls)))
     seen = b""
-    for _ in range(len(dump)):
+    for _step in range(len(dump)):
         block = watcher.read(7)  # the mark is cut between two reads
         seen += block
         if b"CREATE DATABASE" in seen:
@@ -139,3 +140,29 @@ def test_a_physical_stream_is_verified_like_a_dump_and_mixing_both_is_refused():
 
     problems, _manifest = _problems(_object(both))
     assert "the object holds both a database dump and a physical backup" in problems
+
+
+def test_compare_facts_leaves_out_tables_it_is_told_cannot_be_compared():
+    source = _facts(**{"mt4.a": (3, "1"), "mt4.cache": (9, "7")})
+    restored = _facts(**{"mt4.a": (3, "1"), "mt4.cache": (2, "8")})
+    assert compare_facts(source, restored, skip=["mt4.cache"]) == []
+    assert compare_facts(source, restored) == ["table mt4.cache holds 2 rows, the snapshot 9"]
+
+
+def test_row_count_labels_are_quoted_like_the_names_they_match():
+    _checksum, counts = facts_queries([["mt4", "back\\slash", "BASE TABLE", "InnoDB"]])
+    assert counts == "SELECT 'mt4.back\\\\slash', COUNT(*) FROM `mt4`.`back\\slash`;"
+
+
+def test_a_swap_whose_first_rename_fails_moves_nothing_and_undoes_nothing(tmp_path):
+    datadir, staging, previous = tmp_path / "data", tmp_path / "staging", tmp_path / "previous"
+    for folder in (datadir, staging, previous):
+        folder.mkdir()
+        (folder / "ibdata1").write_text(folder.name)
+    swap = DatadirSwap(str(datadir), str(staging), str(previous))
+    with pytest.raises(OSError):
+        swap.swap_in()  # `previous` exists and is not empty: not a reason to move entries instead
+    swap.roll_back(str(tmp_path / "failed"))
+    assert [(p.name, (p / "ibdata1").read_text()) for p in (datadir, staging, previous)] == [
+        ("data", "data"), ("staging", "staging"), ("previous", "previous")]
+    assert not (tmp_path / "failed").exists()

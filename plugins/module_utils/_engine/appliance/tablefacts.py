@@ -82,8 +82,8 @@ def facts_queries(tables: List[List[str]]) -> List[str]:
         return []
     names = [quote_name(schema, table) for schema, table, _kind, _engine in tables]
     counts = " UNION ALL ".join(
-        "SELECT '%s.%s', COUNT(*) FROM %s%s" % (schema.replace("'", "''"), table.replace("'", "''"), name,
-                                                " FOR SYSTEM_TIME ALL" if kind == "SYSTEM VERSIONED" else "")
+        "SELECT %s, COUNT(*) FROM %s%s" % (_sql_list(["%s.%s" % (schema, table)]), name,
+                                           " FOR SYSTEM_TIME ALL" if kind == "SYSTEM VERSIONED" else "")
         for (schema, table, kind, _engine), name in zip(tables, names))
     return ["CHECKSUM TABLE %s;" % ", ".join(names), counts + ";"]
 
@@ -113,15 +113,16 @@ def table_facts(db: DatabaseConnection, databases: Sequence[str], timeout: float
 
 
 def compare_facts(expected: Dict[str, Any], actual: Dict[str, Any], rows_only: Sequence[str] = (),
-                  checksums: bool = True) -> List[str]:
+                  checksums: bool = True, skip: Sequence[str] = ()) -> List[str]:
     """What differs between two sets of table facts, one message per table (empty: the same).
 
     ``rows_only``: tables whose checksum is known to differ (a loss the snapshot reported); ``checksums``
-    False compares row counts only (servers of different versions may hash rows differently).
+    False compares row counts only (servers of different versions may hash rows differently); ``skip``:
+    tables whose facts cannot describe the dump (dumped at another moment, or without their history).
     """
     problems = []
     want, have = expected.get("tables") or {}, actual.get("tables") or {}
-    for name in sorted(set(want) | set(have)):
+    for name in sorted((set(want) | set(have)) - set(skip)):
         before, after = want.get(name), have.get(name)
         if before is None:
             problems.append("table %s exists after the restore but not in the snapshot" % name)
@@ -174,7 +175,8 @@ class FactsSession:
         self.float_columns: List[List[str]] = []
         self.locked = False
         self.late = False  # the lock was dropped by the timer, not by the dump's start
-        self._lock = threading.Lock()
+        self.failed: Optional[str] = None  # why the session ended early (its facts are then left out)
+        self._lock = threading.RLock()  # ask() from the timer's late release and from the main thread
         self._timer: Optional[threading.Timer] = None
 
     def __enter__(self) -> "FactsSession":
@@ -193,6 +195,10 @@ class FactsSession:
 
     def ask(self, sql: str) -> List[List[str]]:
         """Rows of the statements; ApplianceError naming the server's message when the client stopped."""
+        with self._lock:
+            return self._ask(sql)
+
+    def _ask(self, sql: str) -> List[List[str]]:
         process = self.process
         if process is None or process.stdin is None or process.stdout is None:
             raise RuntimeError("FactsSession used outside its with block")
@@ -232,13 +238,18 @@ class FactsSession:
         return True
 
     def release(self) -> None:
-        """The dump's transaction has begun: let commits go on."""
+        """The dump's transaction has begun: let commits go on. A failure here drops the facts, not the
+        snapshot (disconnecting releases the lock all the same)."""
         with self._lock:
             if self._timer is not None:
                 self._timer.cancel()
             if self.locked:
                 self.locked = False
-                self.ask("UNLOCK TABLES")
+                try:
+                    self.ask("UNLOCK TABLES")
+                except ApplianceError as exc:
+                    self.failed = str(exc)
+                    self.close()
 
     def _release_late(self) -> None:
         with self._lock:
@@ -249,6 +260,9 @@ class FactsSession:
 
     def collect(self, warnings: List[str]) -> Optional[Dict[str, Any]]:
         """Checksums and counts in the transaction of the point; None (and a warning) if they cannot be had."""
+        if self.failed:
+            warnings.append("the source's table facts are left out of this snapshot: %s" % self.failed)
+            return None
         if self.late:
             warnings.append("the source's table facts are left out of this snapshot: the dump took more than %d s "
                             "to begin, so they might not describe its point" % LOCK_HOLD_SECONDS)

@@ -141,6 +141,8 @@ def physical_preflight(request: RestoreRequest, record: Dict[str, Any], db_bytes
                           problems=problems, checks=checks)
     if datadir:
         _check_datadir(setup, db_bytes)
+    if datadir and request.db_service != NO_SERVICE:
+        _check_files_inside(request, setup)
     if request.db_service != NO_SERVICE and shutil.which("systemctl") is None:
         problems.append("database.service is %s but this host has no systemctl; set database.service none and stop "
                         "the server yourself" % request.db_service)
@@ -177,6 +179,23 @@ def _check_datadir(setup: PhysicalSetup, db_bytes: int) -> None:
         setup.checks["stopped"] = {"ok": holder is None}
         if holder:
             problems.append("%s; with database.service none stop the server first (for example in pre_commands)" % holder)
+
+
+#: Server settings that can put InnoDB or Aria files outside the datadir, which the swap would not move.
+OUTSIDE_SETTINGS = ("innodb_log_group_home_dir", "innodb_undo_directory", "innodb_data_home_dir", "aria_log_dir_path")
+
+
+def _check_files_inside(request: RestoreRequest, setup: PhysicalSetup) -> None:
+    rows = run_query(request.database(), "SELECT %s;" % ", ".join("@@" + name for name in OUTSIDE_SETTINGS))
+    values = rows[0] if rows else []
+    outside = ["%s=%s" % (name, value) for name, value in zip(OUTSIDE_SETTINGS, values)
+               if value and value != "NULL" and os.path.isabs(value)
+               and not (os.path.normpath(value) + "/").startswith(setup.datadir + "/")]
+    setup.checks["files_inside_datadir"] = {"ok": not outside, "outside": outside}
+    if outside:
+        setup.problems.append("the server keeps files outside its datadir %s (%s): a physical restore swaps the "
+                              "datadir only; restore this snapshot by hand (docs/recovery.md)"
+                              % (setup.datadir, ", ".join(outside)))
 
 
 def _tree_bytes(path: str) -> int:
@@ -290,6 +309,7 @@ class PhysicalRestore:
         self._queue: "queue.Queue[Optional[bytes]]" = queue.Queue(maxsize=FEED_DEPTH)
         self._writer: Optional[threading.Thread] = None
         self._write_error: Optional[OSError] = None
+        self._stderr: Any = None
 
     def start(self) -> "PhysicalRestore":
         mbstream = shutil.which("mbstream")
@@ -297,8 +317,10 @@ class PhysicalRestore:
             raise ApplianceError("mbstream (package mariadb-backup) is not installed")
         os.mkdir(self.setup.staging, 0o700)
         try:
+            # stderr to a file: nobody reads a pipe while the chunks are fed
+            self._stderr = tempfile.TemporaryFile()
             self.process = subprocess.Popen([mbstream, "-x", "-C", self.setup.staging], stdin=subprocess.PIPE,
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, close_fds=True,
+                                            stdout=subprocess.DEVNULL, stderr=self._stderr, close_fds=True,
                                             preexec_fn=die_with_parent(os.getpid()))
         except OSError as exc:
             self._remove_staging()
@@ -312,7 +334,9 @@ class PhysicalRestore:
     def feed(self, source) -> None:
         """Queue one verified chunk; a thread writes it to mbstream while the next one is read and checked."""
         if self._write_error is not None:
-            self._end_stream()  # raises with mbstream's exit code and message
+            self._end_stream()  # raises with mbstream's exit code and message when it failed
+            raise ApplianceError("mbstream stopped reading the physical backup after %s: %s"
+                                 % (describe_bytes(self.bytes), self._write_error))
         for block in iter(lambda: source.read(FEED_BLOCK), b""):
             self._queue.put(block)
             self.bytes += len(block)
@@ -341,8 +365,11 @@ class PhysicalRestore:
             process.stdin.close()  # type: ignore[union-attr]
         except BrokenPipeError:
             pass
-        stderr = process.stderr.read() if process.stderr else b""
         code = process.wait(timeout=TOOL_SECONDS)
+        stderr = b""
+        if self._stderr is not None:
+            self._stderr.seek(0)
+            stderr = self._stderr.read(65536)
         if code != 0:
             raise ApplianceError("extracting the physical backup failed (mbstream exit code %d after %s): %s"
                                  % (code, describe_bytes(self.bytes), stderr_excerpt(stderr)))
@@ -441,11 +468,13 @@ class PhysicalRestore:
         at the first connection, on a datadir being swapped."""
         if self.setup.service == NO_SERVICE:
             return
-        for suffix in SOCKET_UNITS:
-            unit = self.setup.service + suffix
-            if unit not in self.sockets and _unit_active(unit):
+        base = self.setup.service[:-len(".service")] if self.setup.service.endswith(".service") else self.setup.service
+        for suffix in SOCKET_UNITS:  # every time: the rollback stops them again after the start
+            unit = base + suffix
+            if _unit_active(unit):
                 self._systemctl("stop", unit)
-                self.sockets.append(unit)
+                if unit not in self.sockets:
+                    self.sockets.append(unit)
         self._systemctl("stop", self.setup.service)
 
     def _start_service(self, strict: bool = False) -> None:

@@ -38,6 +38,7 @@ class DatadirSwap:
         self.mode = ""  # "rename" or "entries", once swap_in() began
         self._old: List[str] = []  # entries moved from datadir to previous
         self._new: List[str] = []  # entries moved from staging to datadir
+        self._before: List[str] = []  # the datadir's entries when the entries swap began
 
     def swap_in(self) -> None:
         try:
@@ -53,6 +54,7 @@ class DatadirSwap:
 
     def _swap_entries(self) -> None:
         self.mode = "entries"
+        self._before = sorted(os.listdir(self.datadir))
         info = os.stat(self.datadir)
         os.mkdir(self.previous, 0o700)
         os.chown(self.previous, info.st_uid, info.st_gid)
@@ -68,15 +70,23 @@ class DatadirSwap:
 
     def roll_back(self, failed: str) -> None:
         """Undo what ``swap_in`` did, however far it got."""
+        if not self.mode:
+            return  # the first rename failed: nothing moved
         if self.mode == "rename":
             if os.path.lexists(self.datadir):
                 os.rename(self.datadir, failed)
+            elif os.path.isdir(self.staging):
+                os.rename(self.staging, failed)  # the second rename failed: keep the copy where the message says
             os.rename(self.previous, self.datadir)
             _fsync_dir(os.path.dirname(self.datadir))
             return
         os.mkdir(failed, 0o700)
-        for name in reversed(self._new):
-            _move(os.path.join(self.datadir, name), os.path.join(failed, name))
+        # Everything in the datadir now is the restored server's (its copy and what it created since),
+        # except old entries that had not been moved yet when the swap stopped.
+        unmoved = set(self._before) - set(self._old)
+        for name in sorted(os.listdir(self.datadir)):
+            if name not in unmoved:
+                _move(os.path.join(self.datadir, name), os.path.join(failed, name))
         for name in reversed(self._old):
             _move(os.path.join(self.previous, name), os.path.join(self.datadir, name))
         os.rmdir(self.previous)
