@@ -37,7 +37,6 @@ class DatadirSwap:
         self.previous = previous
         self.mode = ""  # "rename" or "entries", once swap_in() began
         self._old: List[str] = []  # entries moved from datadir to previous
-        self._new: List[str] = []  # entries moved from staging to datadir
         self._before: List[str] = []  # the datadir's entries when the entries swap began
 
     def swap_in(self) -> None:
@@ -64,7 +63,6 @@ class DatadirSwap:
             self._old.append(name)
         for name in sorted(os.listdir(self.staging)):
             _move(os.path.join(self.staging, name), os.path.join(self.datadir, name))
-            self._new.append(name)
         os.rmdir(self.staging)
         _fsync_dir(self.datadir)
 
