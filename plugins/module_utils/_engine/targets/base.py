@@ -13,9 +13,12 @@ from __future__ import annotations
 import abc
 import posixpath
 from dataclasses import dataclass
-from typing import BinaryIO, List, Optional
+from typing import Any, BinaryIO, Iterable, Iterator, List, Optional, Tuple
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError, TargetError, TargetExists
+
+#: Suffix of a file being written; renamed to its final name only once whole.
+UPLOAD_SUFFIX = ".partial"
 
 
 class AtomicRenameUnsupported(TargetError):
@@ -51,6 +54,20 @@ def clean_relpath(relpath: str) -> str:
     if any(p == ".." for p in parts):
         raise ConfigError("target path %r must not contain '..'" % (relpath,))
     return "/".join(parts)
+
+
+@dataclass
+class Upload:
+    """One small file for ``Target.put_files``: ``data`` becomes ``remote``, through ``remote + '.partial'``.
+
+    ``replace``: an existing ``remote`` is replaced; else it is left alone and reported (TargetExists).
+    ``tag`` is the caller's own bookkeeping, handed back untouched.
+    """
+
+    remote: str
+    data: bytes
+    replace: bool = False
+    tag: Any = None
 
 
 class WriteHandle:
@@ -182,6 +199,42 @@ class Target(abc.ABC):
     def write_bytes(self, relpath: str, data: bytes, exclusive: bool = False) -> None:
         with self.open_write(relpath, exclusive=exclusive) as handle:
             handle.write(data)
+
+    def put_files(self, uploads: Iterable[Upload]) -> Iterator[Tuple[Upload, Optional[TargetExists]]]:
+        """Write many small files, each whole under its name or not at all.
+
+        Each ``Upload`` is written to ``remote.partial`` (parent folders created), checked to hold
+        ``len(data)`` bytes, then renamed into place. Yields ``(upload, None)`` once an upload is in
+        place, or ``(upload, TargetExists)`` when ``replace`` is False and ``remote`` exists (its
+        partial removed). Any other error raises, after removing the partials still in flight (best
+        effort). ``uploads`` is consumed lazily; implementations may keep several uploads in flight
+        (bounded in count and bytes) and yield them in another order than given.
+
+        This default sends one file at a time; SMB overrides it with pipelined compound requests.
+        """
+        for upload in uploads:
+            partial = upload.remote + UPLOAD_SUFFIX
+            try:
+                with self.open_write(partial) as out:
+                    out.write(upload.data)
+                stored = self.stat(partial).size
+                if stored != len(upload.data):
+                    raise TargetError("%s holds %d bytes after writing %d" % (self.describe_path(partial), stored, len(upload.data)))
+                rename_into_place(self, partial, upload.remote, replace=upload.replace)
+            except TargetExists as exc:
+                self._remove_quietly(partial)
+                yield upload, exc
+                continue
+            except BaseException:
+                self._remove_quietly(partial)
+                raise
+            yield upload, None
+
+    def _remove_quietly(self, relpath: str) -> None:
+        try:
+            self.remove(relpath)
+        except Exception:  # noqa: BLE001 - best effort: prune removes stale partial uploads later
+            pass
 
     def describe_path(self, relpath: str) -> str:
         return posixpath.join(self.describe(), clean_relpath(relpath))
