@@ -49,4 +49,24 @@ options:
         its lock while it works.
     type: int
     default: 900
+  sessions:
+    description:
+      - How the session recordings are taken (with V(sessions) in O(components)).
+      - Symbolic links in the recordings tree are kept as links (their target text, never followed);
+        a further name of a hard-linked file is kept as a link to the first name, stored once.
+      - An entry that cannot be taken (a FIFO, socket or device, an unreadable file, one that vanishes
+        or changes while it is read) is named in the result's C(sessions.problems) and the rest is
+        backed up.
+    type: dict
+    default: {}
+    suboptions:
+      on_problem:
+        description:
+          - V(warn) publishes the snapshot with C(sessions.status=partial), every problem named (also a
+            warning); the database, config and secrets are always taken.
+          - V(fail) publishes nothing when any entry cannot be taken (the recordings already synced stay
+            on the target for the next run).
+        type: str
+        choices: [warn, fail]
+        default: warn
 """

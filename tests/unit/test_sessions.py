@@ -13,6 +13,8 @@ import collections
 import hashlib
 import json
 import os
+import socket
+import stat
 
 import pytest
 
@@ -20,6 +22,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.la
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, ConfigError
 from ansible_collections.segura.backup.plugins.module_utils._engine.sessions import (
     BLOCK_SIZE,
+    SMALL_FILE,
     load_index,
     sync_sessions,
 )
@@ -248,7 +251,7 @@ def test_streams_in_blocks_of_at_most_4_mib(lab):
 def test_file_changing_while_read_is_reported_and_not_published(lab):
     layout, arz, store, target = lab
     growing = arz / "2026/1127/live.arz"
-    write(str(growing), b"L" * (256 * 1024))
+    write(str(growing), b"L" * (SMALL_FILE + 256 * 1024))  # large: streamed, so the hook runs while it is read
 
     def append_to_live(relpath, _count):
         if relpath.endswith("live.arz.partial"):
@@ -289,13 +292,72 @@ def test_leftover_partial_is_replaced_and_other_nesting_is_mirrored(lab):
     assert "seg-01/sessions/loose.arz" in files and "seg-01/sessions/x/y/z/deep.arz" in files
 
 
-def test_special_files_are_reported(lab):
-    layout, arz, _store, target = lab
+def test_special_files_are_reported_and_the_rest_is_taken(lab):
+    layout, arz, store, target = lab
     os.mkfifo(arz / "2026/1127/pipe")
-    os.symlink("b.arz", arz / "2026/1127/link.arz")
+    os.mknod(arz / "2026/1127/null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(arz / "2026/1127/sock"))
+        result = sync_sessions(target, APPLIANCE, layout)
+    assert [(p.path, p.reason) for p in result.problems] == [
+        (str(arz / "2026/1127/null"), "is a character device, not a recording"),
+        (str(arz / "2026/1127/pipe"), "is a FIFO (named pipe), not a recording"),
+        (str(arz / "2026/1127/sock"), "is a socket, not a recording")]
+    assert result.status == "partial" and result.uploaded_count == 3
+    assert sorted(remote_files(store)) == ["seg-01/sessions/2026/1126/a.arz", "seg-01/sessions/2026/1127/b.arz",
+                                           "seg-01/sessions/2026/1127/c.arz", "seg-01/sessions/index.json"]
+
+
+def test_symbolic_links_are_referenced_as_links_never_followed(lab):
+    layout, arz, store, target = lab
+    links = {"2026/1127/inside.arz": "b.arz", "2026/1127/escaping.arz": "../../../../../../etc/shadow",
+             "2026/1127/absolute.arz": "/etc/passwd", "2026/1127/dangling.arz": "gone.arz",
+             "2026/1128": "1127"}  # a link to a folder is a link too: never walked into
+    for relpath, text in links.items():
+        os.symlink(text, arz / relpath)
     result = sync_sessions(target, APPLIANCE, layout)
-    assert sorted(p.path for p in result.problems) == [str(arz / "2026/1127/link.arz"), str(arz / "2026/1127/pipe")]
-    assert result.uploaded_count == 3
+    assert result.problems == [] and result.status == "complete"
+    assert result.uploaded_count == 3 and result.symlinks == 5
+    referenced = {item["path"]: item for item in result.referenced}
+    for relpath, text in links.items():
+        assert referenced["seg-01/sessions/" + relpath] == {
+            "path": "seg-01/sessions/" + relpath, "type": "symlink", "target": text,
+            "size": len(text.encode()), "sha256": sha(text.encode())}
+    assert not any(name.endswith(("inside.arz", "escaping.arz", "dangling.arz", "1128")) for name in remote_files(store))
+    index = load_index(target, APPLIANCE)
+    assert index["2026/1127/escaping.arz"] == {"type": "symlink", "target": links["2026/1127/escaping.arz"]}
+    # a second run finds the same, reads nothing again, uploads nothing
+    counted = CountingTarget(target)
+    again = sync_sessions(counted, APPLIANCE, layout)
+    assert again.referenced == result.referenced and again.uploaded_count == 0 and counted.calls["open_write"] == 0
+
+
+def test_a_link_replaced_by_a_file_is_uploaded(lab):
+    layout, arz, store, target = lab
+    os.symlink("b.arz", arz / "2026/1127/x.arz")
+    sync_sessions(target, APPLIANCE, layout)
+    os.unlink(arz / "2026/1127/x.arz")
+    write(str(arz / "2026/1127/x.arz"), b"X" * 10)
+    result = sync_sessions(target, APPLIANCE, layout)
+    assert {"path": "seg-01/sessions/2026/1127/x.arz", "size": 10, "sha256": sha(b"X" * 10)} in result.referenced
+    assert (store / "seg-01/sessions/2026/1127/x.arz").read_bytes() == b"X" * 10
+
+
+def test_hard_links_are_stored_once(lab):
+    layout, arz, store, target = lab
+    os.link(arz / "2026/1127/b.arz", arz / "2026/1127/b-copy.arz")  # sorts first: the name that is stored
+    result = sync_sessions(target, APPLIANCE, layout)
+    assert result.uploaded_count == 3 and result.hardlinks == 1 and result.problems == []
+    assert {"path": "seg-01/sessions/2026/1127/b-copy.arz", "size": 2000, "sha256": sha(b"B" * 2000)} in result.referenced
+    assert {"path": "seg-01/sessions/2026/1127/b.arz", "type": "hardlink", "link": "seg-01/sessions/2026/1127/b-copy.arz",
+            "size": 2000, "sha256": sha(b"B" * 2000)} in result.referenced
+    files = remote_files(store)
+    assert "seg-01/sessions/2026/1127/b-copy.arz" in files and "seg-01/sessions/2026/1127/b.arz" not in files
+    # the stored name goes away: the other name is stored at the next run
+    os.unlink(arz / "2026/1127/b-copy.arz")
+    again = sync_sessions(target, APPLIANCE, layout)
+    assert {"path": "seg-01/sessions/2026/1127/b.arz", "size": 2000, "sha256": sha(b"B" * 2000)} in again.referenced
+    assert (store / "seg-01/sessions/2026/1127/b.arz").read_bytes() == b"B" * 2000
 
 
 def test_bad_arguments(lab, tmp_path):

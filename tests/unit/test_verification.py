@@ -103,7 +103,7 @@ def test_good_snapshot_passes_quick_and_deep(target):
     full = deep(target, record, check_session_hashes=True)
     assert full.ok, full.problems
     assert full.checks["archive"]["ok"] and full.checks["sessions"] == {
-        "referenced": 2, "missing": 0, "wrong_size": 0, "hashed": 2, "wrong_sha256": 0}
+        "referenced": 2, "missing": 0, "wrong_size": 0, "hashed": 2, "wrong_sha256": 0, "symlinks": 0, "hardlinks": 0}
     assert full.checks["object"]["ok"]
 
 

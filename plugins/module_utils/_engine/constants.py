@@ -15,3 +15,7 @@ FORMAT = "segura.backup/1"
 TOOL_VERSION = "0.1.0"
 
 MiB = 1024 * 1024
+
+#: What a snapshot does when an entry of the recordings tree cannot be taken (sessions.on_problem):
+#: "warn" publishes it with sessions status partial, "fail" publishes nothing.
+SESSIONS_ON_PROBLEM = ("warn", "fail")

@@ -62,6 +62,7 @@ def snapshot_request(params: Dict[str, Any]) -> SnapshotRequest:
         lock_ttl=timedelta(seconds=params["lock_ttl"]),
         health_url=params["appliance"].get("health_url"),
         db_method=(params["database"] or {}).get("method"),
+        sessions_on_problem=(params.get("sessions") or {}).get("on_problem", "warn"),
     )
 
 

@@ -16,41 +16,78 @@ hashed once, and nothing is uploaded again whose size matches.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import posixpath
 import stat as stat_module
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.files import Problem
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import ApplianceLayout
 from ansible_collections.segura.backup.plugins.module_utils._engine.catalog import sessions_dir
+from ansible_collections.segura.backup.plugins.module_utils._engine.constants import SESSIONS_ON_PROBLEM
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, ConfigError, TargetError, TargetExists, TargetNotFound
-from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target, rename_into_place
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import UPLOAD_SUFFIX, Target, Upload, rename_into_place
 
 BLOCK_SIZE = 4 * 1024 * 1024  # nfs-rs COMMITs every write: write big blocks (LAB.md)
+SMALL_FILE = 1024 * 1024  # up to this size a recording is read whole and sent with put_files (many in flight)
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "segura.backup/sessions-index/1"
-PARTIAL_SUFFIX = ".partial"
+PARTIAL_SUFFIX = UPLOAD_SUFFIX
 COMPARE_MODES = ("size", "sha256")
+ON_PROBLEM = SESSIONS_ON_PROBLEM
+STATUS_COMPLETE, STATUS_PARTIAL = "complete", "partial"
+FILE, SYMLINK, HARDLINK = "file", "symlink", "hardlink"
+
+# What an entry that is neither a file, a folder nor a symlink is, for the problem list.
+_ODD_KINDS = ((stat_module.S_ISFIFO, "is a FIFO (named pipe), not a recording"),
+              (stat_module.S_ISSOCK, "is a socket, not a recording"),
+              (stat_module.S_ISCHR, "is a character device, not a recording"),
+              (stat_module.S_ISBLK, "is a block device, not a recording"))
 
 
 @dataclass
 class SessionSyncResult:
-    """What a sync did. ``referenced`` lists every recording now on the target, for the manifest."""
+    """What a sync did. ``referenced`` lists every recording now on the target, for the manifest.
 
-    referenced: List[Dict[str, Any]] = field(default_factory=list)  # {"path", "size", "sha256"}
+    Entries: a file ``{"path", "size", "sha256"}``; a symbolic link ``{"path", "type": "symlink",
+    "target", "size", "sha256"}`` (size and sha256 of the link's target text, as lstat and tar see a
+    link; nothing is uploaded for it); a further name of a hard-linked file ``{"path", "type":
+    "hardlink", "link", "size", "sha256"}`` (``link`` is the first name, uploaded once).
+    """
+
+    referenced: List[Dict[str, Any]] = field(default_factory=list)
     uploaded_count: int = 0
     uploaded_bytes: int = 0
     skipped_count: int = 0
     hashed_count: int = 0  # local files read only to compute their sha256
+    symlinks: int = 0
+    hardlinks: int = 0
     problems: List[Problem] = field(default_factory=list)
 
+    @property
+    def status(self) -> str:
+        """'complete', or 'partial' when some entry of the tree could not be taken (see ``problems``)."""
+        return STATUS_PARTIAL if self.problems else STATUS_COMPLETE
 
-def _local_files(top: str, problems: List[Problem]) -> Iterator[Tuple[str, List[str]]]:
-    """(relative dir, sorted file names) per directory below ``top``, in a deterministic order."""
+
+class LocalEntry(NamedTuple):
+    """A file or symbolic link of the recordings tree, as lstat saw it while listing."""
+
+    name: str
+    kind: str  # FILE | SYMLINK
+    info: os.stat_result
+
+
+def _local_entries(top: str, problems: List[Problem]) -> Iterator[Tuple[str, List[LocalEntry]]]:
+    """(relative dir, sorted files and links) per directory below ``top``, in a deterministic order.
+
+    Nothing is followed: a link is an entry of its own. FIFOs, sockets and devices, and what cannot
+    be listed or examined, land in ``problems``; the walk goes on.
+    """
     pending = [""]
     while pending:
         reldir = pending.pop()
@@ -64,23 +101,30 @@ def _local_files(top: str, problems: List[Problem]) -> Iterator[Tuple[str, List[
         except OSError as exc:
             problems.append(Problem(local_dir, "cannot be listed (%s)" % os.strerror(exc.errno or 0)))
             continue
-        files, subdirs = [], []
+        found, subdirs = [], []
         for entry in entries:
             relpath = posixpath.join(reldir, entry.name) if reldir else entry.name
             try:
-                if entry.is_dir(follow_symlinks=False):
-                    subdirs.append(relpath)
-                elif entry.is_file(follow_symlinks=False):
-                    if not reldir and entry.name in (INDEX_NAME, INDEX_NAME + PARTIAL_SUFFIX):
-                        problems.append(Problem(entry.path, "name is reserved for the sync index"))
-                    else:
-                        files.append(entry.name)
-                else:
-                    problems.append(Problem(entry.path, "is not a regular file"))
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                problems.append(Problem(entry.path, "vanished while being listed"))
+                continue
             except OSError as exc:
                 problems.append(Problem(entry.path, "cannot be examined (%s)" % os.strerror(exc.errno or 0)))
-        if files:
-            yield reldir, files
+                continue
+            if stat_module.S_ISDIR(info.st_mode):
+                subdirs.append(relpath)
+            elif not reldir and entry.name in (INDEX_NAME, INDEX_NAME + PARTIAL_SUFFIX):
+                problems.append(Problem(entry.path, "name is reserved for the sync index"))
+            elif stat_module.S_ISREG(info.st_mode):
+                found.append(LocalEntry(entry.name, FILE, info))
+            elif stat_module.S_ISLNK(info.st_mode):
+                found.append(LocalEntry(entry.name, SYMLINK, info))
+            else:
+                problems.append(Problem(entry.path, next((why for test, why in _ODD_KINDS if test(info.st_mode)),
+                                                         "is not a regular file")))
+        if found:
+            yield reldir, found
         pending.extend(reversed(subdirs))  # pop() then takes them in sorted order
 
 
@@ -94,10 +138,12 @@ def _same_file(before: os.stat_result, after: os.stat_result) -> bool:
 
 def _open_local(path: str):
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise _Changed("vanished before it could be read") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _Changed("was replaced by a symbolic link while being read") from None
         raise _Changed("cannot be read (%s)" % os.strerror(exc.errno or 0)) from None
     info = os.fstat(fd)
     if not stat_module.S_ISREG(info.st_mode):
@@ -143,6 +189,16 @@ def _hash_local(path: str, block_size: int) -> Tuple[str, os.stat_result]:
     return digest.hexdigest(), info
 
 
+def _read_small(path: str) -> Tuple[bytes, os.stat_result]:
+    """The whole content of a small file, checked not to have changed while read."""
+    fd, info = _open_local(path)
+    try:
+        data = b"".join(_read_blocks(fd, path, SMALL_FILE))
+    finally:
+        os.close(fd)
+    return data, info
+
+
 def _hash_remote(target: Target, relpath: str, block_size: int) -> str:
     digest = hashlib.sha256()
     with target.open_read(relpath) as handle:
@@ -154,8 +210,13 @@ def _hash_remote(target: Target, relpath: str, block_size: int) -> str:
     return digest.hexdigest()
 
 
-def load_index(target: Target, appliance: str) -> Dict[str, Dict[str, object]]:
-    """The sync index ({relpath: {size, mtime_ns, sha256}}); empty when missing or unreadable."""
+def load_index(target: Target, appliance: str) -> Dict[str, Dict[str, Any]]:
+    """The sync index ({relpath: entry}); empty when missing or unreadable.
+
+    A file's entry is {size, mtime_ns, sha256}; a link's {type: symlink, target} and a further
+    hard-link name's {type: hardlink, link}. The index is only a cache: a damaged or forged entry
+    costs a re-read or an upload, never a wrong reference (the manifest gets what was read now).
+    """
     try:
         data = json.loads(target.read_bytes(sessions_dir(appliance) + "/" + INDEX_NAME).decode("utf-8"))
     except TargetNotFound:
@@ -164,24 +225,31 @@ def load_index(target: Target, appliance: str) -> Dict[str, Dict[str, object]]:
         return {}  # a damaged cache costs re-hashing, nothing else
     if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT or not isinstance(data.get("files"), dict):
         return {}
-    files = {}
+    files: Dict[str, Dict[str, Any]] = {}
     for relpath, entry in data["files"].items():
-        if (isinstance(entry, dict) and isinstance(entry.get("size"), int) and isinstance(entry.get("mtime_ns"), int)
-                and isinstance(entry.get("sha256"), str) and len(entry["sha256"]) == 64):
+        if not isinstance(entry, dict):
+            continue
+        kind = entry.get("type", FILE)
+        if kind == FILE and isinstance(entry.get("size"), int) and isinstance(entry.get("mtime_ns"), int) \
+                and isinstance(entry.get("sha256"), str) and len(entry["sha256"]) == 64:
             files[relpath] = {"size": entry["size"], "mtime_ns": entry["mtime_ns"], "sha256": entry["sha256"]}
+        elif kind == SYMLINK and isinstance(entry.get("target"), str):
+            files[relpath] = {"type": SYMLINK, "target": entry["target"]}
+        elif kind == HARDLINK and isinstance(entry.get("link"), str):
+            files[relpath] = {"type": HARDLINK, "link": entry["link"]}
     return files
 
 
-def _write_index(target: Target, appliance: str, files: Dict[str, Dict[str, object]]) -> None:
+def _write_index(target: Target, appliance: str, files: Dict[str, Dict[str, Any]]) -> None:
     """Atomically: write ``index.json.partial``, then rename over ``index.json``."""
     path = sessions_dir(appliance) + "/" + INDEX_NAME
-    body = json.dumps({"format": INDEX_FORMAT, "files": files}, sort_keys=True, indent=0).encode("utf-8")
+    body = json.dumps({"format": INDEX_FORMAT, "files": files}, sort_keys=True, separators=(",", ":")).encode("utf-8")
     target.write_bytes(path + PARTIAL_SUFFIX, body)
     target.rename(path + PARTIAL_SUFFIX, path, replace=True)
 
 
-def _upload(target: Target, local: str, remote: str, replace: bool, block_size: int) -> Tuple[str, os.stat_result]:
-    """Stream one file to ``remote`` through ``remote.partial``; returns (sha256, local stat)."""
+def _upload_stream(target: Target, local: str, remote: str, replace: bool, block_size: int) -> Tuple[str, os.stat_result]:
+    """Stream one large file to ``remote`` through ``remote.partial``; returns (sha256, local stat)."""
     partial = remote + PARTIAL_SUFFIX
     fd, info = _open_local(local)
     digest = hashlib.sha256()
@@ -211,8 +279,173 @@ def _upload(target: Target, local: str, remote: str, replace: bool, block_size: 
 def _remove_quietly(target: Target, relpath: str) -> None:
     try:
         target.remove(relpath)
-    except Exception:  # best effort: prune removes stale partial uploads later
+    except Exception:  # noqa: BLE001 - best effort: prune removes stale partial uploads later
         pass
+
+
+def _link_text(link: str) -> str:
+    """The target text of a link, never followed; names that are not UTF-8 keep their bytes (surrogates)."""
+    try:
+        return os.readlink(link)
+    except FileNotFoundError:
+        raise _Changed("vanished before it could be read") from None
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            raise _Changed("is no longer a symbolic link") from None
+        raise _Changed("cannot be read (%s)" % os.strerror(exc.errno or 0)) from None
+
+
+def _text_digest(text: str) -> Tuple[int, str]:
+    data = os.fsencode(text)
+    return len(data), hashlib.sha256(data).hexdigest()
+
+
+class _Sync:
+    """One run of ``sync_sessions``: the walk, what it decided per entry, and the new index."""
+
+    def __init__(self, target: Target, appliance: str, top: str, compare: str, block_size: int,
+                 progress: Optional[Callable[[Dict[str, object]], None]]):
+        self.target, self.top, self.compare, self.block_size = target, top, compare, block_size
+        self.remote_top = sessions_dir(appliance)
+        self.progress = progress
+        self.old_index = load_index(target, appliance)
+        self.new_index: Dict[str, Dict[str, Any]] = {}
+        self.result = SessionSyncResult()
+        self.large: List[Tuple[str, bool]] = []  # (relpath, replace): streamed after the small ones
+        self.claimed: Dict[Tuple[int, int], str] = {}  # (dev, ino) of hard-linked files -> the name taken
+        self.first_names: Dict[Tuple[int, int], Tuple[str, int, str]] = {}  # (dev, ino) -> (relpath, size, sha256) stored
+        self.further_names: List[Tuple[str, Tuple[int, int]]] = []  # hard-link names after the first
+
+    def report(self, action: str, relpath: str, size: int) -> None:
+        if self.progress is not None:
+            self.progress({"action": action, "path": relpath, "size": size})
+
+    def problem(self, relpath: str, reason: str) -> None:
+        self.result.problems.append(Problem(os.path.join(self.top, relpath), reason))
+        self.report("problem", relpath, 0)
+
+    def remote(self, relpath: str) -> str:
+        return self.remote_top + "/" + relpath
+
+    def done(self, relpath: str, sha256: str, info: os.stat_result, uploaded: bool) -> None:
+        """A file is on the target as the local one: index, reference, count and report it."""
+        self.new_index[relpath] = {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "sha256": sha256}
+        self.result.referenced.append({"path": self.remote(relpath), "size": info.st_size, "sha256": sha256})
+        if info.st_nlink > 1:
+            self.first_names.setdefault((info.st_dev, info.st_ino), (relpath, info.st_size, sha256))
+        if uploaded:
+            self.result.uploaded_count += 1
+            self.result.uploaded_bytes += info.st_size
+        else:
+            self.result.skipped_count += 1
+        self.report("uploaded" if uploaded else "skipped", relpath, info.st_size)
+
+    # -- the walk: decides each entry; yields the small uploads for put_files -------------------
+
+    def small_uploads(self) -> Iterator[Upload]:
+        for reldir, entries in _local_entries(self.top, self.result.problems):
+            remote_dir = posixpath.join(self.remote_top, reldir) if reldir else self.remote_top
+            try:
+                remote_files = {e.name: e for e in self.target.listdir(remote_dir) if not e.is_dir}
+            except TargetNotFound:
+                remote_files = {}
+            for entry in entries:
+                relpath = posixpath.join(reldir, entry.name) if reldir else entry.name
+                try:
+                    if entry.kind == SYMLINK:
+                        self.take_symlink(relpath)
+                        continue
+                    inode = (entry.info.st_dev, entry.info.st_ino)
+                    if entry.info.st_nlink > 1 and inode in self.claimed:
+                        self.further_names.append((relpath, inode))
+                        continue
+                    upload = self.decide(relpath, remote_files.get(entry.name), entry.info)
+                    if entry.info.st_nlink > 1:
+                        self.claimed[inode] = relpath
+                except _Changed as exc:
+                    self.problem(relpath, str(exc))
+                    continue
+                if upload is not None:
+                    yield upload
+
+    def take_symlink(self, relpath: str) -> None:
+        text = _link_text(os.path.join(self.top, relpath))
+        size, sha256 = _text_digest(text)
+        self.new_index[relpath] = {"type": SYMLINK, "target": text}
+        self.result.referenced.append({"path": self.remote(relpath), "type": SYMLINK, "target": text,
+                                       "size": size, "sha256": sha256})
+        self.result.symlinks += 1
+        self.report("symlink", relpath, size)
+
+    def decide(self, relpath: str, remote_entry, listed: os.stat_result) -> Optional[Upload]:
+        """Skip (recorded at once), stream later (large), or an Upload for put_files (small)."""
+        local = os.path.join(self.top, relpath)
+        indexed = self.old_index.get(relpath)
+        if indexed is not None and "type" in indexed:
+            indexed = None  # was a link last time
+        replace = remote_entry is not None
+        if remote_entry is not None:
+            # sha256 of the copy on the target, as far as the index knows it
+            remote_sha = indexed["sha256"] if indexed and indexed["size"] == remote_entry.size else None
+            same = self.same_as_remote(relpath, listed, remote_entry, indexed, remote_sha)
+            if same is not None:
+                self.done(relpath, same[0], same[1], uploaded=False)
+                return None
+        if listed.st_size > SMALL_FILE:
+            self.large.append((relpath, replace))
+            return None
+        data, info = _read_small(local)
+        return Upload(self.remote(relpath), data, replace=replace,
+                      tag=(relpath, hashlib.sha256(data).hexdigest(), info))
+
+    def same_as_remote(self, relpath: str, listed: os.stat_result, remote_entry, indexed, remote_sha):
+        """(sha256, stat) when the copy on the target is this file (per ``compare``), else None."""
+        local = os.path.join(self.top, relpath)
+        if self.compare == "size":
+            if listed.st_size != remote_entry.size:
+                return None
+            if remote_sha and indexed is not None and indexed["mtime_ns"] == listed.st_mtime_ns:
+                return remote_sha, listed  # unchanged since we uploaded it: no read at all
+            local_sha, info = _hash_local(local, self.block_size)
+            self.result.hashed_count += 1
+            if remote_sha is None or remote_sha == local_sha:
+                return local_sha, info  # same size, recordings are immutable: same file
+            return None
+        local_sha, info = _hash_local(local, self.block_size)
+        self.result.hashed_count += 1
+        if info.st_size == remote_entry.size:
+            if remote_sha is None:
+                remote_sha = _hash_remote(self.target, self.remote(relpath), self.block_size)
+            if remote_sha == local_sha:
+                return local_sha, info
+        return None
+
+    # -- after the walk ---------------------------------------------------------------------------
+
+    def stream_large(self) -> None:
+        for relpath, replace in self.large:
+            try:
+                sha256, info = _upload_stream(self.target, os.path.join(self.top, relpath), self.remote(relpath),
+                                              replace, self.block_size)
+            except _Changed as exc:
+                self.problem(relpath, str(exc))
+                continue
+            self.done(relpath, sha256, info, uploaded=True)
+
+    def link_further_names(self) -> None:
+        """Further names of a hard-linked file: referenced as links to the first name, stored once."""
+        for relpath, inode in self.further_names:
+            first = self.first_names.get(inode)
+            if first is None:  # the name taken for this inode failed after the walk had passed this one
+                self.problem(relpath, "not stored: a hard link to %s, which could not be stored"
+                             % os.path.join(self.top, self.claimed[inode]))
+                continue
+            first_relpath, size, sha256 = first
+            self.new_index[relpath] = {"type": HARDLINK, "link": first_relpath}
+            self.result.referenced.append({"path": self.remote(relpath), "type": HARDLINK,
+                                           "link": self.remote(first_relpath), "size": size, "sha256": sha256})
+            self.result.hardlinks += 1
+            self.report("hardlink", relpath, size)
 
 
 def sync_sessions(target: Target, appliance: str, layout: ApplianceLayout,
@@ -221,9 +454,14 @@ def sync_sessions(target: Target, appliance: str, layout: ApplianceLayout,
     """Upload new (or changed) recordings and reference every one of them.
 
     One listing per target directory; a file is uploaded only when absent there or different
-    (see the module docstring). Files that vanish or change while read land in ``problems`` with
-    their path; the caller (the snapshot) decides whether that fails the run. Target errors raise.
-    ``progress`` is called once per file with {'action': 'uploaded'|'skipped'|'problem', 'path', 'size'}.
+    (see the module docstring). Small files go through ``target.put_files`` (many in flight), larger
+    ones are streamed one by one afterwards. Symbolic links are referenced with their target text
+    (never followed, nothing uploaded); a further name of a hard-linked file references the first.
+    Whatever cannot be taken (FIFOs, sockets, devices, unreadable files, files that vanish or change
+    while read) lands in ``problems`` with its path and the walk goes on; the caller decides what a
+    problem means (the snapshot publishes with ``sessions.status: partial``). Target errors raise.
+    ``progress`` is called once per entry with {'action': 'uploaded'|'skipped'|'symlink'|'hardlink'|
+    'problem', 'path', 'size'}.
     """
     if compare not in COMPARE_MODES:
         raise ConfigError("compare must be one of %s, got %r" % (", ".join(COMPARE_MODES), compare))
@@ -232,84 +470,27 @@ def sync_sessions(target: Target, appliance: str, layout: ApplianceLayout,
     top = layout.arz_path
     if not os.path.isdir(top):
         raise ApplianceError("session recordings folder %s does not exist" % top)
-    remote_top = sessions_dir(appliance)
-    old_index = load_index(target, appliance)
-    new_index: Dict[str, Dict[str, object]] = {}
-    result = SessionSyncResult()
-
-    def report(action: str, relpath: str, size: int) -> None:
-        if progress is not None:
-            progress({"action": action, "path": relpath, "size": size})
-
+    run = _Sync(target, appliance, top, compare, block_size, progress)
     completed = False
     try:
-        for reldir, names in _local_files(top, result.problems):
-            remote_dir = posixpath.join(remote_top, reldir) if reldir else remote_top
-            try:
-                remote_files = {e.name: e for e in target.listdir(remote_dir) if not e.is_dir}
-            except TargetNotFound:
-                remote_files = {}
-            for name in names:
-                relpath = posixpath.join(reldir, name) if reldir else name
-                local = os.path.join(top, relpath)
-                remote = remote_dir + "/" + name
-                try:
-                    sha256, info, uploaded = _sync_one(target, local, remote, remote_files.get(name),
-                                                       old_index.get(relpath), compare, block_size, result)
-                except _Changed as exc:
-                    result.problems.append(Problem(local, str(exc)))
-                    report("problem", relpath, 0)
-                    continue
-                new_index[relpath] = {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "sha256": sha256}
-                result.referenced.append({"path": remote, "size": info.st_size, "sha256": sha256})
-                if uploaded:
-                    result.uploaded_count += 1
-                    result.uploaded_bytes += info.st_size
-                else:
-                    result.skipped_count += 1
-                report("uploaded" if uploaded else "skipped", relpath, info.st_size)
+        for upload, exists in target.put_files(run.small_uploads()):
+            relpath, sha256, info = upload.tag
+            if exists is not None:
+                run.problem(relpath, "appeared on the target while being uploaded")
+            else:
+                run.done(relpath, sha256, info, uploaded=True)
+        run.stream_large()
+        run.link_further_names()
         completed = True
     finally:
         # After a failure keep what the old index knew too: entries not reached are still valid.
-        final = new_index if completed else dict(old_index, **new_index)
-        if final != old_index:
+        final = run.new_index if completed else dict(run.old_index, **run.new_index)
+        if final != run.old_index:
             try:
                 _write_index(target, appliance, final)
             except Exception:
                 if completed:
                     raise
-    return result
-
-
-def _sync_one(target: Target, local: str, remote: str, remote_entry, indexed: Optional[Dict[str, object]],
-              compare: str, block_size: int, result: SessionSyncResult):
-    """(sha256, local stat, uploaded?) for one file; raises _Changed for a per-file problem."""
-    if remote_entry is None:
-        sha256, info = _upload(target, local, remote, replace=False, block_size=block_size)
-        return sha256, info, True
-    # sha256 of the copy on the target, as far as the index knows it
-    remote_sha = indexed["sha256"] if indexed and indexed["size"] == remote_entry.size else None
-    try:
-        info = os.lstat(local)
-    except FileNotFoundError:
-        raise _Changed("vanished before it could be read") from None
-    if compare == "size":
-        if info.st_size != remote_entry.size:
-            sha256, info = _upload(target, local, remote, replace=True, block_size=block_size)
-            return sha256, info, True
-        if remote_sha and indexed is not None and indexed["mtime_ns"] == info.st_mtime_ns:
-            return remote_sha, info, False  # unchanged since we uploaded it: no read at all
-        local_sha, info = _hash_local(local, block_size)
-        result.hashed_count += 1
-        if remote_sha is None or remote_sha == local_sha:
-            return local_sha, info, False  # same size, recordings are immutable: same file
-    else:
-        local_sha, info = _hash_local(local, block_size)
-        result.hashed_count += 1
-        if info.st_size == remote_entry.size:
-            if remote_sha is None:
-                remote_sha = _hash_remote(target, remote, block_size)
-            if remote_sha == local_sha:
-                return local_sha, info, False
-    sha256, info = _upload(target, local, remote, replace=True, block_size=block_size)
-    return sha256, info, True
+    run.result.referenced.sort(key=lambda item: item["path"])
+    run.result.problems.sort()
+    return run.result

@@ -49,7 +49,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.constants im
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, ConfigError, LockBusy, TargetError, TargetFull, TargetNotFound
 from ansible_collections.segura.backup.plugins.module_utils._engine.locking import ApplianceLock, takeover_message
 from ansible_collections.segura.backup.plugins.module_utils._engine.pruning import heal_after_takeover
-from ansible_collections.segura.backup.plugins.module_utils._engine.sessions import sync_sessions
+from ansible_collections.segura.backup.plugins.module_utils._engine.sessions import ON_PROBLEM, SessionSyncResult, sync_sessions
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
 from ansible_collections.segura.backup.plugins.module_utils._engine.text import describe_bytes
 
@@ -74,6 +74,9 @@ class SnapshotRequest:
     free_space_margin: int = 0
     #: "physical", "logical", or None: physical when a matching mariadb-backup can run here
     db_method: Optional[str] = None
+    #: what an entry of the recordings tree that cannot be taken does: "warn" (publish, sessions
+    #: partial) or "fail" (publish nothing)
+    sessions_on_problem: str = "warn"
 
     def __post_init__(self):
         self.appliance = catalog.validate_appliance(self.appliance)
@@ -91,6 +94,8 @@ class SnapshotRequest:
             raise ConfigError("the database component needs a database connection")
         if not isinstance(self.chunk_size, int) or self.chunk_size < MiB or self.chunk_size > 256 * MiB:
             raise ConfigError("chunk size must be between 1 and 256 MiB")
+        if self.sessions_on_problem not in ON_PROBLEM:
+            raise ConfigError("sessions.on_problem must be one of %s, not %r" % (", ".join(ON_PROBLEM), self.sessions_on_problem))
 
     def database(self) -> DatabaseConnection:
         """``db``, for the database component; ConfigError when none was given."""
@@ -267,11 +272,15 @@ def take_snapshot(target: Target, request: SnapshotRequest,
                     progress(dict(event, phase="sessions"))
 
             sessions = sync_sessions(target, request.appliance, request.layout, progress=on_file)
-            if sessions.problems:
-                raise ApplianceError(problems_message(sessions.problems, what="session recordings"))
+            if sessions.problems and request.sessions_on_problem == "fail":
+                raise ApplianceError("%s (sessions.on_problem is fail; nothing was published)"
+                                     % problems_message(sessions.problems, what="entries of the recordings tree"))
 
         choice = choose_method(request.db_method, request.database()) if "database" in request.components else None
         warnings = [choice.warning] if choice and choice.warning else []
+        if sessions is not None and sessions.problems:
+            warnings.append("session recordings partial: %s; everything else was backed up"
+                            % problems_message(sessions.problems, what="entries of the recordings tree"))
         created = _utc_now()
         snap_id = catalog.new_snapshot_id()
         name = catalog.object_name(created, snap_id, request.encryption.encrypted)
@@ -300,6 +309,8 @@ def take_snapshot(target: Target, request: SnapshotRequest,
                 _archive_files(writer, request, counts)
                 extra: Dict[str, Any] = {"facts": facts, "components": list(request.components),
                                          "sessions": sessions.referenced if sessions else []}
+                if sessions is not None:
+                    extra["sessions_status"] = _sessions_status(sessions)
                 if database is not None:
                     extra["db"], extra["database"] = db_info, database
                 result = writer.finish(extra)
@@ -325,8 +336,9 @@ def take_snapshot(target: Target, request: SnapshotRequest,
             encryption={"mode": _encryption_mode(request.encryption),
                         "recipients": request.encryption.recipient_strings()},
             db=dict(db_info, **{k: database[k] for k in _SIDECAR_DB_KEYS}) if db_info and database else None,
-            sessions={"count": len(sessions.referenced) if sessions else 0,
-                      "bytes": sum(int(s["size"]) for s in sessions.referenced) if sessions else 0},
+            sessions=dict({"count": len(sessions.referenced) if sessions else 0,
+                           "bytes": sum(int(s["size"]) for s in sessions.referenced) if sessions else 0},
+                          **(_sessions_status(sessions) if sessions else {})),
             duration=round(time.monotonic() - started, 3),
         )
         # Still ours, right before publishing: a run whose lock was broken or taken over stops here.
@@ -361,7 +373,10 @@ def take_snapshot(target: Target, request: SnapshotRequest,
             "sessions_uploaded": sessions.uploaded_count if sessions else 0,
             "sessions_uploaded_bytes": sessions.uploaded_bytes if sessions else 0,
             "sessions_skipped": sessions.skipped_count if sessions else 0,
+            "sessions_symlinks": sessions.symlinks if sessions else 0,
+            "sessions_hardlinks": sessions.hardlinks if sessions else 0,
         },
+        "sessions": _sessions_status(sessions) if sessions else None,
         "encryption": sidecar.encryption,
         "database": database,
         "warnings": warnings,
@@ -370,6 +385,16 @@ def take_snapshot(target: Target, request: SnapshotRequest,
         "lock_takeover": takeover_message(lock.took_over),
         "leftovers_removed": leftovers.files if leftovers else [],
     }
+
+
+#: At most this many problems are listed in the sidecar and the result (all are counted).
+MAX_LISTED_PROBLEMS = 100
+
+
+def _sessions_status(sessions: SessionSyncResult) -> Dict[str, Any]:
+    """``status`` (complete | partial) and the entries of the recordings tree that were not taken."""
+    return {"status": sessions.status, "problem_count": len(sessions.problems),
+            "problems": [{"path": p.path, "reason": p.reason} for p in sessions.problems[:MAX_LISTED_PROBLEMS]]}
 
 
 #: What the sidecar repeats of the manifest's "database" (readable without the key: method and versions

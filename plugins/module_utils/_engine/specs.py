@@ -21,6 +21,7 @@ from ansible.module_utils.common.parameters import remove_values
 from ansible.module_utils.errors import UnsupportedError
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import COMPONENTS, DEFAULT_DATABASES
+from ansible_collections.segura.backup.plugins.module_utils._engine.constants import SESSIONS_ON_PROBLEM
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import RESTORABLE_COMPONENTS
 from ansible_collections.segura.backup.plugins.module_utils._engine.retention import COUNT_OPTIONS
@@ -124,6 +125,9 @@ _SNAPSHOT_OWN = {
     }},
     "chunk_size_mb": {"type": "int", "default": 16},
     "lock_ttl": {"type": "int", "default": 900},
+    "sessions": {"type": "dict", "default": {}, "options": {
+        "on_problem": {"type": "str", "choices": list(SESSIONS_ON_PROBLEM), "default": "warn"},
+    }},
 }
 
 _PRUNE_RULES = dict(

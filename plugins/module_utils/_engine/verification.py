@@ -205,37 +205,33 @@ def _quoted(paths: List[str]) -> str:
     return shown + (" and %d more" % (len(paths) - _MAX_LISTED) if len(paths) > _MAX_LISTED else "")
 
 
-def _normalised_sessions(items: Any) -> Optional[List[Tuple[Any, Any, Any]]]:
-    """(path, size, sha256) of each listed session file, as found (checked by the caller)."""
-    if not isinstance(items, list):
-        return None
-    out: List[Tuple[Any, Any, Any]] = []
-    for item in items:
-        if not isinstance(item, dict):
-            return None
-        out.append((item.get("path"), item.get("size"), item.get("sha256")))
-    return out
-
-
 def _check_sessions(target: Target, record: catalog.SnapshotRecord, sidecar: catalog.Sidecar,
                     manifest: Dict[str, Any], session_files: SessionFiles, check_hashes: bool,
                     result: VerifyResult) -> None:
-    listed = _normalised_sessions(manifest.get("sessions", []))
-    if listed is None:
+    items = manifest.get("sessions", [])
+    if not isinstance(items, list):
         result.problems.append("manifest.json has no valid session list")
+        return
+    try:
+        listed = catalog.session_entries(items, record.appliance, "manifest.json of snapshot %s" % record.id)
+    except IntegrityError as exc:
+        result.problems.append(str(exc))
         return
     took_sessions = "sessions" in sidecar.components
     check: Dict[str, Any] = {"referenced": len(listed), "missing": 0, "wrong_size": 0, "hashed": 0,
-                             "wrong_sha256": 0}
+                             "wrong_sha256": 0, "symlinks": 0, "hardlinks": 0}
     result.checks["sessions"] = check
-    if (sidecar.sessions.get("count"), sidecar.sessions.get("bytes")) != (
-            len(listed), sum(s[1] for s in listed if isinstance(s[1], int))):
+    if (sidecar.sessions.get("count"), sidecar.sessions.get("bytes")) != (len(listed), sum(s["size"] for s in listed)):
         result.problems.append("the sidecar's session count/bytes (%s/%s) differ from the manifest's (%d/%d)"
                                % (sidecar.sessions.get("count"), sidecar.sessions.get("bytes"), len(listed),
-                                  sum(s[1] for s in listed if isinstance(s[1], int))))
+                                  sum(s["size"] for s in listed)))
+    status = {key: sidecar.sessions[key] for key in ("status", "problem_count", "problems") if key in sidecar.sessions}
+    if took_sessions and status != (manifest.get("sessions_status") or {}):
+        result.problems.append("the sidecar's sessions status differs from the manifest's (%s vs %s)"
+                               % (status.get("status"), (manifest.get("sessions_status") or {}).get("status")))
     if took_sessions:
         try:
-            stored = [(s["path"], s["size"], s["sha256"]) for s in catalog.read_sessions_list(target, record)]
+            stored = catalog.read_sessions_list(target, record)
         except TargetNotFound:
             result.problems.append("%s is missing (prune relies on it)" % catalog.sessions_list_name(record.object))
         except IntegrityError as exc:
@@ -248,12 +244,12 @@ def _check_sessions(target: Target, record: catalog.SnapshotRecord, sidecar: cat
         result.problems.append("manifest.json references %d session files but the snapshot did not take sessions"
                                % len(listed))
     missing, wrong_size, wrong_hash = [], [], []
-    for path, size, sha256 in listed:
-        try:
-            entry = session_files.entry(clean_relpath(path))
-        except ConfigError:
-            result.problems.append("manifest.json references an invalid session path %r" % (path,))
+    for item in listed:
+        path, size, sha256 = item["path"], item["size"], item["sha256"]
+        if "type" in item:  # a link: its text or its other name was checked with the list; nothing on the target
+            check[item["type"] + "s"] += 1
             continue
+        entry = session_files.entry(path)
         if entry is None:
             missing.append(path)
         elif entry.size != size:

@@ -80,5 +80,6 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.catalog.stor
     record_verification,
     remove_file,
     remove_snapshot,
+    session_entries,
     write_sessions_list,
 )

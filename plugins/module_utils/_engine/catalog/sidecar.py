@@ -75,7 +75,9 @@ class Sidecar:
     versions: Dict[str, Optional[str]]  # {"appliance": "3.32.0.12" or None, "tool": "0.1.0"}
     encryption: Dict[str, Any]  # {"mode": "x25519" | "passphrase" | "none", "recipients": ["age1..."]}
     db: Optional[Dict[str, Any]]  # {"chunks", "bytes", "sha256"} or None when no database was dumped
-    sessions: Dict[str, int]  # {"count", "bytes"} of session files this snapshot references
+    # {"count", "bytes"} of the recordings this snapshot references; when it took sessions also
+    # "status" (complete | partial), "problem_count" and "problems" [{"path", "reason"}] (the first 100)
+    sessions: Dict[str, Any]
     duration: float  # seconds the snapshot took
     format: str = FORMAT
 
@@ -170,6 +172,7 @@ class Sidecar:
         sessions = need_field(doc, "sessions", dict, source)
         need_field(sessions, "count", int, source, "sessions.")
         need_field(sessions, "bytes", int, source, "sessions.")
+        status = _sessions_status(sessions, source)
         duration = need_field(doc, "duration", (int, float), source)
         return cls(
             id=snap_id,
@@ -184,6 +187,22 @@ class Sidecar:
             versions={"appliance": versions["appliance"], "tool": versions["tool"]},
             encryption={"mode": mode, "recipients": list(recipients)},
             db=dict(db) if db is not None else None,
-            sessions={"count": sessions["count"], "bytes": sessions["bytes"]},
+            sessions=dict({"count": sessions["count"], "bytes": sessions["bytes"]}, **status),
             duration=float(duration),
         )
+
+
+def _sessions_status(sessions: Dict[str, Any], source: str) -> Dict[str, Any]:
+    """The optional status part of a sidecar's "sessions" (sidecars before 0.2 have none: complete)."""
+    if "status" not in sessions:
+        return {}
+    status = need_field(sessions, "status", str, source, "sessions.")
+    if status not in ("complete", "partial"):
+        raise _fail(source, "sessions.status %r is not complete or partial" % status)
+    count = need_field(sessions, "problem_count", int, source, "sessions.")
+    problems = need_field(sessions, "problems", list, source, "sessions.")
+    if not all(isinstance(p, dict) and isinstance(p.get("path"), str) and isinstance(p.get("reason"), str)
+               for p in problems) or len(problems) > count or (status == "complete") != (count == 0):
+        raise _fail(source, "sessions.problems must list {path, reason} objects that agree with status and problem_count")
+    return {"status": status, "problem_count": count,
+            "problems": [{"path": p["path"], "reason": p["reason"]} for p in problems]}

@@ -197,10 +197,40 @@ def _session_entry(item: Any, appliance: str, source: str, index: int) -> Dict[s
         path = clean_relpath(need_field(item, "path", str, source, where))
     except ConfigError as exc:
         raise IntegrityError("session list %s is invalid: %s" % (source, exc)) from None
-    if not path.startswith(sessions_dir(appliance) + "/"):
+    below = sessions_dir(appliance) + "/"
+    if not path.startswith(below):
         raise IntegrityError("session list %s is invalid: %s is not below %s/" % (source, path, sessions_dir(appliance)))
-    return {"path": path, "size": need_field(item, "size", int, source, where),
-            "sha256": sha256_field(item, "sha256", source, where)}
+    entry = {"path": path, "size": need_field(item, "size", int, source, where),
+             "sha256": sha256_field(item, "sha256", source, where)}
+    kind = item.get("type", "file")
+    if kind == "symlink":
+        target_text = need_field(item, "target", str, source, where)
+        data = target_text.encode("utf-8", "surrogateescape")
+        if not target_text or "\x00" in target_text or (len(data), hashlib.sha256(data).hexdigest()) != (entry["size"], entry["sha256"]):
+            raise IntegrityError("session list %s is invalid: %starget does not match its size and sha256" % (source, where))
+        entry.update(type="symlink", target=target_text)
+    elif kind == "hardlink":
+        try:
+            link = clean_relpath(need_field(item, "link", str, source, where))
+        except ConfigError as exc:
+            raise IntegrityError("session list %s is invalid: %s" % (source, exc)) from None
+        if not link.startswith(below) or link == path:
+            raise IntegrityError("session list %s is invalid: %slink %s is not another recording below %s"
+                                 % (source, where, link, below))
+        entry.update(type="hardlink", link=link)
+    elif kind != "file":
+        raise IntegrityError("session list %s is invalid: %stype %r is not symlink or hardlink" % (source, where, kind))
+    return entry
+
+
+def check_hardlinks(entries: List[Dict[str, Any]], source: str) -> List[Dict[str, Any]]:
+    """``entries``, after checking that each hard-link name points at a file of the same list with its content."""
+    files = {e["path"]: (e["size"], e["sha256"]) for e in entries if "type" not in e}
+    for index, entry in enumerate(entries):
+        if entry.get("type") == "hardlink" and files.get(entry["link"]) != (entry["size"], entry["sha256"]):
+            raise IntegrityError("session list %s is invalid: sessions[%d] is a hard link to %s, which is not a "
+                                 "recording of the list with the same size and sha256" % (source, index, entry["link"]))
+    return entries
 
 
 def write_sessions_list(target: Target, appliance: str, name: str, sessions: List[Dict[str, Any]]) -> str:
@@ -213,12 +243,17 @@ def write_sessions_list(target: Target, appliance: str, name: str, sessions: Lis
     if parsed is None:
         raise ConfigError("%r is not a snapshot object name" % (name,))
     source = "for snapshot %s" % parsed[1]
-    entries = [_session_entry(item, appliance, source, index) for index, item in enumerate(sessions)]
+    entries = session_entries(sessions, appliance, source)
     doc = {"format": FORMAT, "id": parsed[1], "appliance": validate_appliance(appliance), "sessions": entries}
     relpath = "%s/%s" % (snapshots_dir(appliance), sessions_list_name(name))
     data = (json.dumps(doc, separators=(",", ":"), sort_keys=True) + "\n").encode("utf-8")
     _write_via_partial(target, relpath, data, replace=False)
     return relpath
+
+
+def session_entries(items: List[Any], appliance: str, source: str) -> List[Dict[str, Any]]:
+    """The validated entries of a session list (or of a manifest's "sessions"); IntegrityError naming ``source``."""
+    return check_hardlinks([_session_entry(item, appliance, source, index) for index, item in enumerate(items)], source)
 
 
 def parse_sessions_list(data: bytes, source: str, snap_id: str, appliance: str) -> List[Dict[str, Any]]:
@@ -235,7 +270,7 @@ def parse_sessions_list(data: bytes, source: str, snap_id: str, appliance: str) 
     items = doc.get("sessions")
     if not isinstance(items, list):
         raise IntegrityError("session list %s is invalid: 'sessions' must be a list" % source)
-    return [_session_entry(item, appliance, source, index) for index, item in enumerate(items)]
+    return session_entries(items, appliance, source)
 
 
 def read_sessions_list(target: Target, record: Any) -> List[Dict[str, Any]]:

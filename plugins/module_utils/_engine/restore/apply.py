@@ -133,11 +133,13 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
     durations["database"] = round(db_seconds, 3)
     durations["files"] = round(files_seconds, 3)
 
-    sessions = {"restored": 0, "skipped": 0, "bytes": 0}
+    sessions: Dict[str, Any] = {"restored": 0, "skipped": 0, "bytes": 0, "links": 0, "refused": []}
     if request.restore_sessions:
         tick = time.monotonic()
         sessions = restore_sessions(target, request, plan)
         durations["sessions"] = round(time.monotonic() - tick, 3)
+        for refused in sessions["refused"][:MAX_LISTED]:
+            result["warnings"].append("%s: %s" % (refused["path"], refused["reason"]))
 
     verification: Dict[str, Any] = {}
     if request.post_verify:

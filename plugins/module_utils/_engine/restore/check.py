@@ -32,7 +32,8 @@ def post_verify(request: RestoreRequest, plan: RestorePlan, physical: Optional[D
     result: Dict[str, Any] = {"files": {"checked": checked, "ok": not problems}}
     if request.restore_sessions:
         stree = DestinationTree(request.layout.root, [request.layout.arz_dir])
-        bad = [e["path"] for e in plan.sessions if stree.state(session_wanted(request, e)) not in ("same", "metadata")]
+        bad = [e["path"] for e in plan.sessions
+               if not e.get("refused") and stree.state(session_wanted(request, e)) not in ("same", "metadata")]
         problems.extend("session recording %s was not restored intact" % p for p in bad[:10])
         result["sessions"] = {"checked": len(plan.sessions), "ok": not bad}
     if plan.restores_database:

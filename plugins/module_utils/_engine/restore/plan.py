@@ -85,7 +85,7 @@ class RestorePlan:
             return True
         if any(state != "same" for state in self.states.values()):
             return True
-        return any(state != "same" for state in self.session_states.values())
+        return any(state not in ("same", "refused") for state in self.session_states.values())
 
     def summary(self) -> Dict[str, Any]:
         """The check-mode report (no secrets: names, sizes, hashes)."""
@@ -113,7 +113,8 @@ class RestorePlan:
             "overwrite": overwrite[:MAX_LISTED],
             "sessions": len(self.sessions),
             "session_bytes": sum(int(s["size"]) for s in self.sessions),
-            "sessions_to_copy": sum(1 for s in self.session_states.values() if s != "same"),
+            "sessions_to_copy": sum(1 for s in self.session_states.values() if s not in ("same", "refused")),
+            "sessions_refused": [{"path": s["path"], "reason": s["refused"]} for s in self.sessions if s.get("refused")],
             "checks": self.checks,
             "problems": list(self.problems),
             "ok": self.ok,
@@ -337,7 +338,7 @@ def plan_restore(target: Target, request: RestoreRequest) -> RestorePlan:
         problems.append("these paths exist with another type (a directory where the snapshot has a file, or the "
                         "reverse) and are not replaced: %s" % ", ".join("/" + c for c in conflicts[:10]))
     if request.restore_sessions:
-        plan.sessions = session_entries(manifest, record.appliance)
+        plan.sessions = session_entries(manifest, record.appliance, request.layout.arz_dir)
         plan_sessions(target, request, plan)
     if "database" in components and db_method == PHYSICAL:
         plan.physical = physical_preflight(request, db_record, int((manifest.get("db") or {}).get("bytes", 0)))

@@ -17,34 +17,41 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.archive.form
 from ansible_collections.segura.backup.plugins.module_utils._engine.constants import MiB
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, IntegrityError, TargetNotFound
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import SESSION_DIR_MODE, SESSION_FILE_MODE, RestoreRequest
-from ansible_collections.segura.backup.plugins.module_utils._engine.restore.tree import DestinationTree, Wanted
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.tree import DestinationTree, Wanted, check_symlink_target
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target, clean_relpath
 
 if TYPE_CHECKING:  # annotations only: plan imports this module
     from ansible_collections.segura.backup.plugins.module_utils._engine.restore.plan import RestorePlan
 
 
-def session_entries(manifest: Dict[str, Any], source_appliance: str) -> List[Dict[str, Any]]:
-    prefix = catalog.sessions_dir(source_appliance) + "/"
-    entries = manifest.get("sessions") or []
-    if not isinstance(entries, list):
+def session_entries(manifest: Dict[str, Any], source_appliance: str, arz_dir: str) -> List[Dict[str, Any]]:
+    """The manifest's recordings (files, symbolic links, further hard-link names), validated, with
+    ``relpath`` below the recordings folder. A link whose target leaves the recordings folder gets
+    ``refused`` (the reason): the main archive's rule, so a restore never plants a way out."""
+    items = manifest.get("sessions") or []
+    if not isinstance(items, list):
         raise IntegrityError("manifest.json 'sessions' is not a list")
+    prefix = catalog.sessions_dir(source_appliance) + "/"
     result = []
-    for entry in entries:
-        try:
-            path, size, sha256 = entry["path"], int(entry["size"]), entry["sha256"]
-        except (KeyError, TypeError, ValueError):
-            raise IntegrityError("manifest.json has a session entry without path, size and sha256") from None
-        if not isinstance(path, str) or clean_relpath(path) != path or not path.startswith(prefix):
-            raise IntegrityError("manifest.json references the recording %r outside %s" % (path, prefix))
-        check_member_name(path[len(prefix):])
-        result.append({"path": path, "relpath": path[len(prefix):], "size": size, "sha256": sha256})
+    for entry in catalog.session_entries(items, source_appliance, "manifest.json"):
+        relpath = entry["path"][len(prefix):]
+        check_member_name(relpath)
+        item = dict(entry, relpath=relpath)
+        if entry.get("type") == "symlink":
+            reason = check_symlink_target(posixpath.join(arz_dir, relpath), entry["target"], [arz_dir])
+            if reason:
+                item["refused"] = "symbolic link not restored: its %s" % reason.replace("restored paths", "recordings folder")
+        result.append(item)
     return result
 
 
 def session_wanted(request: RestoreRequest, entry: Dict[str, Any]) -> Wanted:
-    return Wanted(relpath=posixpath.join(request.layout.arz_dir, entry["relpath"]), type="file",
-                  size=entry["size"], sha256=entry["sha256"], mode=SESSION_FILE_MODE, mtime=0, uid=0, gid=0)
+    relpath = posixpath.join(request.layout.arz_dir, entry["relpath"])
+    if entry.get("type") == "symlink":
+        return Wanted(relpath=relpath, type="symlink", size=0, sha256=None, mode=0o777, mtime=0, uid=0, gid=0,
+                      linkname=entry["target"])
+    return Wanted(relpath=relpath, type="file", size=entry["size"], sha256=entry["sha256"], mode=SESSION_FILE_MODE,
+                  mtime=0, uid=0, gid=0)
 
 
 def plan_sessions(target: Target, request: RestoreRequest, plan: RestorePlan) -> None:
@@ -52,16 +59,19 @@ def plan_sessions(target: Target, request: RestoreRequest, plan: RestorePlan) ->
     listed: Dict[str, Dict[str, int]] = {}
     missing = []
     for entry in plan.sessions:
-        folder = posixpath.dirname(entry["path"])
-        if folder not in listed:
-            try:
-                listed[folder] = {e.name: e.size for e in target.listdir(folder) if not e.is_dir}
-            except TargetNotFound:
-                listed[folder] = {}
-        if listed[folder].get(posixpath.basename(entry["path"])) != entry["size"]:
-            missing.append(entry["path"])
-        wanted = session_wanted(request, entry)
-        state = tree.state(wanted)
+        if entry.get("refused"):
+            plan.session_states[entry["path"]] = "refused"
+            continue
+        if "type" not in entry:  # a file: it must be on the target (links carry themselves)
+            folder = posixpath.dirname(entry["path"])
+            if folder not in listed:
+                try:
+                    listed[folder] = {e.name: e.size for e in target.listdir(folder) if not e.is_dir}
+                except TargetNotFound:
+                    listed[folder] = {}
+            if listed[folder].get(posixpath.basename(entry["path"])) != entry["size"]:
+                missing.append(entry["path"])
+        state = tree.state(session_wanted(request, entry))
         # Recordings carry no metadata in the manifest: equal content is enough.
         plan.session_states[entry["path"]] = "same" if state in ("same", "metadata") else state
     if missing:
@@ -69,21 +79,51 @@ def plan_sessions(target: Target, request: RestoreRequest, plan: RestorePlan) ->
                              % (len(missing), ", ".join(missing[:10])))
 
 
-def restore_sessions(target: Target, request: RestoreRequest, plan: RestorePlan) -> Dict[str, int]:
+def restore_sessions(target: Target, request: RestoreRequest, plan: RestorePlan) -> Dict[str, Any]:
+    """Copy back what differs: files from the target, links as links, further hard-link names as
+    hard links to the first name (a copy where a link cannot be made). Refused links are listed."""
     tree = DestinationTree(request.layout.root, [request.layout.arz_dir])
-    copied = skipped = copied_bytes = 0
-    for entry in plan.sessions:
+    copied = skipped = copied_bytes = linked = 0
+    refused = []
+    for entry in plan.sessions:  # sorted by path: a hard link's first name may come after it, see below
+        if entry.get("refused"):
+            refused.append({"path": posixpath.join("/", request.layout.arz_dir, entry["relpath"]), "reason": entry["refused"]})
+            continue
+        if entry.get("type") == "hardlink":
+            continue
         wanted = session_wanted(request, entry)
         if tree.state(wanted) in ("same", "metadata"):
             skipped += 1
             continue
         _ensure_session_dirs(tree, request.layout.arz_dir, posixpath.dirname(wanted.relpath))
+        if entry.get("type") == "symlink":
+            tree.write_symlink(wanted)
+            linked += 1
+            continue
         wanted.mtime = int(time.time())
         with target.open_read(entry["path"]) as handle:
             tree.write_file(wanted, iter(lambda: handle.read(4 * MiB), b""))
         copied += 1
         copied_bytes += entry["size"]
-    return {"restored": copied, "skipped": skipped, "bytes": copied_bytes}
+    for entry in plan.sessions:  # after every file is in place
+        if entry.get("type") != "hardlink":
+            continue
+        wanted = session_wanted(request, entry)
+        if tree.state(wanted) in ("same", "metadata"):
+            skipped += 1
+            continue
+        _ensure_session_dirs(tree, request.layout.arz_dir, posixpath.dirname(wanted.relpath))
+        first = posixpath.join(request.layout.arz_dir, entry["link"][len(catalog.sessions_dir(plan.record.appliance)) + 1:])
+        if tree.hard_link(first, wanted):
+            linked += 1
+            continue
+        wanted.mtime = int(time.time())
+        with target.open_read(entry["link"]) as handle:  # another filesystem, or not allowed: a copy
+            tree.write_file(wanted, iter(lambda: handle.read(4 * MiB), b""))
+        copied += 1
+        copied_bytes += entry["size"]
+    return {"restored": copied + linked, "skipped": skipped, "bytes": copied_bytes, "links": linked,
+            "refused": refused}
 
 
 def _ensure_session_dirs(tree: DestinationTree, arz_dir: str, folder: str) -> None:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import posixpath
@@ -189,6 +190,37 @@ class DestinationTree:
             raise
         finally:
             os.close(dfd)
+
+    def hard_link(self, first: str, wanted: Wanted) -> bool:
+        """Make ``wanted`` another name of the file at ``first`` (both below the allowed roots), once
+        that file is checked to hold ``wanted``'s content. False, with nothing changed, where the
+        filesystem cannot (another filesystem, links not allowed): the caller then copies."""
+        if self.state(Wanted(relpath=first, type="file", size=wanted.size, sha256=wanted.sha256, mode=wanted.mode,
+                             mtime=0, uid=0, gid=0)) not in ("same", "metadata"):
+            return False
+        source = self._open_parent(first, create=False)
+        if source is None:
+            return False
+        sdfd, sname = source
+        try:
+            dfd, name = self._open_parent(wanted.relpath, create=True)
+            temp = _temp_name(name)
+            try:
+                try:
+                    os.link(sname, temp, src_dir_fd=sdfd, dst_dir_fd=dfd, follow_symlinks=False)
+                except OSError as exc:
+                    if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
+                        return False
+                    raise
+                self._replace(dfd, temp, name, wanted)
+            except BaseException:
+                _unlink_quietly(temp, dfd)
+                raise
+            finally:
+                os.close(dfd)
+        finally:
+            os.close(sdfd)
+        return True
 
     def make_dir(self, wanted: Wanted) -> None:
         """Create the directory (metadata comes later, in ``set_dir_metadata``: entries change mtimes)."""
