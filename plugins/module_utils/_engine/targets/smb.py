@@ -48,18 +48,9 @@ try:
     from smbclient import _pool as smb_pool
     from smbprotocol.connection import Ciphers, Commands, Connection, Dialects, Request, SigningAlgorithms
     from smbprotocol.exceptions import SMBAuthenticationError, SMBException, SMBOSError, SMBResponseException
-    from smbprotocol.file_info import FileAttributes, FileRenameInformation
+    from smbprotocol.file_info import FileAttributes
     from smbprotocol.header import NtStatus, SMB2HeaderRequest
-    from smbprotocol.open import (
-        CreateDisposition,
-        CreateOptions,
-        FilePipePrinterAccessMask,
-        ImpersonationLevel,
-        Open,
-        ShareAccess,
-        SMB2SetInfoRequest,
-        SMB2WriteRequest,
-    )
+    from smbprotocol.open import CreateDisposition, CreateOptions, FilePipePrinterAccessMask, ShareAccess, SMB2WriteRequest
 
     _SHARE_ALL = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
     HAS_SMBPROTOCOL = True
@@ -409,11 +400,11 @@ class _SmbReader(ReadHandle):
 
 # -- many small files: pipelined related compounds (SmbTarget.put_files) ----------------------------
 
-# Tested with smbprotocol 1.17.0 against Samba 4.17 (Debian 12). The smbprotocol API used here
-# (Open.create/write/flush/close with send=False, Connection.send_compound with related=True, the
-# connection's sequence_window) is checked by _CompoundPuts.usable(); the first upload of each target
-# goes alone, as a behavioural probe, and a server that does not follow the related chain turns the
-# target to the generic Target.put_files for good.
+# Tested with smbprotocol 1.17.0 against Samba 4.17 (Debian 12). Request bodies are packed here
+# (_Packed); headers, credits, signing, encryption and the receiver thread stay smbprotocol's
+# (Connection.send_compound / receive). usable() checks that API; the first upload of each target goes
+# alone, as a behavioural probe, and a server or library that does not follow the related chain turns
+# the target to the generic Target.put_files for good.
 PUT_FILES_IN_FLIGHT = 32
 PUT_BYTES_IN_FLIGHT = 16 * 1024 * 1024
 PUT_CREDITS_WANTED = 512  # asked of the server (ECHO with a credit request) when it granted fewer
@@ -427,17 +418,75 @@ class _NoChain(Exception):
     """The server did not handle a related compound as one file's chain: put_files falls back."""
 
 
+class _Field:
+    """What smbprotocol's credit charge reads of a WRITE: message['length'].get_value()."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: int):
+        self.value = value
+
+    def get_value(self) -> int:
+        return self.value
+
+
+class _Packed:
+    """An SMB2 request body packed once with struct, for Connection.send_compound.
+
+    smbprotocol's Structure classes cost ~100 us per message to build and pack (most of put_files'
+    CPU, profiled); send_compound only needs COMMAND, len(), pack() and, for a WRITE, the length.
+    """
+
+    __slots__ = ("COMMAND", "body", "length")
+
+    def __init__(self, command: int, body: bytes, length: int = 0):
+        self.COMMAND = command
+        self.body = body
+        self.length = length
+
+    def __len__(self) -> int:
+        return len(self.body)
+
+    def pack(self) -> bytes:
+        return self.body
+
+    def __getitem__(self, key: str) -> _Field:
+        return _Field(self.length if key == "length" else 0)
+
+
+# [MS-SMB2] 2.2.13 CREATE, 2.2.17 FLUSH / 2.2.15 CLOSE, 2.2.39 SET_INFO request bodies (up to their buffers).
+_SMB2_CREATE = struct.Struct("<HBBIQQIIIIIHHII")
+_SMB2_FLUSH_CLOSE = struct.Struct("<HHI16s")
+_SMB2_SET_INFO = struct.Struct("<HBBIHHI16s")
+_CLOSE_POSTQUERY = 0x0001
+_IMPERSONATION = 2  # ImpersonationLevel.Impersonation
+
+
+def _create(name: bytes, access: int, share: int, disposition: int, options: int) -> _Packed:
+    body = _SMB2_CREATE.pack(57, 0, 0, _IMPERSONATION, 0, 0, access, FileAttributes.FILE_ATTRIBUTE_NORMAL, share,
+                             disposition, options, 64 + 56, len(name), 0, 0)
+    return _Packed(Commands.SMB2_CREATE, body + (name or b"\x00"))
+
+
+def _write(data: bytes, offset: int) -> _Packed:
+    body = _SMB2_WRITE.pack(49, 64 + 48, len(data), offset, _CHAIN_FILE_ID, 0, 0, 0, 0, 0)
+    return _Packed(Commands.SMB2_WRITE, body + data, len(data))
+
+
+def _close(file_id: bytes) -> _Packed:
+    return _Packed(Commands.SMB2_CLOSE, _SMB2_FLUSH_CLOSE.pack(24, 0, 0, file_id))
+
+
 class _Flight:
     """One upload in flight: its phase ('write', 'rename' or 'remove') and its compound's requests."""
 
-    __slots__ = ("upload", "partial", "phase", "smb_open", "requests", "retried")
+    __slots__ = ("upload", "partial", "phase", "requests", "retried")
 
     def __init__(self, upload: Upload):
         self.upload = upload
         self.partial = upload.remote + UPLOAD_SUFFIX
         self.phase = "write"
-        self.smb_open: Any = None
-        self.requests: List[Tuple[Any, Any]] = []  # (Request, receive function)
+        self.requests: List[Any] = []  # smbprotocol Requests of the compound in flight
         self.retried = False
 
 
@@ -474,9 +523,9 @@ class _CompoundPuts:
     @staticmethod
     def usable() -> bool:
         try:
-            return (all("send" in inspect.signature(getattr(Open, name)).parameters
-                        for name in ("create", "write", "flush", "close"))
-                    and "related" in inspect.signature(Connection.send_compound).parameters)
+            return ("related" in inspect.signature(Connection.send_compound).parameters
+                    and "resolve_symlinks" in inspect.signature(Connection.receive).parameters
+                    and callable(getattr(Connection, "_calculate_credit_charge", None)))
         except (AttributeError, TypeError, ValueError):
             return False
 
@@ -534,97 +583,79 @@ class _CompoundPuts:
         if missing > PUT_CREDITS_WANTED // 2:
             self._connection.echo(sid=self._sid, timeout=self._target.timeout, credit_request=missing)
 
-    def _charge(self, message) -> int:
+    def _charge(self, message: _Packed) -> int:
         if message.COMMAND == Commands.SMB2_WRITE and self._connection.supports_multi_credit:
-            return (max(message["length"].get_value(), 1) - 1) // 65536 + 1
+            return (max(message.length, 1) - 1) // 65536 + 1
         return 1
 
-    def _send(self, flight: _Flight, phase: str, pairs: List[Tuple[Any, Any]]) -> None:
-        messages = [message for message, _receive in pairs]
+    def _send(self, flight: _Flight, phase: str, messages: List[_Packed]) -> None:
         need = sum(self._charge(message) for message in messages) + _CREDIT_RESERVE
         for older in self._flights:  # credits come back with responses: wait for the oldest ones
             if self._available() >= need:
                 break
-            for request, _receive in older.requests:
+            for request in older.requests:
                 request.response_event.wait()
         if self._available() < need:
             raise TargetError("%s: one file needs %d SMB credits, the server granted %d"
                               % (self._target._url(flight.partial), need, self._available()))
-        requests = self._connection.send_compound(messages, self._sid, self._tid, related=True)
+        flight.requests = self._connection.send_compound(messages, self._sid, self._tid, related=True)
         flight.phase = phase
-        flight.requests = list(zip(requests, [receive for _message, receive in pairs]))
         self._flights.append(flight)
         self.max_files = max(self.max_files, len(self._flights))
 
-    def _open(self, relpath: str):
+    def _name(self, relpath: str) -> bytes:
         inside = self._target._inside(relpath).replace("/", "\\")
-        return Open(self._tree, self._head + "\\" + inside if self._head else inside)
-
-    @staticmethod
-    def _chained(pair):
-        pair[0]["file_id"] = _CHAIN_FILE_ID
-        return pair
+        return (self._head + "\\" + inside if self._head else inside).encode("utf-16-le")
 
     def _send_write(self, flight: _Flight) -> None:
-        smb_open = flight.smb_open = self._open(flight.partial)
         access = (FilePipePrinterAccessMask.FILE_WRITE_DATA | FilePipePrinterAccessMask.FILE_READ_ATTRIBUTES
                   | FilePipePrinterAccessMask.DELETE)
-        pairs = [smb_open.create(ImpersonationLevel.Impersonation, access, FileAttributes.FILE_ATTRIBUTE_NORMAL,
-                                 ShareAccess.FILE_SHARE_READ, CreateDisposition.FILE_OVERWRITE_IF,
-                                 CreateOptions.FILE_NON_DIRECTORY_FILE, send=False)]
+        messages = [_create(self._name(flight.partial), access, ShareAccess.FILE_SHARE_READ,
+                            CreateDisposition.FILE_OVERWRITE_IF, CreateOptions.FILE_NON_DIRECTORY_FILE)]
         data, step = flight.upload.data, self._max_write
         for offset in range(0, len(data), step):
-            piece = data if len(data) <= step else data[offset:offset + step]
-            pairs.append(self._chained(smb_open.write(piece, offset, send=False)))
-        pairs.append(self._chained(smb_open.flush(send=False)))
-        pairs.append(self._chained(smb_open.close(get_attributes=True, send=False)))
-        self._send(flight, "write", pairs)
+            messages.append(_write(data if len(data) <= step else data[offset:offset + step], offset))
+        messages.append(_Packed(Commands.SMB2_FLUSH, _SMB2_FLUSH_CLOSE.pack(24, 0, 0, _CHAIN_FILE_ID)))
+        messages.append(_Packed(Commands.SMB2_CLOSE, _SMB2_FLUSH_CLOSE.pack(24, _CLOSE_POSTQUERY, 0, _CHAIN_FILE_ID)))
+        self._send(flight, "write", messages)
 
     def _send_rename(self, flight: _Flight) -> None:
-        smb_open = flight.smb_open = self._open(flight.partial)
-        create = smb_open.create(ImpersonationLevel.Impersonation, FilePipePrinterAccessMask.DELETE,
-                                 FileAttributes.FILE_ATTRIBUTE_NORMAL, _SHARE_ALL, CreateDisposition.FILE_OPEN,
-                                 CreateOptions.FILE_NON_DIRECTORY_FILE, send=False)
-        rename = FileRenameInformation()
-        rename["replace_if_exists"] = bool(flight.upload.replace)
-        rename["file_name"] = self._target._inside(flight.upload.remote).replace("/", "\\")  # share-relative
-        set_info = SMB2SetInfoRequest()
-        set_info["info_type"] = rename.INFO_TYPE
-        set_info["file_info_class"] = rename.INFO_CLASS
-        set_info["file_id"] = _CHAIN_FILE_ID
-        set_info["buffer"] = rename
-        pairs = [create, (set_info, self._connection.receive), self._chained(smb_open.close(send=False))]
-        self._send(flight, "rename", pairs)
+        create = _create(self._name(flight.partial), FilePipePrinterAccessMask.DELETE, _SHARE_ALL,
+                         CreateDisposition.FILE_OPEN, CreateOptions.FILE_NON_DIRECTORY_FILE)
+        # FileRenameInformation ([MS-FSCC] 2.4.37.2): the share-relative new name, like smbclient.rename
+        name = self._target._inside(flight.upload.remote).replace("/", "\\").encode("utf-16-le")
+        info = struct.pack("<B7xQI", 1 if flight.upload.replace else 0, 0, len(name)) + name
+        set_info = _Packed(Commands.SMB2_SET_INFO, _SMB2_SET_INFO.pack(33, 1, 10, len(info), 64 + 32, 0, 0,
+                                                                     _CHAIN_FILE_ID) + info)
+        self._send(flight, "rename", [create, set_info, _close(_CHAIN_FILE_ID)])
 
     def _send_remove(self, flight: _Flight) -> None:
-        smb_open = flight.smb_open = self._open(flight.partial)
-        create = smb_open.create(ImpersonationLevel.Impersonation, FilePipePrinterAccessMask.DELETE,
-                                 FileAttributes.FILE_ATTRIBUTE_NORMAL, _SHARE_ALL, CreateDisposition.FILE_OPEN,
-                                 CreateOptions.FILE_NON_DIRECTORY_FILE | CreateOptions.FILE_DELETE_ON_CLOSE, send=False)
-        self._send(flight, "remove", [create, self._chained(smb_open.close(send=False))])
+        create = _create(self._name(flight.partial), FilePipePrinterAccessMask.DELETE, _SHARE_ALL,
+                         CreateDisposition.FILE_OPEN,
+                         CreateOptions.FILE_NON_DIRECTORY_FILE | CreateOptions.FILE_DELETE_ON_CLOSE)
+        self._send(flight, "remove", [create, _close(_CHAIN_FILE_ID)])
 
     # -- receiving ----------------------------------------------------------------------------------
 
-    def _receive(self, flight: _Flight) -> Tuple[List[Any], List[Optional[BaseException]]]:
-        """Every response of the flight's compound (all are received, whatever fails): results, errors."""
-        results: List[Any] = []
+    def _receive(self, flight: _Flight) -> Tuple[List[bytes], List[Optional[BaseException]]]:
+        """Every response body of the flight's compound (all are received, whatever fails), and errors."""
+        bodies: List[bytes] = []
         errors: List[Optional[BaseException]] = []
         requests, flight.requests = flight.requests, []
-        for request, receive in requests:
+        for request in requests:
             try:
-                results.append(receive(request))
+                bodies.append(self._connection.receive(request, resolve_symlinks=False)["data"].get_value())
                 errors.append(None)
             except SMBResponseException as exc:
-                results.append(None)
+                bodies.append(b"")
                 errors.append(exc)
-        if errors[0] is None and results[-1] is None:  # opened, not closed (Samba may go on after a failure)
-            self._close_leftover(flight.smb_open)
-        return results, errors
+        if errors[0] is None and errors[-1] is not None:  # opened, not closed (Samba goes on after a failure)
+            self._close_leftover(bodies[0][64:80])
+        return bodies, errors
 
-    def _close_leftover(self, smb_open) -> None:
+    def _close_leftover(self, file_id: bytes) -> None:
         try:
-            message, receive = smb_open.close(send=False)
-            receive(self._connection.send(message, self._sid, self._tid))
+            self._connection.receive(self._connection.send(_close(file_id), self._sid, self._tid))
         except Exception:  # noqa: BLE001 - best effort: the first error is the one reported
             pass
 
@@ -639,7 +670,7 @@ class _CompoundPuts:
                 self._target._url(flight.partial), self._target._url(flight.upload.remote))))
 
     def _settle_write(self, flight: _Flight) -> None:
-        results, errors = self._receive(flight)
+        bodies, errors = self._receive(flight)
         where = self._target._url(flight.partial)
         if errors[0] is not None:
             if _status_name(_status_of(errors[0])) == "STATUS_OBJECT_PATH_NOT_FOUND" and not flight.retried:
@@ -652,23 +683,24 @@ class _CompoundPuts:
                 return
             raise self._target.map_error(errors[0], where)
         self._orphans.append(flight.partial)  # created: removed if anything below fails
-        failed = next((error for error in errors[1:] if error is not None), None)
-        if failed is None and results[-1] is not None:
-            written, stored = sum(results[1:-2]), results[-1]["end_of_file"].get_value()
+        failed: Optional[BaseException] = next((error for error in errors[1:] if error is not None), None)
+        if failed is None:
+            written = sum(struct.unpack_from("<I", body, 4)[0] for body in bodies[1:-2])
+            stored = struct.unpack_from("<Q", bodies[-1], 48)[0]  # CLOSE response EndofFile (post-query)
             if written == stored == len(flight.upload.data):
                 self._orphans.pop()
                 self._target._put_mode = "compound"
                 self._send_rename(flight)
                 return
             failed = TargetError("%s holds %d bytes after writing %d" % (where, stored, len(flight.upload.data)))
-        if self._target._put_mode is None and (failed is None or isinstance(failed, TargetError)
+        if self._target._put_mode is None and (isinstance(failed, TargetError)
                                                or _status_name(_status_of(failed)) in _CHAIN_REFUSED):
             self._remove_orphans()
             raise _NoChain(flight.upload)
-        raise self._target.map_error(failed or TargetError("%s: not closed" % where), where)
+        raise self._target.map_error(failed, where)
 
     def _settle_rename(self, flight: _Flight) -> None:
-        _results, errors = self._receive(flight)
+        _bodies, errors = self._receive(flight)
         where = "%s -> %s" % (self._target._url(flight.partial), self._target._url(flight.upload.remote))
         if errors[0] is None and errors[1] is None:
             self._finish(flight, None)
