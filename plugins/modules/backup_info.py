@@ -172,7 +172,10 @@ snapshots:
       description: Chunks, bytes and sha256 of the database dump, or null.
       type: dict
     sessions:
-      description: Count and bytes of the session recordings the snapshot references.
+      description:
+        - Count and bytes of the session recordings the snapshot references; since 0.2 also C(status)
+          (V(complete), or V(partial) when entries of the recordings tree could not be taken), C(problem_count)
+          and C(problems) (the first 100, C(path) and C(reason)).
       type: dict
     encryption:
       description: Encryption mode and recipients (public keys).

@@ -175,7 +175,10 @@ job:
   type: dict
   contains:
     status:
-      description: V(ok) (snapshot taken), V(skipped) (not the primary), V(checked) (check mode) or V(failed).
+      description:
+        - V(ok) (snapshot taken), V(skipped) (not the primary), V(checked) (check mode) or V(failed).
+        - A snapshot published with warnings (e.g. RV(job.snapshot.sessions.status=partial)) is V(ok) with
+          RV(job.snapshot.warnings); the scheduled job exits 1 for it.
       type: str
     appliance_version:
       description: Segura version of the appliance (V(unknown) when it cannot be read).
@@ -193,7 +196,8 @@ job:
     snapshot:
       description:
         - id, created, object, location, size, sha256, duration, throughput_mb_s, components, counts, database
-          (method, versions, position, losses) and warnings, as M(segura.backup.snapshot) returns them.
+          (method, versions, position, losses), sessions (status, problems) and warnings, as
+          M(segura.backup.snapshot) returns them.
       type: dict
       returned: when a snapshot was taken
     verify:

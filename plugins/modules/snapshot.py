@@ -180,6 +180,19 @@ snapshot:
         sessions_uploaded: 12
         sessions_uploaded_bytes: 96468992
         sessions_skipped: 828
+        sessions_symlinks: 2
+        sessions_hardlinks: 0
+    sessions:
+      description:
+        - How the session recordings were taken, or null without the sessions component.
+        - C(status) V(complete), or V(partial) when entries of the recordings tree could not be taken (the rest
+          was; each also named in RV(snapshot.warnings)); C(problem_count); C(problems) (the first 100,
+          each C(path) and C(reason)). The sidecar and M(segura.backup.backup_info) carry the same.
+      type: dict
+      sample:
+        status: partial
+        problem_count: 1
+        problems: [{"path": "/var/senhasegura/arz/2026/1127/pipe", "reason": "is a FIFO (named pipe), not a recording"}]
     encryption:
       description: Encryption mode and the public keys of the recipients.
       type: dict
@@ -206,8 +219,8 @@ snapshot:
         losses: []
     warnings:
       description:
-        - What this snapshot does not carry exactly, and why the logical method was chosen if it was
-          (each also given as an Ansible warning).
+        - What this snapshot does not carry exactly, and why the logical method was chosen if it was, and
+          the entries of the recordings tree that could not be taken (each also given as an Ansible warning).
       type: list
       elements: str
     lock_taken_over:

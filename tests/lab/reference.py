@@ -251,6 +251,46 @@ def seed_files(root: str, size_bytes: int, seed: int) -> dict:
     return summary
 
 
+#: What ``plant_odd_recordings`` puts into a recordings tree: relpath below arz -> how a snapshot takes it.
+ODD_RECORDINGS = {
+    "2025/0101/link-inside.arz": ("symlink", None),  # -> the first recording of that day
+    "2025/0101/link-escaping.arz": ("symlink", "../../../../../../etc/shadow"),
+    "2025/0101/link-absolute.arz": ("symlink", "/etc/passwd"),
+    "2025/0101/link-dangling.arz": ("symlink", "recorded-elsewhere.arz"),
+    "2025/0101/hardlink.arz": ("hardlink", None),  # another name of the first recording of that day
+    "2025/0101/pipe.arz": ("problem", "is a FIFO (named pipe), not a recording"),
+    "2025/0101/unreadable.arz": ("unreadable", "cannot be read (Permission denied)"),  # only without DAC override
+}
+
+
+def plant_odd_recordings(root: str) -> Dict[str, Tuple[str, Optional[str]]]:
+    """Add what a real recordings tree may hold besides recordings (``ODD_RECORDINGS``) to a seeded
+    appliance; returns {relpath: (kind, link target text or problem reason)} with the texts filled in.
+
+    The unreadable file is mode 000: root still reads it unless it runs without CAP_DAC_OVERRIDE
+    (``setpriv --bounding-set=-dac_override,-dac_read_search``), as an unprivileged backup user would.
+    """
+    day = os.path.join(root, "var/senhasegura/arz/2025/0101")
+    first = sorted(name for name in os.listdir(day) if name.endswith(".arz"))[0]
+    planted = {}
+    for relpath, (kind, text) in ODD_RECORDINGS.items():
+        path = os.path.join(root, "var/senhasegura/arz", relpath)
+        if kind == "symlink":
+            text = text or first
+            os.symlink(text, path)
+        elif kind == "hardlink":
+            os.link(os.path.join(day, first), path)
+            text = first
+        elif kind == "problem":
+            os.mkfifo(path)
+        else:
+            with open(path, "wb") as handle:
+                handle.write(b"not for the backup user")
+            os.chmod(path, 0)
+        planted[relpath] = (kind, text)
+    return planted
+
+
 def _iter_tree(root: str) -> Iterator[str]:
     """Every backed-up path under root (relative), folders included, in a stable order."""
     for relative in BACKED_UP_PATHS:

@@ -18,8 +18,10 @@ The file is checked against the backup_job module's argument spec (specs.py), so
 cannot differ from a playbook run; ``"verify": false`` means ``{"mode": "none"}``. One run is
 job.run_backup: cluster role check -> snapshot -> verify the new snapshot -> prune. The result is
 printed as one JSON line on stdout (the journal keeps it); a syslog event says how it
-went (Segura's events: 18 "Backup performed", 19 "Error on backup"). Exit status: 0 done or skipped
-(not the primary), 1 failed, 2 bad configuration.
+went (Segura's events: 18 "Backup performed", 19 "Error on backup"). Exit status: 0 done (complete)
+or skipped (not the primary); 1 published with warnings (e.g. session recordings partial: the
+snapshot is there, someone should look; the JSON line says ``"status": "warning"``); 2 failed
+(nothing new published; a bad configuration too).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.job import E
 from ansible_collections.segura.backup.plugins.module_utils._engine.specs import backup_job_spec, validate
 
 SYSLOG_IDENT = "segura-backup"
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_WARNINGS, EXIT_FAILED = 0, 1, 2
+EXIT_CONFIG = EXIT_FAILED  # a configuration error is a failed run
 
 
 def load_config(path: str) -> Dict[str, Any]:
@@ -76,7 +79,7 @@ def _without_nulls(value: Any) -> Any:
 def _event(level: str, text: str) -> None:
     syslog.openlog(SYSLOG_IDENT, syslog.LOG_PID, syslog.LOG_DAEMON)
     try:
-        syslog.syslog(syslog.LOG_ERR if level == "error" else syslog.LOG_INFO, text)
+        syslog.syslog({"error": syslog.LOG_ERR, "warning": syslog.LOG_WARNING}.get(level, syslog.LOG_INFO), text)
     finally:
         syslog.closelog()
 
@@ -117,6 +120,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         _emit({"status": "failed", "error": type(exc).__name__, "message": "unexpected: %s" % exc})
         notify("error", "event=%d Error on backup: unexpected %s: %s" % (EVENT_ERROR, type(exc).__name__, exc))
         raise
+    if (summary.get("snapshot") or {}).get("warnings"):
+        _emit(dict(summary, status="warning"))
+        return EXIT_WARNINGS
     _emit(summary)
     return EXIT_OK
 

@@ -37,9 +37,9 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.targets impo
 EVENT_PERFORMED = 18
 EVENT_ERROR = 19
 SNAPSHOT_SUMMARY_KEYS = ("id", "created", "object", "location", "size", "sha256", "duration", "throughput_mb_s",
-                         "components", "counts", "database", "warnings")
+                         "components", "counts", "database", "sessions", "warnings")
 
-Notify = Callable[[str, str], None]  # (level "info" | "error", text)
+Notify = Callable[[str, str], None]  # (level "info" | "warning" | "error", text)
 
 
 def snapshot_request(params: Dict[str, Any]) -> SnapshotRequest:
@@ -138,8 +138,12 @@ def run_backup(params: Dict[str, Any], check_mode: bool = False, notify: Optiona
         notify("info", "Backup skipped on %s: %s" % (summary["appliance"], summary["reason"]))
     elif summary["status"] == "ok":
         snap = summary["snapshot"]
-        notify("info", "event=%d Backup performed: %s snapshot %s (%d bytes) at %s in %.1f s" % (
-            EVENT_PERFORMED, summary["appliance"], snap["id"], snap["size"], snap["location"], snap["duration"]))
+        text = "event=%d Backup performed: %s snapshot %s (%d bytes) at %s in %.1f s" % (
+            EVENT_PERFORMED, summary["appliance"], snap["id"], snap["size"], snap["location"], snap["duration"])
+        if snap["warnings"]:
+            notify("warning", "%s, published with %d warning(s): %s" % (text, len(snap["warnings"]), "; ".join(snap["warnings"])))
+        else:
+            notify("info", text)
     return summary
 
 

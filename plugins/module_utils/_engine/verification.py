@@ -27,7 +27,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from ansible_collections.segura.backup.plugins.module_utils._engine import catalog
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ArchiveError, BackupError, ConfigError, IntegrityError, TargetNotFound
 from ansible_collections.segura.backup.plugins.module_utils._engine.retry import retry_read
-from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target, clean_relpath
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
 
 MODES = ("quick", "deep")
 SELECTIONS = ("latest", "all", "ids", "sample")

@@ -18,7 +18,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.constants im
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, IntegrityError, TargetNotFound
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import SESSION_DIR_MODE, SESSION_FILE_MODE, RestoreRequest
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.tree import DestinationTree, Wanted, check_symlink_target
-from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target, clean_relpath
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
 
 if TYPE_CHECKING:  # annotations only: plan imports this module
     from ansible_collections.segura.backup.plugins.module_utils._engine.restore.plan import RestorePlan
