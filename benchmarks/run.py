@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/run.py [--size small|full] [--only NAME ...] [--repeat N]
 
-Benchmarks (NAME): e2e, smb_push, nfs_push, scaling, incremental, catalog, restore, dbmethods.
+Benchmarks (NAME): e2e, smb_push, nfs_push, scaling, incremental, catalog, restore, dbmethods, sessions.
 Each is run as a baseline (shell tools: mariadb-dump | zstd | age | smbclient, nfs-cp) and as the
 collection (plugins/module_utils, in a child process: benchmarks/worker.py), N times, interleaved
 (the side that goes first alternates) so both share the machine's noise. Every side is one child
@@ -61,7 +61,7 @@ SIZES = {
     "full": {"e2e": "2GB", "push_mib": 1024, "scaling": ("500MB", "2GB"), "recordings": 10000,
              "recording_bytes": 64 * 1024, "catalog": (20, 500), "dbmethods": ("1.25GB", "5GB")},
 }
-BENCHMARKS = ("e2e", "smb_push", "nfs_push", "scaling", "incremental", "catalog", "restore", "dbmethods")
+BENCHMARKS = ("e2e", "smb_push", "nfs_push", "scaling", "incremental", "catalog", "restore", "dbmethods", "sessions")
 
 
 def log(message):
@@ -733,6 +733,83 @@ def _bench_method_restores(lab, appliance, key, recipient, repeat, ours):
     return found
 
 
+# ------------------------------------------------------------------ i. first sync of session recordings
+# A child process (whole-process wall, CPU and RSS, like smbclient's): SmbTarget.put_files, or the generic
+# Target.put_files (open_write + stat + rename per file), over every recording of the tree, read lazily.
+PUT_FILES_SCRIPT = r"""
+import json, os, sys
+sys.path[:0] = [os.path.join(os.getcwd(), ".build", "collections"), os.getcwd()]
+import tests.conftest
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target, Upload
+job = json.loads(sys.stdin.read())
+
+def uploads():
+    for folder, dirs, names in os.walk(job["tree"]):
+        dirs.sort()
+        for name in sorted(names):
+            path = os.path.join(folder, name)
+            with open(path, "rb") as handle:
+                yield Upload(os.path.relpath(path, job["tree"]), handle.read())
+
+with open_target(job["target"]) as target:
+    put = Target.put_files if job["generic"] else type(target).put_files
+    files = exists = 0
+    for _upload, found in put(target, uploads()):  # results are not kept: they hold the data
+        files += 1
+        exists += found is not None
+    mode = getattr(target, "_put_mode", None)
+print(json.dumps({"files": files, "exists": exists, "mode": mode}))
+"""
+BASELINE_MPUT = '$SMBCLIENT -c "prompt OFF; recurse ON; lcd $TREE; mkdir $DIR; cd $DIR; mput *" >/dev/null'
+
+
+def bench_sessions(lab, cfg, repeat, data):
+    count, size = cfg["recordings"], cfg["recording_bytes"]
+    arz = os.path.join(lab.workdir, "sessions-first-sync", "arz")
+    make_recordings(arz, 0, count, size, 101)
+
+    def ours(generic):
+        def once(index):
+            folder = "bench-sessions-%s-%s" % ("generic" if generic else "ours", uuid.uuid4().hex[:8])
+            job = {"target": lab.smb("encrypted", folder), "tree": arz, "generic": generic}
+            try:
+                done = measured([PYTHON, "-c", PUT_FILES_SCRIPT], stdin=json.dumps(job).encode())
+                done["result"] = json.loads(done.pop("stdout"))
+                assert done["result"]["files"] == count and not done["result"]["exists"], done["result"]
+                assert tree_bytes(lab.behind_share("encrypted", folder)) == count * size
+            finally:
+                shutil.rmtree(lab.behind_share("encrypted", folder), ignore_errors=True)
+            return done
+        return once
+
+    def smbclient_mput(index):
+        folder = "bench-sessions-mput-%s" % uuid.uuid4().hex[:8]
+        try:
+            done = shell(BASELINE_MPUT, {"SMBCLIENT": lab.smbclient_args("encrypted"), "TREE": arz, "DIR": folder})
+            assert tree_bytes(lab.behind_share("encrypted", folder)) == count * size
+        finally:
+            shutil.rmtree(lab.behind_share("encrypted", folder), ignore_errors=True)
+        return done
+
+    runs = interleaved(repeat, {"smbclient mput": smbclient_mput, "SmbTarget.put_files": ours(False),
+                                "Target.put_files (generic)": ours(True)})
+    base = summary(runs["smbclient mput"])
+    results = []
+    for label, what in (("SmbTarget.put_files", "SmbTarget.put_files: pipelined related compounds, FLUSH per file"),
+                        ("Target.put_files (generic)", "generic Target.put_files (before): open_write + stat + rename")):
+        side = summary(runs[label])
+        side["mode"] = runs[label][-1]["result"]["mode"]
+        results.append({"title": "i. first sync of %d recordings of %d KiB, SMB encrypted share (%s)"
+                                 % (count, size // 1024, "ours" if label.startswith("Smb") else "generic, for the record"),
+                        "baseline_label": "smbclient -e mput (whole process)", "ours_label": what + " (whole process)",
+                        "baseline": base, "ours": side,
+                        "ratios": {"wall (ours/smbclient), target <= 1.5": side["wall_s"] / base["wall_s"],
+                                   "cpu (ours/smbclient)": side["cpu_s"] / base["cpu_s"],
+                                   "max RSS (ours/smbclient)": side["maxrss_mib"] / base["maxrss_mib"]}})
+    return results
+
+
 # ------------------------------------------------------------------ data shared across benchmarks
 class Data:
     def __init__(self, lab):
@@ -858,7 +935,7 @@ def main(argv=None):
               "machine": machine(), "load_before": load_average(), "results": {}}
     functions = {"e2e": bench_e2e, "smb_push": bench_smb_push, "nfs_push": bench_nfs_push, "scaling": bench_scaling,
                  "incremental": bench_incremental, "catalog": bench_catalog, "restore": bench_restore,
-                 "dbmethods": bench_dbmethods}
+                 "dbmethods": bench_dbmethods, "sessions": bench_sessions}
     workdir = tempfile.mkdtemp(prefix="segura-bench-")
     if args.profile:
         PROFILE["dir"] = workdir
