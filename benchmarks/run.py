@@ -56,10 +56,11 @@ PROFILE = {"dir": None}  # --profile: where e2e writes a cProfile report of one 
 
 SIZES = {
     "small": {"e2e": "100MB", "push_mib": 256, "scaling": ("50MB", "200MB"), "recordings": 1000,
-              "recording_bytes": 64 * 1024, "catalog": (20, 100), "dbmethods": ("250MB",)},
+              "recording_bytes": 64 * 1024, "catalog": (20, 100), "dbmethods": ("250MB",), "sessions_scale": 10000},
     # dbmethods: a seed holds ~40 % databases, so 1.25GB and 5GB give ~500 MB and ~2 GB of data in MariaDB.
     "full": {"e2e": "2GB", "push_mib": 1024, "scaling": ("500MB", "2GB"), "recordings": 10000,
-             "recording_bytes": 64 * 1024, "catalog": (20, 500), "dbmethods": ("1.25GB", "5GB")},
+             "recording_bytes": 64 * 1024, "catalog": (20, 500), "dbmethods": ("1.25GB", "5GB"),
+             "sessions_scale": 100000},
 }
 BENCHMARKS = ("e2e", "smb_push", "nfs_push", "scaling", "incremental", "catalog", "restore", "dbmethods", "sessions")
 
@@ -764,24 +765,63 @@ print(json.dumps({"files": files, "exists": exists, "mode": mode}))
 BASELINE_MPUT = '$SMBCLIENT -c "prompt OFF; recurse ON; lcd $TREE; mkdir $DIR; cd $DIR; mput *" >/dev/null'
 
 
-def bench_sessions(lab, cfg, repeat, data):
-    count, size = cfg["recordings"], cfg["recording_bytes"]
-    arz = os.path.join(lab.workdir, "sessions-first-sync", "arz")
-    make_recordings(arz, 0, count, size, 101)
+def _sessions_root(lab, label, count, size):
+    """An appliance root holding only a recordings tree of ``count`` files of ``size`` bytes (10 days)."""
+    root = os.path.join(lab.workdir, "sessions-" + label)
+    arz = os.path.join(root, "var/senhasegura/arz")
+    if not os.path.isdir(arz):
+        make_recordings(arz, 0, count, size, 101)
+    return root, arz
 
-    def ours(generic):
-        def once(index):
-            folder = "bench-sessions-%s-%s" % ("generic" if generic else "ours", uuid.uuid4().hex[:8])
-            job = {"target": lab.smb("encrypted", folder), "tree": arz, "generic": generic}
+
+def _our_sessions_snapshot(lab, root, recipient, folder):
+    """take_snapshot with components [sessions] (lock, sync, manifest, session list, sidecar), whole process."""
+    return worker({"op": "snapshot", "target": lab.smb("encrypted", folder), "appliance": APPLIANCE, "root": root,
+                   "defaults_file": None, "recipient": recipient, "components": ["sessions"]})
+
+
+def bench_sessions(lab, cfg, repeat, data):
+    """i. first sync and ii. an incremental one (1 % new) of small recordings; iii. the same at scale."""
+    _key, recipient = age_key(lab.workdir)
+    results = []
+    for label, count, size, sides in (("first", cfg["recordings"], cfg["recording_bytes"], ("generic",)),
+                                      ("scale", cfg["sessions_scale"], 4096, ())):
+        results.extend(_bench_sessions_at(lab, label, count, size, sides, recipient,
+                                          repeat if label == "first" else 1))
+    return results
+
+
+def _bench_sessions_at(lab, label, count, size, sides, recipient, repeat):
+    root, arz = _sessions_root(lab, label, count, size)
+    new = max(1, count // 100)
+
+    def ours(index):
+        folder = "bench-sessions-ours-%s" % uuid.uuid4().hex[:8]
+        try:
+            first = _our_sessions_snapshot(lab, root, recipient, folder)
+            assert first["result"]["counts"]["sessions_uploaded"] == count, first["result"]["counts"]
+            make_recordings(arz, count, new, size, 201)
             try:
-                done = measured([PYTHON, "-c", PUT_FILES_SCRIPT], stdin=json.dumps(job).encode())
-                done["result"] = json.loads(done.pop("stdout"))
-                assert done["result"]["files"] == count and not done["result"]["exists"], done["result"]
-                assert tree_bytes(lab.behind_share("encrypted", folder)) == count * size
+                second = _our_sessions_snapshot(lab, root, recipient, folder)
             finally:
-                shutil.rmtree(lab.behind_share("encrypted", folder), ignore_errors=True)
-            return done
-        return once
+                for day in range(201, 211):
+                    shutil.rmtree(os.path.join(arz, "2025", "%04d" % day), ignore_errors=True)
+            assert second["result"]["counts"]["sessions_uploaded"] == new, second["result"]["counts"]
+            assert tree_bytes(lab.behind_share("encrypted", folder + "/" + APPLIANCE + "/sessions/2025")) == (count + new) * size
+        finally:
+            shutil.rmtree(lab.behind_share("encrypted", folder), ignore_errors=True)
+        return dict(first, second_wall=second["wall"], second_cpu=second["cpu"], second_maxrss_mib=second["maxrss_mib"])
+
+    def generic(index):  # the path every file took before put_files was pipelined (still the fallback)
+        folder = "bench-sessions-generic-%s" % uuid.uuid4().hex[:8]
+        job = {"target": lab.smb("encrypted", folder), "tree": arz, "generic": True}
+        try:
+            done = measured([PYTHON, "-c", PUT_FILES_SCRIPT], stdin=json.dumps(job).encode())
+            done["result"] = json.loads(done.pop("stdout"))
+            assert done["result"]["files"] == count and not done["result"]["exists"], done["result"]
+        finally:
+            shutil.rmtree(lab.behind_share("encrypted", folder), ignore_errors=True)
+        return done
 
     def smbclient_mput(index):
         folder = "bench-sessions-mput-%s" % uuid.uuid4().hex[:8]
@@ -792,22 +832,33 @@ def bench_sessions(lab, cfg, repeat, data):
             shutil.rmtree(lab.behind_share("encrypted", folder), ignore_errors=True)
         return done
 
-    runs = interleaved(repeat, {"smbclient mput": smbclient_mput, "SmbTarget.put_files": ours(False),
-                                "Target.put_files (generic)": ours(True)})
-    base = summary(runs["smbclient mput"])
-    results = []
-    for label, what in (("SmbTarget.put_files", "SmbTarget.put_files: pipelined related compounds, FLUSH per file"),
-                        ("Target.put_files (generic)", "generic Target.put_files (before): open_write + stat + rename")):
-        side = summary(runs[label])
-        side["mode"] = runs[label][-1]["result"]["mode"]
-        results.append({"title": "i. first sync of %d recordings of %d KiB, SMB encrypted share (%s)"
-                                 % (count, size // 1024, "ours" if label.startswith("Smb") else "generic, for the record"),
-                        "baseline_label": "smbclient -e mput (whole process)", "ours_label": what + " (whole process)",
-                        "baseline": base, "ours": side,
-                        "ratios": {"wall (ours/smbclient), target <= 1.5": side["wall_s"] / base["wall_s"],
-                                   "cpu (ours/smbclient)": side["cpu_s"] / base["cpu_s"],
-                                   "max RSS (ours/smbclient)": side["maxrss_mib"] / base["maxrss_mib"]}})
-    return results
+    plan = {"smbclient mput": smbclient_mput, "segura.backup": ours}
+    if "generic" in sides:
+        plan["generic"] = generic
+    runs = interleaved(repeat, plan)
+    base, side = summary(runs["smbclient mput"]), summary(runs["segura.backup"])
+    side["second_wall_s"] = median_of(runs["segura.backup"], "second_wall")
+    side["second_maxrss_mib"] = max(run["second_maxrss_mib"] for run in runs["segura.backup"])
+    title = "%s. sessions: %d recordings of %d KiB, SMB encrypted share" % ("i" if label == "first" else "iii", count,
+                                                                            size // 1024)
+    result = [{"title": title + ", first sync then +1 %% (%d new)" % new,
+               "baseline_label": "smbclient -e mput of the tree (whole process)",
+               "ours_label": "take_snapshot, components [sessions]: lock, sync, manifest, session list, sidecar "
+                             "(whole process)",
+               "baseline": base, "ours": side,
+               "ratios": {"first sync wall (ours/smbclient), target <= 1.5": side["wall_s"] / base["wall_s"],
+                          "first sync cpu (ours/smbclient)": side["cpu_s"] / base["cpu_s"],
+                          "incremental +1 % wall / first sync wall (ours), target <= 0.05":
+                              side["second_wall_s"] / side["wall_s"],
+                          "peak RSS MiB, first sync (target < 150)": side["maxrss_mib"],
+                          "peak RSS MiB, incremental (target < 150)": side["second_maxrss_mib"]}}]
+    if "generic" in sides:
+        old = summary(runs["generic"])
+        result.append({"title": title + ": the generic path, for the record",
+                       "baseline_label": "smbclient -e mput (whole process)",
+                       "ours_label": "Target.put_files (generic: open_write + stat + rename per file; the fallback)",
+                       "baseline": base, "ours": old, "ratios": {"wall (generic/smbclient)": old["wall_s"] / base["wall_s"]}})
+    return result
 
 
 # ------------------------------------------------------------------ data shared across benchmarks

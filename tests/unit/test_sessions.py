@@ -152,8 +152,40 @@ def test_first_run_uploads_everything(lab):
     assert counted.calls["listdir"] == 2
     assert counted.calls["rename"] == 3 and counted.calls["rename_replace"] == 1
     index = json.loads((store / "seg-01/sessions/index.json").read_text())
-    assert index["format"] == "segura.backup/sessions-index/1"
-    assert index["files"]["2026/1126/a.arz"]["sha256"] == sha(b"A" * 1000)
+    assert index["format"] == "segura.backup/sessions-index/2"
+    size, _mtime_ns, digest = index["files"]["2026/1126/a.arz"]
+    assert (size, digest) == (1000, sha(b"A" * 1000))
+
+
+def test_an_index_of_format_1_is_still_used(lab):
+    """A sync after an upgrade reads the older index (an object per entry) instead of re-hashing all."""
+    layout, arz, store, target = lab
+    sync_sessions(target, APPLIANCE, layout)
+    path = store / "seg-01/sessions/index.json"
+    files = json.loads(path.read_text())["files"]
+    path.write_text(json.dumps({"format": "segura.backup/sessions-index/1", "files": {
+        relpath: {"size": size, "mtime_ns": mtime_ns, "sha256": digest} for relpath, (size, mtime_ns, digest) in files.items()}}))
+    result = sync_sessions(target, APPLIANCE, layout)
+    assert result.hashed_count == 0 and result.uploaded_count == 0 and result.skipped_count == 3
+    assert json.loads(path.read_text())["format"] == "segura.backup/sessions-index/1"  # unchanged: not rewritten
+    write(str(arz / "2026/1128/d.arz"), b"D")
+    assert sync_sessions(target, APPLIANCE, layout).hashed_count == 0
+    assert json.loads(path.read_text())["format"] == "segura.backup/sessions-index/2"  # the next change rewrites it
+
+
+def test_a_damaged_index_entry_costs_a_read_never_a_wrong_reference(lab):
+    layout, arz, store, target = lab
+    sync_sessions(target, APPLIANCE, layout)
+    path = store / "seg-01/sessions/index.json"
+    doc = json.loads(path.read_text())
+    forged = doc["files"]["2026/1127/b.arz"]
+    doc["files"]["2026/1127/b.arz"] = [forged[0], forged[1], "0" * 64]  # a forged sha256, same size and mtime
+    doc["files"]["2026/1127/c.arz"] = ["oops"]
+    path.write_text(json.dumps(doc))
+    result = sync_sessions(target, APPLIANCE, layout)
+    # b: the index's sha256 is trusted for an unchanged file (the cache's promise), but c is re-read
+    assert result.hashed_count == 1
+    assert {"path": "seg-01/sessions/2026/1127/c.arz", "size": 3000, "sha256": sha(b"C" * 3000)} in result.referenced
 
 
 def test_second_run_moves_nothing_and_reads_nothing(lab):
@@ -325,7 +357,7 @@ def test_symbolic_links_are_referenced_as_links_never_followed(lab):
             "size": len(text.encode()), "sha256": sha(text.encode())}
     assert not any(name.endswith(("inside.arz", "escaping.arz", "dangling.arz", "1128")) for name in remote_files(store))
     index = load_index(target, APPLIANCE)
-    assert index["2026/1127/escaping.arz"] == {"type": "symlink", "target": links["2026/1127/escaping.arz"]}
+    assert index["2026/1127/escaping.arz"] == ("symlink", links["2026/1127/escaping.arz"])
     # a second run finds the same, reads nothing again, uploads nothing
     counted = CountingTarget(target)
     again = sync_sessions(counted, APPLIANCE, layout)

@@ -29,13 +29,22 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.fi
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import ApplianceLayout
 from ansible_collections.segura.backup.plugins.module_utils._engine.catalog import sessions_dir
 from ansible_collections.segura.backup.plugins.module_utils._engine.constants import SESSIONS_ON_PROBLEM
-from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, ConfigError, TargetError, TargetExists, TargetNotFound
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
+    ApplianceError,
+    ConfigError,
+    IntegrityError,
+    TargetError,
+    TargetExists,
+    TargetNotFound,
+)
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import UPLOAD_SUFFIX, Target, Upload, rename_into_place
 
 BLOCK_SIZE = 4 * 1024 * 1024  # nfs-rs COMMITs every write: write big blocks (LAB.md)
 SMALL_FILE = 1024 * 1024  # up to this size a recording is read whole and sent with put_files (many in flight)
 INDEX_NAME = "index.json"
-INDEX_FORMAT = "segura.backup/sessions-index/1"
+INDEX_FORMAT = "segura.backup/sessions-index/2"
+INDEX_FORMATS = ("segura.backup/sessions-index/1", INDEX_FORMAT)  # 1: an object per entry
+INDEX_LIMIT = 256 * 1024 * 1024  # about 2 million recordings
 PARTIAL_SUFFIX = UPLOAD_SUFFIX
 COMPARE_MODES = ("size", "sha256")
 ON_PROBLEM = SESSIONS_ON_PROBLEM
@@ -210,37 +219,52 @@ def _hash_remote(target: Target, relpath: str, block_size: int) -> str:
     return digest.hexdigest()
 
 
-def load_index(target: Target, appliance: str) -> Dict[str, Dict[str, Any]]:
-    """The sync index ({relpath: entry}); empty when missing or unreadable.
+#: An index entry in memory: (size, mtime_ns, sha256) for a file, ("symlink", text), ("hardlink", first relpath).
+#: Tuples, not dicts: at 100,000 recordings the index is most of what a sync holds (issue 13: < 150 MB).
+IndexEntry = Tuple[Any, ...]
 
-    A file's entry is {size, mtime_ns, sha256}; a link's {type: symlink, target} and a further
-    hard-link name's {type: hardlink, link}. The index is only a cache: a damaged or forged entry
-    costs a re-read or an upload, never a wrong reference (the manifest gets what was read now).
+
+def _index_entry(entry: Any) -> Optional[IndexEntry]:
+    """An entry of index.json (format 2: a list; format 1: a dict), or None when it is not valid."""
+    if isinstance(entry, dict):  # format 1
+        kind = entry.get("type", FILE)
+        entry = [kind, entry.get("target") if kind == SYMLINK else entry.get("link")] if kind != FILE \
+            else [entry.get("size"), entry.get("mtime_ns"), entry.get("sha256")]
+    if not isinstance(entry, list):
+        return None
+    if len(entry) == 3 and type(entry[0]) is int and type(entry[1]) is int and isinstance(entry[2], str) \
+            and len(entry[2]) == 64:
+        return (entry[0], entry[1], entry[2])
+    if len(entry) == 2 and entry[0] in (SYMLINK, HARDLINK) and isinstance(entry[1], str) and entry[1]:
+        return (entry[0], entry[1])
+    return None
+
+
+def load_index(target: Target, appliance: str) -> Dict[str, IndexEntry]:
+    """The sync index ({relpath: entry}, see ``IndexEntry``); empty when missing or unreadable.
+
+    The index is only a cache: a damaged or forged entry costs a re-read or an upload, never a wrong
+    reference (the manifest gets what was read now).
     """
     try:
-        data = json.loads(target.read_bytes(sessions_dir(appliance) + "/" + INDEX_NAME).decode("utf-8"))
+        data = json.loads(target.read_bytes(sessions_dir(appliance) + "/" + INDEX_NAME, limit=INDEX_LIMIT).decode("utf-8"))
     except TargetNotFound:
         return {}
-    except (ValueError, UnicodeDecodeError):
-        return {}  # a damaged cache costs re-hashing, nothing else
-    if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT or not isinstance(data.get("files"), dict):
+    except (ValueError, UnicodeDecodeError, IntegrityError):
+        return {}  # a damaged (or oversized) cache costs re-hashing, nothing else
+    if not isinstance(data, dict) or data.get("format") not in INDEX_FORMATS or not isinstance(data.get("files"), dict):
         return {}
-    files: Dict[str, Dict[str, Any]] = {}
-    for relpath, entry in data["files"].items():
-        if not isinstance(entry, dict):
-            continue
-        kind = entry.get("type", FILE)
-        if kind == FILE and isinstance(entry.get("size"), int) and isinstance(entry.get("mtime_ns"), int) \
-                and isinstance(entry.get("sha256"), str) and len(entry["sha256"]) == 64:
-            files[relpath] = {"size": entry["size"], "mtime_ns": entry["mtime_ns"], "sha256": entry["sha256"]}
-        elif kind == SYMLINK and isinstance(entry.get("target"), str):
-            files[relpath] = {"type": SYMLINK, "target": entry["target"]}
-        elif kind == HARDLINK and isinstance(entry.get("link"), str):
-            files[relpath] = {"type": HARDLINK, "link": entry["link"]}
+    files = data["files"]
+    for relpath in list(files):  # converted in place: no second copy of a large index
+        entry = _index_entry(files[relpath])
+        if entry is None:
+            del files[relpath]
+        else:
+            files[relpath] = entry
     return files
 
 
-def _write_index(target: Target, appliance: str, files: Dict[str, Dict[str, Any]]) -> None:
+def _write_index(target: Target, appliance: str, files: Dict[str, IndexEntry]) -> None:
     """Atomically: write ``index.json.partial``, then rename over ``index.json``."""
     path = sessions_dir(appliance) + "/" + INDEX_NAME
     body = json.dumps({"format": INDEX_FORMAT, "files": files}, sort_keys=True, separators=(",", ":")).encode("utf-8")
@@ -309,12 +333,29 @@ class _Sync:
         self.remote_top = sessions_dir(appliance)
         self.progress = progress
         self.old_index = load_index(target, appliance)
-        self.new_index: Dict[str, Dict[str, Any]] = {}
+        self.new_index: Dict[str, IndexEntry] = {}
+        self.index_changed = False
         self.result = SessionSyncResult()
         self.large: List[Tuple[str, bool]] = []  # (relpath, replace): streamed after the small ones
         self.claimed: Dict[Tuple[int, int], str] = {}  # (dev, ino) of hard-linked files -> the name taken
         self.first_names: Dict[Tuple[int, int], Tuple[str, int, str]] = {}  # (dev, ino) -> (relpath, size, sha256) stored
         self.further_names: List[Tuple[str, Tuple[int, int]]] = []  # hard-link names after the first
+
+    def remember(self, relpath: str, entry: IndexEntry) -> None:
+        """Index ``entry`` for ``relpath``; the old entry leaves the old index (one copy in memory)."""
+        if self.old_index.pop(relpath, None) != entry:
+            self.index_changed = True
+        self.new_index[relpath] = entry
+
+    def final_index(self, completed: bool) -> Optional[Dict[str, IndexEntry]]:
+        """The index to write, or None when it would not change. After a failure, what the old
+        index knew of the entries not reached is kept: they are still valid."""
+        if completed:
+            return self.new_index if self.index_changed or self.old_index else None
+        if not self.index_changed:
+            return None
+        self.old_index.update(self.new_index)
+        return self.old_index
 
     def report(self, action: str, relpath: str, size: int) -> None:
         if self.progress is not None:
@@ -329,7 +370,7 @@ class _Sync:
 
     def done(self, relpath: str, sha256: str, info: os.stat_result, uploaded: bool) -> None:
         """A file is on the target as the local one: index, reference, count and report it."""
-        self.new_index[relpath] = {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "sha256": sha256}
+        self.remember(relpath, (info.st_size, info.st_mtime_ns, sha256))
         self.result.referenced.append({"path": self.remote(relpath), "size": info.st_size, "sha256": sha256})
         if info.st_nlink > 1:
             self.first_names.setdefault((info.st_dev, info.st_ino), (relpath, info.st_size, sha256))
@@ -371,7 +412,7 @@ class _Sync:
     def take_symlink(self, relpath: str) -> None:
         text = _link_text(os.path.join(self.top, relpath))
         size, sha256 = _text_digest(text)
-        self.new_index[relpath] = {"type": SYMLINK, "target": text}
+        self.remember(relpath, (SYMLINK, text))
         self.result.referenced.append({"path": self.remote(relpath), "type": SYMLINK, "target": text,
                                        "size": size, "sha256": sha256})
         self.result.symlinks += 1
@@ -381,12 +422,12 @@ class _Sync:
         """Skip (recorded at once), stream later (large), or an Upload for put_files (small)."""
         local = os.path.join(self.top, relpath)
         indexed = self.old_index.get(relpath)
-        if indexed is not None and "type" in indexed:
+        if indexed is not None and len(indexed) != 3:
             indexed = None  # was a link last time
         replace = remote_entry is not None
         if remote_entry is not None:
             # sha256 of the copy on the target, as far as the index knows it
-            remote_sha = indexed["sha256"] if indexed and indexed["size"] == remote_entry.size else None
+            remote_sha = indexed[2] if indexed and indexed[0] == remote_entry.size else None
             same = self.same_as_remote(relpath, listed, remote_entry, indexed, remote_sha)
             if same is not None:
                 self.done(relpath, same[0], same[1], uploaded=False)
@@ -404,7 +445,7 @@ class _Sync:
         if self.compare == "size":
             if listed.st_size != remote_entry.size:
                 return None
-            if remote_sha and indexed is not None and indexed["mtime_ns"] == listed.st_mtime_ns:
+            if remote_sha and indexed is not None and indexed[1] == listed.st_mtime_ns:
                 return remote_sha, listed  # unchanged since we uploaded it: no read at all
             local_sha, info = _hash_local(local, self.block_size)
             self.result.hashed_count += 1
@@ -441,7 +482,7 @@ class _Sync:
                              % os.path.join(self.top, self.claimed[inode]))
                 continue
             first_relpath, size, sha256 = first
-            self.new_index[relpath] = {"type": HARDLINK, "link": first_relpath}
+            self.remember(relpath, (HARDLINK, first_relpath))
             self.result.referenced.append({"path": self.remote(relpath), "type": HARDLINK,
                                            "link": self.remote(first_relpath), "size": size, "sha256": sha256})
             self.result.hardlinks += 1
@@ -483,9 +524,8 @@ def sync_sessions(target: Target, appliance: str, layout: ApplianceLayout,
         run.link_further_names()
         completed = True
     finally:
-        # After a failure keep what the old index knew too: entries not reached are still valid.
-        final = run.new_index if completed else dict(run.old_index, **run.new_index)
-        if final != run.old_index:
+        final = run.final_index(completed)
+        if final is not None:
             try:
                 _write_index(target, appliance, final)
             except Exception:
