@@ -306,7 +306,8 @@ def test_file_vanishing_before_read_is_reported(lab):
         if event["path"] == "2026/1127/b.arz":
             os.unlink(arz / "2026/1127/c.arz")
 
-    result = sync_sessions(target, APPLIANCE, layout, progress=remove_c)
+    # one file at a time (the wrapper keeps Target's sequential put_files), so b is done before c is read
+    result = sync_sessions(CountingTarget(target), APPLIANCE, layout, progress=remove_c)
     assert [(p.path, p.reason) for p in result.problems] == [
         (str(arz / "2026/1127/c.arz"), "vanished before it could be read")]
     assert result.uploaded_count == 2

@@ -5,6 +5,7 @@ import os
 import stat
 import subprocess
 import tempfile
+import threading
 
 import pytest
 
@@ -16,7 +17,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.errors impor
     TargetNotFound,
 )
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets import path as path_module
-from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import AtomicRenameUnsupported, rename_into_place
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import AtomicRenameUnsupported, Upload, rename_into_place
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.path import PathTarget
 
 
@@ -241,3 +242,65 @@ def test_argument_spec_shape():
     assert ["type", "smb", ["server", "share", "username", "password"]] in target["required_if"]
     spec["target"]["options"]["port"]["default"] = 1  # callers get a copy
     assert target_spec()["target"]["options"]["port"].get("default") is None
+
+
+# ----------------------------------------------------------------------------- put_files
+
+
+def _uploads(count, size=1000, replace=False):
+    return [Upload("d%d/f%03d" % (number % 3, number), bytes([number % 256]) * size, replace=replace, tag=number)
+            for number in range(count)]
+
+
+def test_put_files_puts_every_file_whole_and_leaves_no_partial(tmp_path):
+    target = PathTarget(str(tmp_path))
+    results = list(target.put_files(_uploads(50)))
+    assert sorted(upload.tag for upload, exists in results if exists is None) == list(range(50))
+    for number in range(50):
+        assert (tmp_path / ("d%d/f%03d" % (number % 3, number))).read_bytes() == bytes([number % 256]) * 1000
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_put_files_reports_an_existing_file_and_keeps_it(tmp_path):
+    target = PathTarget(str(tmp_path))
+    (tmp_path / "d1").mkdir()
+    (tmp_path / "d1/f001").write_bytes(b"older")
+    results = {upload.tag: exists for upload, exists in target.put_files(_uploads(3))}
+    assert isinstance(results[1], TargetExists) and results[0] is None and results[2] is None
+    assert (tmp_path / "d1/f001").read_bytes() == b"older"
+    replaced = {upload.tag: exists for upload, exists in target.put_files(_uploads(3, replace=True))}
+    assert replaced == {0: None, 1: None, 2: None} and (tmp_path / "d1/f001").read_bytes() == b"\x01" * 1000
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_put_files_is_lazy_and_bounded(tmp_path):
+    """At most 8 uploads (and 16 MiB) are taken from the source before the first result comes back."""
+    target = PathTarget(str(tmp_path))
+    taken = []
+
+    def source():
+        for upload in _uploads(40, size=3 * 1024 * 1024):
+            taken.append(upload.tag)
+            yield upload
+
+    results = target.put_files(source())
+    first = next(results)
+    assert first[1] is None and len(taken) <= 7  # 6 x 3 MiB fit in 16 MiB, the 7th waits in hand
+    assert len(list(results)) == 39
+
+
+def test_put_files_error_finishes_the_flight_then_raises_without_partials(tmp_path):
+    target = PathTarget(str(tmp_path))
+    (tmp_path / "d2").write_bytes(b"a file where a folder must be")
+    with pytest.raises(TargetError):
+        list(target.put_files(_uploads(30)))
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_put_files_stopped_early_leaves_nothing_running(tmp_path):
+    target = PathTarget(str(tmp_path))
+    results = target.put_files(_uploads(30))
+    next(results)
+    results.close()  # the caller stops: what was in flight finishes, each file whole or absent
+    assert not list(tmp_path.rglob("*.partial"))
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("put_files")]

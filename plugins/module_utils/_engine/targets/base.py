@@ -11,9 +11,10 @@ to their protocol and turn protocol errors into the errors of ``errors.py``.
 from __future__ import annotations
 
 import abc
+import concurrent.futures
 import posixpath
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, BinaryIO, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError, TargetError, TargetExists
 
@@ -210,25 +211,30 @@ class Target(abc.ABC):
         effort). ``uploads`` is consumed lazily; implementations may keep several uploads in flight
         (bounded in count and bytes) and yield them in another order than given.
 
-        This default sends one file at a time; SMB overrides it with pipelined compound requests.
+        This default sends one file at a time; SMB pipelines compound requests, NFS and path run
+        several of these one-file sequences at once (``put_files_concurrently``).
         """
         for upload in uploads:
-            partial = upload.remote + UPLOAD_SUFFIX
+            yield upload, self.put_one(upload)
+
+    def put_one(self, upload: Upload) -> Optional[TargetExists]:
+        """One upload of ``put_files``: None once in place, TargetExists (partial removed) if refused."""
+        partial = upload.remote + UPLOAD_SUFFIX
+        try:
+            with self.open_write(partial) as out:
+                out.write(upload.data)
+            stored = self.stat(partial).size
+            if stored != len(upload.data):
+                raise TargetError("%s holds %d bytes after writing %d" % (self.describe_path(partial), stored, len(upload.data)))
             try:
-                with self.open_write(partial) as out:
-                    out.write(upload.data)
-                stored = self.stat(partial).size
-                if stored != len(upload.data):
-                    raise TargetError("%s holds %d bytes after writing %d" % (self.describe_path(partial), stored, len(upload.data)))
                 rename_into_place(self, partial, upload.remote, replace=upload.replace)
-            except TargetExists as exc:
+            except TargetExists as exc:  # only the rename's "exists" is this upload's; any other is an error
                 self._remove_quietly(partial)
-                yield upload, exc
-                continue
-            except BaseException:
-                self._remove_quietly(partial)
-                raise
-            yield upload, None
+                return exc
+        except BaseException:
+            self._remove_quietly(partial)
+            raise
+        return None
 
     def _remove_quietly(self, relpath: str) -> None:
         try:
@@ -245,6 +251,33 @@ class Target(abc.ABC):
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+def put_files_concurrently(target: Target, uploads: Iterable[Upload], workers: int = 8,
+                           max_bytes: int = 16 * 1024 * 1024) -> Iterator[Tuple[Upload, Optional[TargetExists]]]:
+    """``target.put_one`` on up to ``workers`` uploads at once (threads: the protocol clients wait
+    without the GIL), at most ``max_bytes`` of data held (one larger upload alone); results in
+    completion order. On an error, or when the caller stops early, the uploads in flight finish
+    first (each removes its own partial if it fails), then the error is raised."""
+    pending: Dict[Any, Upload] = {}
+    held = 0
+    source = iter(uploads)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="put_files") as pool:
+        try:
+            for upload in source:
+                while pending and (len(pending) >= workers or held + len(upload.data) > max_bytes):
+                    done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+                    for future in done:
+                        finished = pending.pop(future)
+                        held -= len(finished.data)
+                        yield finished, future.result()
+                pending[pool.submit(target.put_one, upload)] = upload
+                held += len(upload.data)
+            for future in concurrent.futures.as_completed(list(pending)):
+                finished = pending.pop(future)
+                yield finished, future.result()
+        finally:
+            concurrent.futures.wait(pending)  # nothing is left running behind the caller's back
 
 
 def rename_into_place(target: Target, src: str, dst: str, replace: bool = False) -> None:
