@@ -561,3 +561,20 @@ def test_multithreaded_zstd_roundtrip(threads):
     report = verify(io.BytesIO(sink.getvalue()), Decryption.none())
     assert report.ok and report.manifest["db"]["sha256"] == hashlib.sha256(data).hexdigest()
     assert zstandard.ZstdDecompressor().stream_reader(io.BytesIO(sink.getvalue())).read().startswith(b"snapshot.json")
+
+
+def test_json_chunks_encode_a_long_list_in_pieces_that_read_back_whole():
+    """The manifest and the session list are written in pieces (a 100,000-entry list never whole in memory)."""
+    import io as _io
+    import json as _json
+
+    from ansible_collections.segura.backup.plugins.module_utils._engine.streams import ChunkReader, json_chunks
+
+    entries = [{"path": "a/sessions/%05d.arz" % n, "size": n, "sha256": "%064x" % n, "type": "symlink", "target": "é"}
+               for n in range(2500)]
+    for doc in ({"format": "x", "sessions": entries}, {"sessions": []}, {"format": "x"}, {"sessions": entries[:1]}):
+        pieces = list(json_chunks(doc, "sessions"))
+        assert _json.loads(b"".join(pieces)) == doc
+        assert _io.BufferedReader(ChunkReader(json_chunks(doc, "sessions"))).read() == b"".join(pieces)
+    whole = _json.dumps(entries, separators=(",", ":")).encode()
+    assert max(len(piece) for piece in json_chunks({"sessions": entries}, "sessions")) < len(whole) // 2

@@ -247,7 +247,7 @@ def load_index(target: Target, appliance: str) -> Dict[str, IndexEntry]:
     reference (the manifest gets what was read now).
     """
     try:
-        data = json.loads(target.read_bytes(sessions_dir(appliance) + "/" + INDEX_NAME, limit=INDEX_LIMIT).decode("utf-8"))
+        data = json.loads(target.read_bytes(sessions_dir(appliance) + "/" + INDEX_NAME, limit=INDEX_LIMIT))
     except TargetNotFound:
         return {}
     except (ValueError, UnicodeDecodeError, IntegrityError):

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-from typing import Any, Optional, Protocol
+import json
+from typing import Any, Dict, Iterable, Iterator, Optional, Protocol
 
 
 class ByteReader(Protocol):
@@ -129,3 +130,48 @@ def copy_stream(source: Any, sink: Any, block: int = 1024 * 1024) -> int:
             return total
         sink.write(view[:got])
         total += got
+
+
+#: Entries of a long JSON list encoded at a time by ``json_chunks``.
+JSON_BATCH = 1000
+
+
+def json_chunks(doc: Dict[str, Any], long_key: str) -> Iterator[bytes]:
+    """Compact, key-sorted JSON of ``doc`` in pieces, the list under ``long_key`` (last, whatever its
+    name) encoded a thousand entries at a time: a document that references 100,000 recordings never
+    exists whole in memory, neither as str nor as bytes (json's encoders build the whole text)."""
+    compact: Dict[str, Any] = {"separators": (",", ":"), "sort_keys": True, "ensure_ascii": False}
+    items = doc.get(long_key)
+    head = json.dumps({key: value for key, value in doc.items() if key != long_key}, **compact).encode("utf-8")
+    if not isinstance(items, list):
+        yield head
+        return
+    yield head[:-1] + (b"," if len(head) > 2 else b"") + json.dumps(long_key).encode("utf-8") + b":["
+    for start in range(0, len(items), JSON_BATCH):
+        text = json.dumps(items[start:start + JSON_BATCH], **compact).encode("utf-8")
+        yield (b"," if start else b"") + text[1:-1]
+    yield b"]}"
+
+
+class ChunkReader(io.RawIOBase):
+    """A readable raw file over an iterator of byte strings; wrap it in io.BufferedReader where whole
+    reads are expected (tarfile)."""
+
+    def __init__(self, chunks: Iterable[bytes]):
+        super().__init__()
+        self._chunks = iter(chunks)
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._pending:
+            self._pending = next(self._chunks, b"")
+            if not self._pending:
+                return 0
+        view = memoryview(buffer).cast("B")
+        size = min(len(view), len(self._pending))
+        view[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size

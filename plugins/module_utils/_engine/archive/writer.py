@@ -32,7 +32,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.archive.form
     require_zstandard,
 )
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, ArchiveError, ConfigError
-from ansible_collections.segura.backup.plugins.module_utils._engine.streams import CountingWriter
+from ansible_collections.segura.backup.plugins.module_utils._engine.streams import ChunkReader, CountingWriter, json_chunks
 
 try:
     import zstandard
@@ -322,12 +322,16 @@ class ArchiveWriter:
         manifest.update(manifest_extra or {})
         manifest["format"] = FORMAT
         manifest["members"] = list(self._members)
+        # Encoded in pieces, twice (its size goes first in the tar header): with 100,000 recordings the
+        # manifest is 14 MB, and json.dumps(indent=...) built 75 MB of small strings to make it.
         try:
-            data = json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8") + b"\n"
+            size = sum(len(chunk) for chunk in json_chunks(manifest, "sessions"))
         except (TypeError, ValueError) as exc:
             self._state = "failed"
             raise ArchiveError("cannot encode the manifest as JSON: %s" % exc)
-        self._bytes_member(MANIFEST_MEMBER, data)
+        info = tarfile.TarInfo(MANIFEST_MEMBER)
+        info.size, info.mode, info.mtime = size, 0o644, self._now
+        self._write(info, io.BufferedReader(ChunkReader(json_chunks(manifest, "sessions"))))
         try:
             self._tar.close()
             self._zstd.close()

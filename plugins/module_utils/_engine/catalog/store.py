@@ -11,7 +11,7 @@ import hashlib
 import json
 import posixpath
 from datetime import datetime, timezone
-from typing import Any, BinaryIO, Dict, List, Literal, Optional
+from typing import Any, BinaryIO, Dict, Iterable, List, Literal, Optional, Union
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.catalog.names import (
     FORMAT,
@@ -32,6 +32,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.catalog.name
 from ansible_collections.segura.backup.plugins.module_utils._engine.catalog.sidecar import Sidecar, need_field, sha256_field
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError, IntegrityError, TargetError, TargetExists, TargetNotFound
 from ansible_collections.segura.backup.plugins.module_utils._engine.retry import remove_checked, retry_read
+from ansible_collections.segura.backup.plugins.module_utils._engine.streams import json_chunks
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target, clean_relpath, rename_into_place
 
 
@@ -133,10 +134,16 @@ class AtomicUpload:
         return False
 
 
-def _write_via_partial(target: Target, relpath: str, data: bytes, replace: bool) -> None:
+def _write_via_partial(target: Target, relpath: str, data: Union[bytes, Iterable[bytes]], replace: bool) -> None:
+    """``data`` (bytes, or pieces of it) to ``relpath`` through its partial and a rename."""
     partial = partial_name(relpath)
     try:
-        target.write_bytes(partial, data)
+        if isinstance(data, bytes):
+            target.write_bytes(partial, data)
+        else:
+            with target.open_write(partial) as out:
+                for chunk in data:
+                    out.write(chunk)
         rename_into_place(target, partial, relpath, replace=replace)
     except BaseException:
         _best_effort_remove(target, partial)
@@ -243,11 +250,14 @@ def write_sessions_list(target: Target, appliance: str, name: str, sessions: Lis
     if parsed is None:
         raise ConfigError("%r is not a snapshot object name" % (name,))
     source = "for snapshot %s" % parsed[1]
-    entries = session_entries(sessions, appliance, source)
-    doc = {"format": FORMAT, "id": parsed[1], "appliance": validate_appliance(appliance), "sessions": entries}
+    # Checked as a reader will check it, entry by entry: no copy of a list that can hold 100,000 entries.
+    for index, item in enumerate(sessions):
+        if _session_entry(item, appliance, source, index) != item:
+            raise ConfigError("session list for snapshot %s: sessions[%d] is not in its normal form" % (parsed[1], index))
+    check_hardlinks(sessions, source)
+    doc = {"format": FORMAT, "id": parsed[1], "appliance": validate_appliance(appliance), "sessions": sessions}
     relpath = "%s/%s" % (snapshots_dir(appliance), sessions_list_name(name))
-    data = (json.dumps(doc, separators=(",", ":"), sort_keys=True) + "\n").encode("utf-8")
-    _write_via_partial(target, relpath, data, replace=False)
+    _write_via_partial(target, relpath, json_chunks(doc, "sessions"), replace=False)
     return relpath
 
 
