@@ -177,8 +177,8 @@ job:
     status:
       description:
         - V(ok) (snapshot taken), V(skipped) (not the primary), V(checked) (check mode) or V(failed).
-        - A snapshot published with warnings (e.g. RV(job.snapshot.sessions.status=partial)) is V(ok) with
-          RV(job.snapshot.warnings); the scheduled job exits 1 for it.
+        - A snapshot published with warnings (e.g. C(job.snapshot.sessions.status=partial)) is V(ok) with
+          C(job.snapshot.warnings); the scheduled job exits 1 for it.
       type: str
     appliance_version:
       description: Segura version of the appliance (V(unknown) when it cannot be read).

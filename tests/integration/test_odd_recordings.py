@@ -38,7 +38,7 @@ class Growing(threading.Thread):
 
     def run(self):
         with open(self.path, "ab") as handle:
-            for _ in range(60000):  # bounded: 60000 x 2 ms at most
+            for _tick in range(60000):  # bounded: 60000 x 2 ms at most
                 if self.stopped.wait(0.002):
                     return
                 handle.write(b"x" * 512)
@@ -162,8 +162,8 @@ def _scheduled_job(config, tmp_path, unprivileged=True):
 
 
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is needed")
-def test_scheduled_job_exits_0_complete_1_published_with_warnings_2_failed(lab_target_factory, appliance_copy,
-                                                                             age_identity, tmp_path):
+def test_scheduled_job_exits_0_complete_1_published_with_warnings_2_failed(
+        lab_target_factory, appliance_copy, age_identity, tmp_path):
     target = lab_target_factory("smb_encrypted")
     root = appliance_copy["root"]
     config = {"target": target.options, "encryption": {"recipients": [age_identity["recipient"]]},

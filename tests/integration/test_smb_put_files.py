@@ -108,7 +108,7 @@ def test_closing_the_generator_early_leaves_no_partial(share, mode):
         target._put_mode = "generic"
     uploads = [Upload("early/%03d" % index, payload(index, 64 * KiB)) for index in range(200)]
     results = target.put_files(uploads)
-    done = [next(results) for _ in range(40)]
+    done = [next(results) for _index in range(40)]
     results.close()
     assert partials(made) == []
     for upload, _exists in done:

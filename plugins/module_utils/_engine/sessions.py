@@ -232,8 +232,8 @@ def _index_entry(entry: Any) -> Optional[IndexEntry]:
             else [entry.get("size"), entry.get("mtime_ns"), entry.get("sha256")]
     if not isinstance(entry, list):
         return None
-    if len(entry) == 3 and type(entry[0]) is int and type(entry[1]) is int and isinstance(entry[2], str) \
-            and len(entry[2]) == 64:
+    if len(entry) == 3 and all(isinstance(n, int) and not isinstance(n, bool) for n in entry[:2]) \
+            and isinstance(entry[2], str) and len(entry[2]) == 64:
         return (entry[0], entry[1], entry[2])
     if len(entry) == 2 and entry[0] in (SYMLINK, HARDLINK) and isinstance(entry[1], str) and entry[1]:
         return (entry[0], entry[1])

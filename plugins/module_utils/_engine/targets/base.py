@@ -266,8 +266,8 @@ def put_files_concurrently(target: Target, uploads: Iterable[Upload], workers: i
         try:
             for upload in source:
                 while pending and (len(pending) >= workers or held + len(upload.data) > max_bytes):
-                    done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
-                    for future in done:
+                    finished_futures = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)[0]
+                    for future in finished_futures:
                         finished = pending.pop(future)
                         held -= len(finished.data)
                         yield finished, future.result()

@@ -582,6 +582,7 @@ class _CompoundPuts:
         source = iter(uploads)
         held: Optional[Upload] = None
         exhausted = False
+        rest: List[Upload] = []  # set when the server refuses the chain: these go the generic way
         try:
             self._ask_credits()
             while True:
@@ -599,13 +600,12 @@ class _CompoundPuts:
                 self._settle(self._flights.popleft())
                 while self._done:
                     yield self._done.popleft()
-        except _NoChain as exc:
-            failed = exc.args[0]
+        except _NoChain as exc:  # the loop ends only here, by return, or by an error
+            rest = [exc.args[0]] + ([held] if held is not None else [])
         except BaseException as exc:
             self._abandon()
             raise self._target.map_error(exc, self._target._url("")) from None
         self._target._put_mode = "generic"
-        rest = [failed] + ([held] if held is not None else [])
         yield from Target.put_files(self._target, itertools.chain(rest, source))
 
     def _window(self) -> int:
@@ -709,8 +709,8 @@ class _CompoundPuts:
         # FileRenameInformation ([MS-FSCC] 2.4.37.2): the share-relative new name, like smbclient.rename
         name = self._target._inside(flight.upload.remote).replace("/", "\\").encode("utf-16-le")
         info = struct.pack("<B7xQI", 1 if flight.upload.replace else 0, 0, len(name)) + name
-        set_info = _Packed(Commands.SMB2_SET_INFO, _SMB2_SET_INFO.pack(33, 1, 10, len(info), 64 + 32, 0, 0,
-                                                                     flight.file_id) + info)
+        body = _SMB2_SET_INFO.pack(33, 1, 10, len(info), 64 + 32, 0, 0, flight.file_id)
+        set_info = _Packed(Commands.SMB2_SET_INFO, body + info)
         self._send(flight, "rename", [set_info, _close(flight.file_id, _CLOSE_POSTQUERY)], related=False)
 
     def _send_remove(self, flight: _Flight) -> None:
