@@ -260,3 +260,39 @@ def test_a_truncated_object_fails_the_size_check_first(tmp_path):
     with pytest.raises(IntegrityError, match="damaged"):
         restore(PathTarget(str(tmp_path / "target")), request)
     assert _tree(dest) == {}
+
+
+def test_recordings_come_back_with_their_links_and_hard_links(tmp_path):
+    """take_snapshot (no database) then a files + recordings restore into an empty root, on a path target."""
+    from ansible_collections.segura.backup.plugins.module_utils._engine.snapshot import SnapshotRequest, take_snapshot
+
+    source = tmp_path / "source"
+    _appliance(source)
+    day = source / "var/senhasegura/arz/2026/1207"
+    day.mkdir(parents=True)
+    (day / "b.arz").write_bytes(os.urandom(3000))
+    os.link(str(day / "b.arz"), str(day / "a-again.arz"))  # sorts first: the name stored; b.arz is the link
+    os.symlink("b.arz", str(day / "inside.arz"))
+    os.symlink("../../../../../../etc/shadow", str(day / "escaping.arz"))
+    (tmp_path / "target").mkdir()
+    target = PathTarget(str(tmp_path / "target"))
+    done = take_snapshot(target, SnapshotRequest(
+        appliance="box", layout=ApplianceLayout(root=str(source)), components=["config", "secrets", "sessions"],
+        encryption=Encryption.passphrase("correct horse", work_factor=10)))
+    assert (done["counts"]["sessions_hardlinks"], done["counts"]["sessions_symlinks"]) == (1, 2)
+
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    request = RestoreRequest("box", ApplianceLayout(root=str(dest)), Decryption.passphrase("correct horse"),
+                             restore_sessions=True)
+    result = restore(target, request)
+    assert result["verification"]["ok"] is True, result["verification"]
+    restored = dest / "var/senhasegura/arz/2026/1207"
+    assert (restored / "b.arz").read_bytes() == (day / "b.arz").read_bytes()
+    assert os.stat(str(restored / "b.arz")).st_ino == os.stat(str(restored / "a-again.arz")).st_ino
+    assert os.readlink(str(restored / "inside.arz")) == "b.arz"
+    assert not os.path.lexists(str(restored / "escaping.arz"))
+    assert [item["path"] for item in result["sessions"]["refused"]] == ["/var/senhasegura/arz/2026/1207/escaping.arz"]
+    assert (result["sessions"]["restored"], result["sessions"]["links"]) == (3, 2)
+    again = restore(target, request)  # everything is in place: nothing is written again
+    assert again["sessions"]["restored"] == 0 and again["sessions"]["skipped"] == 3

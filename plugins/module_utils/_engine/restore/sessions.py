@@ -85,40 +85,28 @@ def restore_sessions(target: Target, request: RestoreRequest, plan: RestorePlan)
     tree = DestinationTree(request.layout.root, [request.layout.arz_dir])
     copied = skipped = copied_bytes = linked = 0
     refused = []
-    for entry in plan.sessions:  # sorted by path: a hard link's first name may come after it, see below
+    prefix = len(catalog.sessions_dir(plan.record.appliance)) + 1
+    # Hard links last: the name they link to must be in place first (the list is sorted by path).
+    for entry in sorted(plan.sessions, key=lambda item: item.get("type") == "hardlink"):
         if entry.get("refused"):
             refused.append({"path": posixpath.join("/", request.layout.arz_dir, entry["relpath"]), "reason": entry["refused"]})
             continue
-        if entry.get("type") == "hardlink":
-            continue
         wanted = session_wanted(request, entry)
         if tree.state(wanted) in ("same", "metadata"):
             skipped += 1
             continue
         _ensure_session_dirs(tree, request.layout.arz_dir, posixpath.dirname(wanted.relpath))
-        if entry.get("type") == "symlink":
+        kind = entry.get("type")
+        if kind == "symlink":
             tree.write_symlink(wanted)
             linked += 1
             continue
-        wanted.mtime = int(time.time())
-        with target.open_read(entry["path"]) as handle:
-            tree.write_file(wanted, iter(lambda: handle.read(4 * MiB), b""))
-        copied += 1
-        copied_bytes += entry["size"]
-    for entry in plan.sessions:  # after every file is in place
-        if entry.get("type") != "hardlink":
-            continue
-        wanted = session_wanted(request, entry)
-        if tree.state(wanted) in ("same", "metadata"):
-            skipped += 1
-            continue
-        _ensure_session_dirs(tree, request.layout.arz_dir, posixpath.dirname(wanted.relpath))
-        first = posixpath.join(request.layout.arz_dir, entry["link"][len(catalog.sessions_dir(plan.record.appliance)) + 1:])
-        if tree.hard_link(first, wanted):
+        if kind == "hardlink" and tree.hard_link(posixpath.join(request.layout.arz_dir, entry["link"][prefix:]), wanted):
             linked += 1
             continue
         wanted.mtime = int(time.time())
-        with target.open_read(entry["link"]) as handle:  # another filesystem, or not allowed: a copy
+        # a hard link that cannot be made (another filesystem, not allowed) becomes a copy of its first name
+        with target.open_read(entry["link"] if kind == "hardlink" else entry["path"]) as handle:
             tree.write_file(wanted, iter(lambda: handle.read(4 * MiB), b""))
         copied += 1
         copied_bytes += entry["size"]
