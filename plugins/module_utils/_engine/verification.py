@@ -353,7 +353,8 @@ def _verify_into(target: Target, record: catalog.SnapshotRecord, mode: str, decr
         with retry_read(target.open_read, record.object_relpath) as handle:
             source = _HashingReader(handle)
             try:
-                report = reader.verify(source, decryption, max_content_bytes=sidecar.bytes_in)
+                report = reader.verify(source, decryption, max_content_bytes=sidecar.bytes_in,
+                                       max_members=sidecar.counts.get("members"))
             except IntegrityError as exc:
                 result.problems.append("the object is corrupt: %s" % exc)
                 return

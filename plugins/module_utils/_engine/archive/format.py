@@ -39,6 +39,7 @@ DB_PREFIX = "db/dump.sql"  # the logical method: a mariadb-dump stream
 PHYSICAL_PREFIX = "db/backup.mbstream"  # the physical method: a mariadb-backup mbstream
 DB_PREFIXES = (DB_PREFIX, PHYSICAL_PREFIX)  # a snapshot holds one of them, cut into chunks
 DEFAULT_CHUNK_SIZE = 16 * MiB
+MAX_CHUNK_SIZE = 256 * MiB  # the largest database member a snapshot writes (chunk_size_mb at most 256)
 SUFFIX_ENCRYPTED = ".tar.zst.age"
 SUFFIX_PLAIN = ".tar.zst"
 COPY_BLOCK = 256 * 1024  # tar copy buffer and stream-mode record buffer

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import struct
 import tarfile
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
@@ -17,7 +19,6 @@ from ansible_collections.segura.backup.plugins.module_utils._engine import age
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.format import (
     COPY_BLOCK,
-    DB_PREFIX,
     DB_PREFIXES,
     FORMAT,
     MANIFEST_MEMBER,
@@ -39,6 +40,15 @@ except ImportError:  # require_zstandard() says so
 
 _MAX_JSON_BYTES = 256 * 1024 * 1024  # snapshot.json / manifest.json are parsed in memory
 _MAX_TRAILING_BYTES = 1024 * 1024  # after the tar's end: its zero padding (one 10 KiB record)
+#: Members an object may hold at most, whatever its sidecar claims. A snapshot holds its config and
+#: secrets files and one member per 16 MiB (at least 1 MiB) of database: thousands, not millions.
+#: Each member read costs ~90 bytes of bookkeeping (its name and a packed record) until the manifest,
+#: which comes last, is compared.
+MAX_MEMBERS = 1000000
+_TYPES = ("file", "dir", "symlink")
+# type index, mode, size, sha256 of the content (files), sha256 of the link target (symlinks)
+_RECORD = struct.Struct("<BIQ32s32s")
+_NO_DIGEST = bytes(32)
 
 
 class _MemberReader:
@@ -49,7 +59,7 @@ class _MemberReader:
         self._also = also  # a second hash fed the same bytes (the whole db dump)
         self.sha256 = hashlib.sha256()
         self.bytes = 0
-        self._kept: Optional[List[bytes]] = [] if keep else None
+        self._kept: Optional[bytearray] = bytearray() if keep else None
 
     def read(self, size: int = -1) -> bytes:
         if self._fileobj is None:
@@ -65,7 +75,7 @@ class _MemberReader:
         if self._kept is not None:
             if self.bytes > _MAX_JSON_BYTES:
                 raise IntegrityError("archive member too large to be metadata")
-            self._kept.append(data)
+            self._kept += data
         return data
 
     def readable(self) -> bool:
@@ -75,14 +85,34 @@ class _MemberReader:
         while self.read(COPY_BLOCK):
             pass
 
-    def content(self) -> bytes:
-        return b"".join(self._kept or [])
+    def content(self) -> bytearray:
+        kept, self._kept = self._kept, None
+        return kept if kept is not None else bytearray()
 
 
 @dataclass
-class _Seen:
-    info: MemberInfo
-    sha256: Optional[str]
+class _DbChunks:
+    """The database members seen so far, as counters: their names must run .000000, .000001, ..."""
+
+    prefixes: set
+    count: int = 0
+    bytes: int = 0
+    in_order: bool = True
+
+    def add(self, prefix: str, name: str, size: int) -> None:
+        self.prefixes.add(prefix)
+        if name != "%s.%06d" % (prefix, self.count):
+            self.in_order = False
+        self.count += 1
+        self.bytes += size
+
+
+def member_limit(counted: Optional[int]) -> int:
+    """The members an object may hold: what its sidecar counted (the writer counts them exactly,
+    manifest.json included), never more than MAX_MEMBERS; MAX_MEMBERS when it counted nothing."""
+    if isinstance(counted, int) and not isinstance(counted, bool) and 0 < counted < MAX_MEMBERS:
+        return counted
+    return MAX_MEMBERS
 
 
 @dataclass
@@ -109,9 +139,12 @@ class ArchiveReader:
     unverified until the loop has completed. ``snapshot`` is available after the first member.
     """
 
-    def __init__(self, source, decryption: Decryption, max_content_bytes: Optional[int] = None):
+    def __init__(self, source, decryption: Decryption, max_content_bytes: Optional[int] = None,
+                 max_members: Optional[int] = None):
         """``max_content_bytes``: the content bytes the object may hold at most (the sidecar's
-        ``bytes_in``); a member whose header declares more is refused before it is decompressed."""
+        ``bytes_in``); a member whose header declares more is refused before it is decompressed.
+        ``max_members``: the members it may hold (the sidecar's ``counts.members``, see
+        ``member_limit``); one more is refused before its content is read."""
         if not isinstance(decryption, Decryption):
             raise ConfigError("decryption must be a Decryption (use Decryption.none() for plain archives)")
         require_zstandard()
@@ -145,11 +178,21 @@ class ArchiveReader:
             raise IntegrityError("archive is corrupt: %s" % exc)
         self.snapshot: Optional[Dict[str, Any]] = None
         self.manifest: Optional[Dict[str, Any]] = None
-        self.seen: List[_Seen] = []
-        self._names: set = set()
+        # What each member was, kept compact until the manifest (last) can be compared: the names
+        # in one buffer, one packed record each, and a keyed 8-byte digest of each name for the
+        # duplicate check (a collision is confirmed against the names before it is reported).
+        self._names = bytearray()
+        self._records = bytearray()
+        self._name_keys: set = set()
+        self._name_key = os.urandom(16)
+        self.member_count = 0  # members read, manifest.json included
+        self.content_bytes = 0  # their content bytes, manifest.json excluded
+        self.max_members = member_limit(max_members)
+        self._db_chunks = _DbChunks(set())
         self._db = hashlib.sha256()
         self.manifest_bytes = 0
         self._after_manifest: List[str] = []
+        self._after_manifest_count = 0
         self._trailing = False
         self._iterated = False
         self._max_content = max_content_bytes
@@ -170,17 +213,24 @@ class ArchiveReader:
                 raise IntegrityError("archive is corrupt: %s" % exc)
             if tarinfo is None:
                 break
+            # In stream mode tarfile keeps every TarInfo it read (TarFile.members), a kilobyte each.
+            self._tar.members.clear()
+            self.member_count += 1
+            if self.member_count > self.max_members:
+                raise IntegrityError("the object holds more than %d members (%s); refusing to read further"
+                                     % (self.max_members, "as many as its sidecar counts"
+                                        if self.max_members < MAX_MEMBERS else "the most a snapshot may hold"))
             info = member_info(tarinfo)
             self._content_declared += info.size
             if self._max_content is not None and self._content_declared > self._max_content:
                 raise IntegrityError("archive member %s declares %d bytes, more than the %d content bytes the "
                                      "snapshot holds in all; refusing to read it" % (info.name, info.size,
                                                                                      self._max_content))
-            if info.name in self._names:
-                raise IntegrityError("archive member %s appears twice" % info.name)
-            self._names.add(info.name)
+            self._check_new_name(info.name)
             if self.manifest is not None:
-                self._after_manifest.append(info.name)
+                self._after_manifest_count += 1
+                if len(self._after_manifest) < 10:
+                    self._after_manifest.append(info.name)
             is_json = info.name in (SNAPSHOT_MEMBER, MANIFEST_MEMBER)
             is_db = _db_prefix(info.name) is not None and info.type == "file"
             content = _MemberReader(self._tar.extractfile(tarinfo) if info.type == "file" else None, is_json,
@@ -195,16 +245,44 @@ class ArchiveReader:
             if info.name == MANIFEST_MEMBER:
                 self.manifest_bytes = info.size
             if info.name != MANIFEST_MEMBER:
-                self.seen.append(_Seen(info, content.sha256.hexdigest() if info.type == "file" else None))
+                self._remember(info, content.sha256.digest() if info.type == "file" else None)
+                if is_db:
+                    self._db_chunks.add(_db_prefix(info.name) or "", info.name, info.size)
         self._finish_stream()
         if strict:
             problems = self.problems()
             if problems:
                 raise IntegrityError("archive does not match its manifest: " + "; ".join(problems))
 
-    def _parse_json(self, name: str, data: bytes) -> None:
+    def _check_new_name(self, name: str) -> None:
+        key = hashlib.blake2b(name.encode("utf-8", "surrogateescape"), digest_size=8, key=self._name_key).digest()
+        if key in self._name_keys and name in self._names.decode("utf-8", "surrogateescape").split("\x00"):
+            raise IntegrityError("archive member %s appears twice" % name)
+        self._name_keys.add(key)
+
+    def _remember(self, info: MemberInfo, sha256: Optional[bytes]) -> None:
+        if not 0 <= info.mode <= 0xFFFFFFFF or not 0 <= info.size < 1 << 63:
+            raise IntegrityError("archive member %s has an impossible mode or size" % info.name)
+        self._records += _RECORD.pack(_TYPES.index(info.type), info.mode, info.size, sha256 or _NO_DIGEST,
+                                      _link_digest(info.linkname))
+        if self._names:
+            self._names += b"\x00"
+        self._names += info.name.encode("utf-8", "surrogateescape")
+        self.content_bytes += info.size
+
+    def _seen(self) -> Iterator[Tuple[str, Dict[str, Any]]]:
+        """(name, what was read) of every member but manifest.json, in archive order."""
+        if not self._names:
+            return
+        names = self._names.decode("utf-8", "surrogateescape").split("\x00")
+        for index, name in enumerate(names):
+            kind, mode, size, sha256, link = _RECORD.unpack_from(self._records, index * _RECORD.size)
+            yield name, {"type": _TYPES[kind], "size": size, "sha256": sha256.hex() if _TYPES[kind] == "file" else None,
+                         "mode": mode, "link": link}
+
+    def _parse_json(self, name: str, data: bytearray) -> None:
         try:
-            obj = json.loads(data.decode("utf-8"))
+            obj = json.loads(data)
         except (UnicodeDecodeError, ValueError):
             raise IntegrityError("archive member %s is not valid JSON" % name)
         if not isinstance(obj, dict):
@@ -236,14 +314,16 @@ class ArchiveReader:
     def problems(self) -> List[str]:
         """Differences between what was read and manifest.json (call after a full iteration)."""
         out: List[str] = []
-        names = [s.info.name for s in self.seen]
-        if not names or names[0] != SNAPSHOT_MEMBER:
+        first = bytes(self._names[:len(SNAPSHOT_MEMBER) + 1])
+        if first not in (SNAPSHOT_MEMBER.encode(), SNAPSHOT_MEMBER.encode() + b"\x00"):
             out.append("%s is not the first member" % SNAPSHOT_MEMBER)
         if self.manifest is None:
             out.append("%s is missing (archive truncated?)" % MANIFEST_MEMBER)
             return out
         if self._after_manifest:
-            out.append("members after %s: %s" % (MANIFEST_MEMBER, ", ".join(self._after_manifest[:10])))
+            out.append("members after %s: %s%s" % (MANIFEST_MEMBER, ", ".join(self._after_manifest),
+                                                   " (%d in all)" % self._after_manifest_count
+                                                   if self._after_manifest_count > len(self._after_manifest) else ""))
         if self._trailing:
             out.append("data after the end of the tar archive")
         if self.manifest.get("format") != FORMAT:
@@ -257,48 +337,52 @@ class ArchiveReader:
                                                    for m in listed):
             out.append("manifest.json has no valid member list")
             return out
-        expected = {m["name"]: m for m in listed}
-        actual = {s.info.name: s for s in self.seen}
-        missing = [n for n in expected if n not in actual]
-        extra = [n for n in actual if n not in expected]
-        if missing:
-            out.append("missing members: %s" % ", ".join(missing[:20]))
-        if extra:
-            out.append("members not in the manifest: %s" % ", ".join(extra[:20]))
-        for name, seen in actual.items():
-            want = expected.get(name)
+        if len(listed) > self.max_members:
+            out.append("manifest.json lists %d members, more than the %d the object may hold"
+                       % (len(listed), self.max_members))
+            return out
+        expected = {m["name"]: m for m in listed}  # what is left of it once read is what is missing
+        extra: List[str] = []
+        differs: List[str] = []
+        for name, got in self._seen():
+            want = expected.pop(name, None)
             if want is None:
+                if len(extra) < 20:
+                    extra.append(name)
                 continue
-            info = seen.info
-            got = {"type": info.type, "size": info.size, "sha256": seen.sha256, "mode": info.mode}
-            if info.type == "symlink":
-                got["linkname"] = info.linkname
+            link = got.pop("link")
+            if got["type"] == "symlink":
+                wanted_link = want.get("linkname")
+                got["linkname"] = wanted_link if isinstance(wanted_link, str) and \
+                    _link_digest(wanted_link) == link else "(another target)"
             diffs = [k for k, v in got.items() if want.get(k) != v]
             if diffs:
-                out.append("member %s differs from the manifest in %s" % (name, ", ".join(diffs)))
+                differs.append("member %s differs from the manifest in %s" % (name, ", ".join(diffs)))
+        if expected:
+            out.append("missing members: %s" % ", ".join(list(expected)[:20]))
+        if extra:
+            out.append("members not in the manifest: %s" % ", ".join(extra))
+        out.extend(differs)
         out.extend(self._db_problems())
         return out
 
     def _db_problems(self) -> List[str]:
         db = self.manifest.get("db") if self.manifest else None
-        chunks = [s for s in self.seen if _db_prefix(s.info.name)]
-        prefixes = {_db_prefix(s.info.name) for s in chunks}
-        if len(prefixes) > 1:
+        chunks = self._db_chunks
+        if len(chunks.prefixes) > 1:
             return ["the object holds both a database dump and a physical backup"]
-        prefix = prefixes.pop() if prefixes else DB_PREFIX
         if db is None:
-            return ["db chunks present but manifest.json has no 'db' entry"] if chunks else []
+            return ["db chunks present but manifest.json has no 'db' entry"] if chunks.count else []
         if not isinstance(db, dict):
             return ["manifest.json 'db' entry is not an object"]
-        names = [s.info.name for s in chunks]
-        if names != ["%s.%06d" % (prefix, i) for i in range(len(names))]:
+        if not chunks.in_order:
             return ["db chunks are not numbered consecutively in order"]
         # Chunks arrived in order (checked above), so the running hash is that of `cat db/dump.sql.*`.
         whole_hex = self._db.hexdigest()
-        total = sum(s.info.size for s in chunks)
+        total = chunks.bytes
         out = []
-        if db.get("chunks") != len(chunks):
-            out.append("db has %d chunks, manifest.json says %r" % (len(chunks), db.get("chunks")))
+        if db.get("chunks") != chunks.count:
+            out.append("db has %d chunks, manifest.json says %r" % (chunks.count, db.get("chunks")))
         if db.get("bytes") != total:
             out.append("db has %d bytes, manifest.json says %r" % (total, db.get("bytes")))
         if db.get("sha256") != whole_hex:
@@ -313,7 +397,8 @@ class ArchiveReader:
             pass
 
 
-def verify(source, decryption: Decryption, max_content_bytes: Optional[int] = None) -> VerifyReport:
+def verify(source, decryption: Decryption, max_content_bytes: Optional[int] = None,
+           max_members: Optional[int] = None) -> VerifyReport:
     """Deep-verify an object in one streaming pass: every member against manifest.json.
 
     A wrong key or passphrase raises ArchiveError (nothing can be verified); corruption, tampering,
@@ -321,7 +406,7 @@ def verify(source, decryption: Decryption, max_content_bytes: Optional[int] = No
     """
     counted = HashingReader(source)
     try:
-        reader = ArchiveReader(counted, decryption, max_content_bytes=max_content_bytes)
+        reader = ArchiveReader(counted, decryption, max_content_bytes=max_content_bytes, max_members=max_members)
     except IntegrityError as exc:
         return VerifyReport(ok=False, problems=[str(exc)], manifest=None, snapshot=None, members=0, bytes=0,
                             object_bytes=counted.bytes, object_sha256=counted.hexdigest())
@@ -335,8 +420,8 @@ def verify(source, decryption: Decryption, max_content_bytes: Optional[int] = No
     finally:
         reader.close()
     return VerifyReport(ok=not problems, problems=problems, manifest=reader.manifest, snapshot=reader.snapshot,
-                        members=len(reader.seen) + (1 if reader.manifest is not None else 0),
-                        bytes=sum(s.info.size for s in reader.seen) + reader.manifest_bytes,
+                        members=reader.member_count,
+                        bytes=reader.content_bytes + reader.manifest_bytes,
                         object_bytes=counted.bytes, object_sha256=counted.hexdigest())
 
 
@@ -355,6 +440,10 @@ def read_metadata(source, decryption: Decryption) -> Tuple[Dict[str, Any], Dict[
     if reader.snapshot is None or reader.manifest is None:
         raise IntegrityError("archive lacks %s" % (SNAPSHOT_MEMBER if reader.snapshot is None else MANIFEST_MEMBER))
     return reader.snapshot, reader.manifest
+
+
+def _link_digest(linkname: str) -> bytes:
+    return hashlib.sha256(linkname.encode("utf-8", "surrogateescape")).digest() if linkname else _NO_DIGEST
 
 
 def _db_prefix(name: str) -> Optional[str]:

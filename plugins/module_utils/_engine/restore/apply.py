@@ -65,7 +65,9 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
     dir_entries: List[Wanted] = []
     with open_object(target, plan.record) as handle:
         counted = HashingReader(handle)
-        reader = ArchiveReader(counted, request.decryption, max_content_bytes=plan.record.require_sidecar().bytes_in)
+        sidecar = plan.record.require_sidecar()
+        reader = ArchiveReader(counted, request.decryption, max_content_bytes=sidecar.bytes_in,
+                               max_members=sidecar.counts.get("members"))
         try:
             for info, content in reader:
                 expected = plan.members.get(info.name)

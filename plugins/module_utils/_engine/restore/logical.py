@@ -17,6 +17,7 @@ from typing import IO, Any, Dict, List, Optional, Sequence, cast
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.dump import DatabaseDump, die_with_parent
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection, first_tool, stderr_excerpt
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.format import MAX_CHUNK_SIZE
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, IntegrityError
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import BLOCK, CREATE_DATABASE, SPOOL_IN_MEMORY
 from ansible_collections.segura.backup.plugins.module_utils._engine.text import describe_bytes
@@ -172,20 +173,49 @@ class DatabaseLoader:
 
 
 def spool_chunk(content, expected: Dict[str, Any], name: str):
-    """Read one dump chunk completely and check it against the manifest BEFORE it is fed."""
+    """Read one database chunk completely and check it against the manifest BEFORE it is fed.
+
+    The spool holds at most the chunk's size as pass 1 verified it (one byte more proves a lie), and
+    that size is at most MAX_CHUNK_SIZE: past SPOOL_IN_MEMORY it goes to an anonymous file in
+    $TMPDIR, which must have room for it.
+    """
+    want = expected.get("size")
+    if not isinstance(want, int) or isinstance(want, bool) or want < 0:
+        raise IntegrityError("%s has no size in the manifest; not fed to the database" % name)
+    if want > MAX_CHUNK_SIZE:
+        raise IntegrityError("%s declares %s, larger than any database chunk a snapshot writes (%s); refusing to "
+                             "spool it" % (name, describe_bytes(want), describe_bytes(MAX_CHUNK_SIZE)))
+    if want > SPOOL_IN_MEMORY:
+        _check_spool_room(want, name)
     spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
     digest = hashlib.sha256()
     size = 0
-    for block in iter(lambda: content.read(BLOCK), b""):
+    while size <= want:
+        block = content.read(min(BLOCK, want + 1 - size))
+        if not block:
+            break
         digest.update(block)
         size += len(block)
         spool.write(block)
-    if size != expected.get("size") or digest.hexdigest() != expected.get("sha256"):
+    if size != want or digest.hexdigest() != expected.get("sha256"):
         spool.close()
         raise IntegrityError("%s differs from the manifest verified in the first pass (the object changed on the "
                              "target since?); not fed to the database" % name)
     spool.seek(0)
     return spool
+
+
+def _check_spool_room(size: int, name: str) -> None:
+    folder = tempfile.gettempdir()
+    try:
+        info = os.statvfs(folder)
+    except OSError:
+        return  # the write itself will say what is wrong
+    free = info.f_bavail * info.f_frsize
+    if free < size:
+        raise ApplianceError("%s (%s) is checked in a temporary file before it is fed to the database, but %s "
+                             "has only %s free (set TMPDIR to a folder with room)"
+                             % (name, describe_bytes(size), folder, describe_bytes(free)))
 
 
 def dump_digest(connection: DatabaseConnection, databases: Sequence[str], extra_args: Sequence[str] = ()) -> str:

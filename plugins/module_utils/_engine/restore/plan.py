@@ -19,7 +19,12 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.ma
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.physical import LOGICAL, METHODS, PHYSICAL
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.tablefacts import FACTS_MEMBER
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption
-from ansible_collections.segura.backup.plugins.module_utils._engine.archive.format import MANIFEST_MEMBER, SNAPSHOT_MEMBER, check_member_name
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.format import (
+    MANIFEST_MEMBER,
+    MAX_CHUNK_SIZE,
+    SNAPSHOT_MEMBER,
+    check_member_name,
+)
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.reader import ArchiveReader
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ArchiveError, ConfigError, IntegrityError, TargetNotFound
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.logical import DumpScanner
@@ -42,6 +47,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.restore.tree
     allowed_roots,
     check_symlink_target,
     component_of,
+    path_through_non_directory,
 )
 from ansible_collections.segura.backup.plugins.module_utils._engine.retry import ResumingReader
 from ansible_collections.segura.backup.plugins.module_utils._engine.streams import HashingReader
@@ -187,13 +193,18 @@ def _first_pass(target: Target, record: catalog.SnapshotRecord, decryption: Decr
     with open_object(target, record) as handle:
         counted = HashingReader(handle)
         try:
-            reader = ArchiveReader(counted, decryption, max_content_bytes=sidecar.bytes_in)
+            reader = ArchiveReader(counted, decryption, max_content_bytes=sidecar.bytes_in,
+                                   max_members=sidecar.counts.get("members"))
         except IntegrityError as exc:
             raise IntegrityError("%s failed deep verification, nothing was restored: %s" % (where, exc)) from None
         except ArchiveError as exc:  # wrong key or passphrase, or none given
             raise ArchiveError("cannot open %s: %s" % (where, exc)) from None
         try:
             for info, content in reader.members(strict=False):
+                if info.size > MAX_CHUNK_SIZE and (DB_CHUNK.fullmatch(info.name) or PHYSICAL_CHUNK.fullmatch(info.name)):
+                    # pass 2 spools each chunk whole before it is fed: refuse what it would refuse
+                    raise IntegrityError("%s declares %s, larger than any database chunk a snapshot writes (%s)"
+                                         % (info.name, describe_bytes(info.size), describe_bytes(MAX_CHUNK_SIZE)))
                 if DB_CHUNK.fullmatch(info.name):
                     saw_db = True
                     for block in iter(lambda: content.read(BLOCK), b""):
@@ -279,7 +290,7 @@ def plan_restore(target: Target, request: RestoreRequest) -> RestorePlan:
                              % (record.id, "; ".join(passed.problems[:10])))
     snapshot, manifest = reader.snapshot or {}, reader.manifest or {}
     checks["quick"] = {"ok": True, "size": sidecar.size, "sha256": sidecar.sha256}
-    checks["deep"] = {"ok": True, "members": len(reader.seen) + 1, "seconds": round(fetch_seconds, 3)}
+    checks["deep"] = {"ok": True, "members": reader.member_count, "seconds": round(fetch_seconds, 3)}
 
     for doc, label in ((snapshot, SNAPSHOT_MEMBER), (manifest, MANIFEST_MEMBER)):
         if doc.get("appliance") != record.appliance or doc.get("id") != record.id:
@@ -318,6 +329,13 @@ def plan_restore(target: Target, request: RestoreRequest) -> RestorePlan:
                                      % (record.id, "/" + relpath, reason))
         if component in components:
             wanted.append(item)
+    # Pass 2 never writes through a link or a file (O_NOFOLLOW, O_DIRECTORY): refuse such a member now.
+    through = path_through_non_directory((n[len(FILES_PREFIX):], e.get("type")) for n, e in entries.items()
+                                         if n.startswith(FILES_PREFIX))
+    if through:
+        raise IntegrityError("snapshot %s holds /%s below /%s, which it holds as a %s; refusing it"
+                             % (record.id, through[0], through[1], "symbolic link" if through[2] == "symlink"
+                                else through[2]))
 
     db_method, db_record = _database_record(manifest, passed, record.id)
     databases: List[str] = list(passed.databases)

@@ -14,7 +14,7 @@ import posixpath
 import secrets
 import stat as stat_module
 from dataclasses import dataclass
-from typing import Dict, Iterator, Literal, Optional, Sequence, Tuple, overload
+from typing import Any, Dict, Iterable, Iterator, Literal, Optional, Sequence, Tuple, overload
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import ApplianceLayout, file_type
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, ArchiveError, IntegrityError
@@ -323,6 +323,20 @@ def component_of(relpath: str, roots: Dict[str, str]) -> Optional[str]:
         if is_within(relpath, root) and (best is None or len(root) > len(best[0])):
             best = (root, component)
     return best[1] if best else None
+
+
+def path_through_non_directory(entries: Iterable[Tuple[str, Any]]) -> Optional[Tuple[str, str, str]]:
+    """(path, its ancestor, that ancestor's type) of the first entry that lies below an entry that is not
+    a directory (a symlink or a file), None when there is none. ``entries``: (relpath, type) pairs."""
+    kinds = dict(entries)
+    for relpath in kinds:
+        parts = relpath.split("/")
+        for depth in range(1, len(parts)):
+            parent = "/".join(parts[:depth])
+            kind = kinds.get(parent)
+            if kind is not None and kind != "dir":
+                return relpath, parent, str(kind)
+    return None
 
 
 def check_symlink_target(relpath: str, linkname: str, allowed_roots: Sequence[str]) -> Optional[str]:
