@@ -12,6 +12,17 @@ class ModuleDocFragment(object):
     # specs.snapshot_spec() in tests/unit/test_house.py.
     DOCUMENTATION = r"""
 options:
+  signing_key:
+    description:
+      - The appliance's own Ed25519 signing key (an unencrypted OpenSSH private key, mode 0600, as
+        C(ssh-keygen -t ed25519) writes it; the C(segura.backup.runtime) role creates it).
+        Every snapshot's sidecar is signed with it (C(<stem>.json.sig)); verify and restore trust only
+        snapshots signed by the key pinned for their appliance.
+      - When no file is there, the snapshot is published unsigned with a warning (verify and restore then
+        refuse it unless told O(segura.backup.verify#module:trust.allow_unsigned)). A key that others can
+        read fails the run.
+      - Default C(etc/segura-backup/signing_key) below O(appliance.root).
+    type: path
   components:
     description:
       - What to back up. V(database), V(config) and V(secrets) go into the object; V(sessions) are synced

@@ -69,6 +69,8 @@ extends_documentation_fragment:
   - segura.backup.target
   - segura.backup.decryption
   - segura.backup.appliance
+  - segura.backup.future_tolerance
+  - segura.backup.trust
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -94,7 +96,8 @@ attributes:
 options:
   snapshot:
     description:
-      - V(latest) for the newest complete snapshot, or the 8-hex-digit id of one.
+      - V(latest) for the newest complete snapshot that is not future-dated (see O(future_tolerance)), or the
+        8-hex-digit id of one (a future-dated one is then restored, with a warning).
     type: str
     default: latest
   source_appliance:
@@ -153,6 +156,22 @@ options:
         as the rollback depends on it.
     type: bool
     default: true
+  signing_key:
+    description:
+      - This appliance's own signing key. Its public half is trusted for O(appliance.name), so a restore onto
+        the appliance that took the snapshot needs no O(trust). Nothing happens when no file is there.
+      - Default C(etc/segura-backup/signing_key) below O(appliance.root), where the C(segura.backup.runtime)
+        role creates it.
+    type: path
+  special_bits_paths:
+    description:
+      - Paths (below O(appliance.root), shell patterns such as V(/usr/local/bin/*)) whose setuid, setgid
+        and sticky bits a restore may bring back, and only from a snapshot with a valid signature. Every
+        other such bit is dropped and named in the warnings (a share writer must not be able to plant a
+        setuid root program).
+    type: list
+    elements: str
+    default: []
 requirements:
   - python >= 3.9
   - zstandard
@@ -257,12 +276,21 @@ plan:
       type: int
     checks:
       description:
-        - Each preflight check (quick, deep, version, database_order, database_reachable, physical, free_space).
+        - Each preflight check (signature, quick, deep, version, database_order, database_reachable, physical,
+          free_space, special_bits_dropped).
+        - C(signature) - V(valid) and the signer's key fingerprint; with O(trust.allow_unsigned), V(unsigned) or
+          V(invalid) and the reason.
         - C(physical) - the versions of C(mariadb-backup) and C(mariadbd) here and in the snapshot, the datadir,
           the service, free space beside the datadir and, with service V(none), whether a server holds it.
       type: dict
     problems:
       description: Why the restore is refused, if it is.
+      type: list
+      elements: str
+    warnings:
+      description:
+        - What the restore does although it was not quite asked for - a newer untrusted snapshot passed over, an
+          unsigned snapshot accepted, setuid/setgid/sticky bits not restored.
       type: list
       elements: str
 restore:
@@ -272,6 +300,9 @@ restore:
   contains:
     written:
       description: Counts of files, dirs and symlinks written, entries whose metadata was fixed, and unchanged ones.
+      type: dict
+    signature:
+      description: The signature check of the restored snapshot (as RV(plan.checks)).
       type: dict
     overwritten:
       description: Existing paths that were replaced (first 50).
@@ -313,12 +344,22 @@ restore:
       elements: str
 """
 
+from datetime import datetime, timezone
+
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.segura.backup.plugins.module_utils._engine import deps
 from ansible_collections.segura.backup.plugins.module_utils._engine.cancel import RESTORE_STOPPED, stop_cleanly_on_signals
+from ansible_collections.segura.backup.plugins.module_utils._engine.clock_skew import describe_future_dated, parse_future_tolerance
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError
-from ansible_collections.segura.backup.plugins.module_utils._engine.options import appliance_name, build_database, build_decryption, build_layout
+from ansible_collections.segura.backup.plugins.module_utils._engine.options import (
+    appliance_name,
+    build_database,
+    build_decryption,
+    build_layout,
+    build_trust,
+    signing_key_path,
+)
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.apply import restore
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.plan import plan_restore
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import RestoreRequest
@@ -337,8 +378,9 @@ def main():
     try:
         components = params["components"]
         wants_database = components is None or "database" in components
+        own_name = appliance_name(params["appliance"])
         request = RestoreRequest(
-            appliance=appliance_name(params["appliance"]),
+            appliance=own_name,
             layout=build_layout(params["appliance"]),
             decryption=build_decryption(params["decryption"]),
             db=build_database(params["database"]) if wants_database else None,
@@ -352,17 +394,25 @@ def main():
             post_commands=[[str(arg) for arg in command] for command in params["post_commands"]],
             command_timeout=params["command_timeout"],
             post_verify=params["post_verify"],
+            future_tolerance=parse_future_tolerance(params["future_tolerance"]),
             db_service=(params["database"] or {}).get("service") or "mariadb",
             db_datadir=(params["database"] or {}).get("datadir"),
+            trust=build_trust(params["trust"], own_name, signing_key_path(params)),
+            special_bits_paths=params["special_bits_paths"],
         )
         with stop_cleanly_on_signals(RESTORE_STOPPED):
             with open_target(params["target"]) as target:
                 plan = plan_restore(target, request)
                 summary = plan.summary()
+                if plan.record.future_dated:  # "latest" never takes one: it was asked for by id
+                    module.warn("restoring it as asked by id: %s"
+                                % describe_future_dated(plan.record, datetime.now(timezone.utc)))
                 if not plan.ok:
                     module.fail_json(msg="restore refused, nothing was written: %s" % "; ".join(plan.problems),
                                      plan=summary)
                 if module.check_mode:
+                    for warning in plan.warnings:
+                        module.warn(warning)
                     module.exit_json(changed=plan.would_write(), plan=summary)
                 result = restore(target, request, plan=plan)
     except BackupError as exc:

@@ -196,6 +196,12 @@ snapshot:
     encryption:
       description: Encryption mode and the public keys of the recipients.
       type: dict
+    signature:
+      description:
+        - The fingerprint of the key that signed the sidecar (as C(ssh-keygen -l) prints it) and the name of
+          the signature file; V(null) when the snapshot was published unsigned (no O(signing_key) file).
+      type: dict
+      sample: {"key": "SHA256:2kYw9g+ddj8j8Xi8wMqmDBkF9b53ToNurJ3JcdpPyHQ", "file": "20261207T120000Z-1a2b3c4d.json.sig"}
     appliance_version:
       description: Segura version of the appliance, as recorded with the snapshot.
       type: str

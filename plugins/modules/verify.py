@@ -25,13 +25,17 @@ description:
     M(segura.backup.prune) relies on, equals the manifest's list. Nothing is written to disk.
   - Each result is stored beside its snapshot as C(<stem>.verify.json); M(segura.backup.backup_info)
     shows it, and O(select=sample) uses it to verify the least recently verified snapshots first.
-  - The task fails when any chosen snapshot fails, unless O(fail_on_error=false).
+  - The task fails when any chosen snapshot fails, unless O(fail_on_error=false). It fails too when nothing
+    was found to verify (an O(appliance) with no snapshot - a name that is not the folder its backups are
+    filed under - or an empty target), as a verification that proves nothing does not pass.
 author:
   - segura.backup maintainers (@segura-backup)
 extends_documentation_fragment:
   - segura.backup.attributes
   - segura.backup.target
   - segura.backup.decryption
+  - segura.backup.future_tolerance
+  - segura.backup.trust
 attributes:
   check_mode:
     support: full
@@ -56,7 +60,8 @@ options:
   select:
     description:
       - Which snapshots to verify.
-      - V(latest) - per appliance, the newest snapshot that has a sidecar (even when it already looks damaged).
+      - V(latest) - per appliance, the newest snapshot that has a sidecar (even when it already looks damaged) and
+        is not future-dated (see O(future_tolerance)).
       - V(all) - every snapshot that has a sidecar.
       - V(ids) - the snapshots listed in O(ids), whatever their status.
       - V(sample) - per appliance, O(sample_size) snapshots, least recently verified first (never verified
@@ -97,7 +102,8 @@ requirements:
   - zstandard and cryptography (for O(mode=deep))
 notes:
   - O(mode=deep) of an encrypted snapshot needs the private key, which appliances do not hold on
-    purpose. Run deep verification from a controller or a vault host that has it.
+    purpose. Run deep verification from a controller or a vault host that has it - the verify playbook
+    and the P(segura.backup.backup#role) role run it on the controller (C(delegate_to) localhost).
 seealso:
   - module: segura.backup.backup_info
   - module: segura.backup.snapshot
@@ -179,9 +185,13 @@ snapshots:
       description: Seconds the check took.
       type: float
     checks:
-      description: Details per check (object, archive members, session recordings).
+      description:
+        - Details per check (signature, object, archive members, session recordings).
+        - C(signature) is V(valid) with the signer's key fingerprint, V(refused) with the reason, or with
+          O(trust.allow_unsigned) V(unsigned) or V(invalid) with the reason.
       type: dict
       sample:
+        signature: {"status": "valid", "key": "SHA256:2kYw9g+ddj8j8Xi8wMqmDBkF9b53ToNurJ3JcdpPyHQ"}
         object: {"size": 41234567, "sha256": "2c26b4...", "ok": true}
         archive: {"members": 21, "bytes": 180345678, "ok": true}
         sessions: {"referenced": 840, "missing": 0, "wrong_size": 0, "hashed": 0, "wrong_sha256": 0}
@@ -203,15 +213,23 @@ missing_ids:
   elements: str
 """
 
+from datetime import datetime, timezone
+
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.segura.backup.plugins.module_utils._engine import catalog, deps
 from ansible_collections.segura.backup.plugins.module_utils._engine.cancel import stop_cleanly_on_signals
+from ansible_collections.segura.backup.plugins.module_utils._engine.clock_skew import describe_future_dated, parse_future_tolerance
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError
-from ansible_collections.segura.backup.plugins.module_utils._engine.options import build_decryption
+from ansible_collections.segura.backup.plugins.module_utils._engine.options import build_decryption, build_trust
 from ansible_collections.segura.backup.plugins.module_utils._engine.specs import verify_spec
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
-from ansible_collections.segura.backup.plugins.module_utils._engine.verification import select_snapshots, summary, verify_snapshots
+from ansible_collections.segura.backup.plugins.module_utils._engine.verification import (
+    require_something_to_verify,
+    select_snapshots,
+    summary,
+    verify_snapshots,
+)
 
 
 def main():
@@ -226,23 +244,33 @@ def main():
     try:
         with stop_cleanly_on_signals("no result was recorded for the snapshot being read"):
             decryption = build_decryption(params["decryption"]) if params["mode"] == "deep" else None
+            trust = build_trust(params["trust"])
             with open_target(params["target"]) as target:
                 listing = catalog.list_snapshots(target, params["appliance"])
+                now = datetime.now(timezone.utc)
+                future = listing.flag_future_dated(now, parse_future_tolerance(params["future_tolerance"]))
                 chosen, missing = select_snapshots(listing, params["select"], ids=params["ids"],
                                                    sample_size=params["sample_size"])
+                where = target.describe()
+                require_something_to_verify(listing, chosen, missing, params["appliance"], where,
+                                            on_target=catalog.list_appliances(target)[0])
                 results = verify_snapshots(target, chosen, params["mode"], decryption=decryption,
                                            check_session_hashes=params["check_session_hashes"],
-                                           record_results=not module.check_mode)
+                                           record_results=not module.check_mode, trust=trust)
     except BackupError as exc:
         module.fail_json(msg=str(exc), error=type(exc).__name__)
 
     for error in listing.errors:
         module.warn("incomplete listing: %s" % error)
+    for record in future:
+        module.warn(describe_future_dated(record, now))
     for result in results:
+        signature = result.checks.get("signature") or {}
+        if signature.get("status") in ("unsigned", "invalid"):
+            module.warn("%s/%s is NOT trusted, accepted because trust.allow_unsigned is set: %s"
+                        % (result.appliance, result.id, signature.get("reason")))
         if result.record_error:
             module.warn("the result of %s/%s was not stored: %s" % (result.appliance, result.id, result.record_error))
-    if not chosen and not missing:
-        module.warn("no snapshot to verify on %s" % target.describe())
     failed = [r for r in results if not r.ok]
     outcome = dict(
         changed=any(r.recorded for r in results),

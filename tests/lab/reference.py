@@ -243,12 +243,45 @@ def seed_files(root: str, size_bytes: int, seed: int) -> dict:
     os.symlink("senhasegura.conf", os.path.join(root, link))
     mtimes[link] = CONFIG_MTIME
 
+    plant_signing_key(root, seed)
+
     # Folders last and deepest first: creating entries changes a folder's mtime.
     for relative in sorted(mtimes, key=lambda name: name.count("/"), reverse=True):
         mtime = mtimes[relative] or FIRST_RECORDING_DAY + RECORDING_DAYS * 86400
         os.utime(os.path.join(root, relative), (mtime, mtime), follow_symlinks=False)
     summary["total_bytes"] = sum(part["bytes"] for part in summary.values())
     return summary
+
+
+#: Where the runtime role puts an appliance's signing key (below its root); not a config path, so
+#: never in a snapshot.
+SIGNING_KEY = "etc/segura-backup/signing_key"
+
+
+def plant_signing_key(root: str, seed: int) -> str:
+    """The appliance's Ed25519 signing key (0600, and .pub), as the runtime role makes it with
+    ``ssh-keygen -t ed25519``; the same key for the same seed. Returns the public key line."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.from_private_bytes(_rng(seed, "signing key").randbytes(32))
+    path = os.path.join(root, SIGNING_KEY)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                       serialization.NoEncryption()))
+    os.chmod(path, 0o600)
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    _write_text(path + ".pub", public + " segura-backup\n")
+    return public
+
+
+def signers_text(root: str, *appliances: str) -> str:
+    """An allowed-signers text pinning the key below ``root`` for each of ``appliances``."""
+    with open(os.path.join(root, SIGNING_KEY + ".pub"), "r", encoding="utf-8") as handle:
+        public = " ".join(handle.read().split()[:2])
+    return "".join('%s namespaces="segura-backup" %s\n' % (name, public) for name in appliances)
 
 
 #: What ``plant_odd_recordings`` puts into a recordings tree: relpath below arz -> how a snapshot takes it.

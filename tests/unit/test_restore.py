@@ -30,7 +30,13 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.restore.logi
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.plan import plan_restore
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import RestoreRequest
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.tree import DestinationTree, Wanted, check_symlink_target
+from ansible_collections.segura.backup.plugins.module_utils._engine.signing import Signers, SigningKey, TrustPolicy
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.path import PathTarget
+
+#: The test appliance "box" signs with this key; restores trust it (tests/unit/test_signing.py tries the rest).
+BOX_KEY = SigningKey.generate()
+BOX_TRUST = TrustPolicy(Signers())
+BOX_TRUST.signers.pin("box", BOX_KEY.raw_public, "test")
 
 DUMP = (b"-- MariaDB dump 10.19\n-- Host: localhost    Database: mt4\n/*!40101 SET NAMES utf8mb4 */;\n"
         b"CREATE DATABASE /*!32312 IF NOT EXISTS*/ `mt4` /*!40100 DEFAULT CHARACTER SET utf8mb4 */;\nUSE `mt4`;\n"
@@ -191,7 +197,7 @@ def _snapshot(source_root, target_dir, appliance="box", passphrase="correct hors
         id=snap_id, appliance=appliance, created=created, object=name, size=upload.size, sha256=upload.sha256,
         components=["config", "secrets"], counts={}, bytes_in=result.bytes_in,
         versions={"appliance": None, "tool": "0.1.0"}, encryption={"mode": "passphrase", "recipients": []},
-        db=None, sessions={"count": 0, "bytes": 0}, duration=0.0))
+        db=None, sessions={"count": 0, "bytes": 0}, duration=0.0), BOX_KEY)
     return snap_id
 
 
@@ -218,7 +224,7 @@ def test_files_only_restore_brings_back_content_and_metadata_and_is_idempotent(t
     _snapshot(source, tmp_path / "target")
     dest = tmp_path / "dest"
     dest.mkdir()
-    request = RestoreRequest("box", ApplianceLayout(root=str(dest)), Decryption.passphrase("correct horse"))
+    request = RestoreRequest("box", ApplianceLayout(root=str(dest)), Decryption.passphrase("correct horse"), trust=BOX_TRUST)
     target = PathTarget(str(tmp_path / "target"))
 
     plan = plan_restore(target, request)
@@ -239,7 +245,7 @@ def test_a_wrong_passphrase_is_refused_before_anything_is_written(tmp_path):
     _snapshot(source, tmp_path / "target")
     dest = tmp_path / "dest"
     dest.mkdir()
-    request = RestoreRequest("box", ApplianceLayout(root=str(dest)), Decryption.passphrase("wrong"))
+    request = RestoreRequest("box", ApplianceLayout(root=str(dest)), Decryption.passphrase("wrong"), trust=BOX_TRUST)
     with pytest.raises(ArchiveError, match="wrong passphrase"):
         restore(PathTarget(str(tmp_path / "target")), request)
     assert _tree(dest) == {}
@@ -255,7 +261,7 @@ def test_a_truncated_object_fails_the_size_check_first(tmp_path):
     obj.write_bytes(data[:-100])
     dest = tmp_path / "dest"
     dest.mkdir()
-    request = RestoreRequest("box", ApplianceLayout(root=str(dest)), Decryption.passphrase("correct horse"),
+    request = RestoreRequest("box", ApplianceLayout(root=str(dest)), Decryption.passphrase("correct horse"), trust=BOX_TRUST,
                              snapshot=snap_id)
     with pytest.raises(IntegrityError, match="damaged"):
         restore(PathTarget(str(tmp_path / "target")), request)
@@ -278,12 +284,12 @@ def test_recordings_come_back_with_their_links_and_hard_links(tmp_path):
     target = PathTarget(str(tmp_path / "target"))
     done = take_snapshot(target, SnapshotRequest(
         appliance="box", layout=ApplianceLayout(root=str(source)), components=["config", "secrets", "sessions"],
-        encryption=Encryption.passphrase("correct horse", work_factor=10)))
+        encryption=Encryption.passphrase("correct horse", work_factor=10), signing_key=BOX_KEY))
     assert (done["counts"]["sessions_hardlinks"], done["counts"]["sessions_symlinks"]) == (1, 2)
 
     dest = tmp_path / "dest"
     dest.mkdir()
-    request = RestoreRequest("box", ApplianceLayout(root=str(dest)), Decryption.passphrase("correct horse"),
+    request = RestoreRequest("box", ApplianceLayout(root=str(dest)), Decryption.passphrase("correct horse"), trust=BOX_TRUST,
                              restore_sessions=True)
     result = restore(target, request)
     assert result["verification"]["ok"] is True, result["verification"]

@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, Optional
 from ansible_collections.segura.backup.plugins.module_utils._engine import catalog, retention, verification
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.facts import appliance_version, cluster_role
 from ansible_collections.segura.backup.plugins.module_utils._engine.cancel import Cancelled
+from ansible_collections.segura.backup.plugins.module_utils._engine.clock_skew import parse_future_tolerance
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, BackupError, ConfigError
 from ansible_collections.segura.backup.plugins.module_utils._engine.options import (
     appliance_name,
@@ -28,8 +29,10 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.options impo
     build_decryption,
     build_encryption,
     build_layout,
+    signing_key_path,
 )
 from ansible_collections.segura.backup.plugins.module_utils._engine.pruning import prune
+from ansible_collections.segura.backup.plugins.module_utils._engine.signing import Signers, TrustPolicy, load_signing_key
 from ansible_collections.segura.backup.plugins.module_utils._engine.snapshot import SnapshotRequest, preflight, take_snapshot
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
 
@@ -37,7 +40,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.targets impo
 EVENT_PERFORMED = 18
 EVENT_ERROR = 19
 SNAPSHOT_SUMMARY_KEYS = ("id", "created", "object", "location", "size", "sha256", "duration", "throughput_mb_s",
-                         "components", "counts", "database", "sessions", "warnings")
+                         "components", "counts", "database", "sessions", "signature", "warnings")
 
 Notify = Callable[[str, str], None]  # (level "info" | "warning" | "error", text)
 
@@ -63,6 +66,7 @@ def snapshot_request(params: Dict[str, Any]) -> SnapshotRequest:
         health_url=params["appliance"].get("health_url"),
         db_method=(params["database"] or {}).get("method"),
         sessions_on_problem=(params.get("sessions") or {}).get("on_problem", "warn"),
+        signing_key=load_signing_key(signing_key_path(params)),
     )
 
 
@@ -74,6 +78,12 @@ class BackupJob:
         self.request = snapshot_request(params)
         self.verify = dict(params["verify"] or {})
         self.verify_mode = self.verify.get("mode", "quick")
+        # The new snapshot is checked against this appliance's own key; without a key it was
+        # published unsigned (with a warning), which the verification then accepts.
+        signers = Signers()
+        if self.request.signing_key is not None:
+            signers.pin(self.request.appliance, self.request.signing_key.raw_public, "this appliance's key")
+        self.trust = TrustPolicy(signers, allow_unsigned=self.request.signing_key is None)
         self.decryption = None
         if self.verify_mode == "deep":
             self.decryption = build_decryption(self.verify.get("decryption"))
@@ -85,6 +95,7 @@ class BackupJob:
         if self.prune is not None:
             self.partial_grace = retention.parse_duration(self.prune["partial_grace"], "partial_grace")
             self.zone = retention.time_zone(self.prune["timezone"])
+            self.future_tolerance = parse_future_tolerance(self.prune.get("future_tolerance"))
 
     def skip_reason(self, role: Dict[str, Any]) -> Optional[str]:
         """Why this node is not backed up (not the primary), None when it is."""
@@ -101,7 +112,8 @@ class BackupJob:
         listing = catalog.list_snapshots(target, self.request.appliance)
         chosen, _missing = verification.select_snapshots(listing, "ids", ids=[snapshot_id])
         results = verification.verify_snapshots(target, chosen, self.verify_mode, decryption=self.decryption,
-                                                check_session_hashes=bool(self.verify.get("check_session_hashes")))
+                                                check_session_hashes=bool(self.verify.get("check_session_hashes")),
+                                                trust=self.trust)
         report = {"mode": self.verify_mode, "ok": bool(results) and all(r.ok for r in results),
                   "message": verification.summary(results)}
         if not report["ok"]:
@@ -114,7 +126,8 @@ class BackupJob:
             raise AssertionError("prune_appliance called without a prune policy")
         outcomes = prune(target, self.policy, appliance=self.request.appliance, now=datetime.now(timezone.utc),
                          partial_grace=self.partial_grace, tz=self.zone, dry_run=dry_run,
-                         prune_sessions=bool(self.prune["prune_sessions"]), lock_ttl=self.request.lock_ttl)
+                         prune_sessions=bool(self.prune["prune_sessions"]), lock_ttl=self.request.lock_ttl,
+                         future_tolerance=self.future_tolerance)
         removed = [item["id"] for outcome in outcomes for item in outcome.to_dict()["removed"]]
         errors = [outcome.error for outcome in outcomes if outcome.error]
         if errors:

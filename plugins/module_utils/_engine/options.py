@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any, Dict, Optional
 
@@ -12,6 +13,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.la
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption, Encryption
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError
+from ansible_collections.segura.backup.plugins.module_utils._engine.signing import DEFAULT_KEY_FILE, TrustPolicy, load_signers, load_signing_key
 
 
 def build_encryption(options: Dict[str, Any]) -> Encryption:
@@ -67,3 +69,21 @@ def appliance_name(options: Optional[Dict[str, Any]]) -> str:
     """The name snapshots are filed under on the target: given, or this host's short name."""
     name = (options or {}).get("name")
     return name if name else socket.gethostname().split(".")[0]
+
+
+def build_trust(options: Optional[Dict[str, Any]], own_appliance: Optional[str] = None,
+                own_key_file: Optional[str] = None) -> TrustPolicy:
+    """What verify and restore trust: the pinned keys of ``trust`` and, when this host has a signing
+    key, its own public key for its own appliance name (a restore onto the appliance that made it)."""
+    options = options or {}
+    signers = load_signers(options.get("signers"), options.get("signers_file"))
+    if own_appliance and own_key_file:
+        key = load_signing_key(own_key_file)
+        if key is not None:
+            signers.pin(own_appliance, key.raw_public, own_key_file)
+    return TrustPolicy(signers, bool(options.get("allow_unsigned")))
+
+
+def signing_key_path(params: Dict[str, Any]) -> str:
+    """The ``signing_key`` option, or etc/segura-backup/signing_key below the appliance's root."""
+    return params.get("signing_key") or os.path.join((params.get("appliance") or {}).get("root") or "/", DEFAULT_KEY_FILE)

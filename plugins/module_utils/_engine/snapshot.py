@@ -77,6 +77,8 @@ class SnapshotRequest:
     #: what an entry of the recordings tree that cannot be taken does: "warn" (publish, sessions
     #: partial) or "fail" (publish nothing)
     sessions_on_problem: str = "warn"
+    #: the appliance's signing.SigningKey; None publishes the snapshot unsigned, with a warning
+    signing_key: Optional[Any] = None
 
     def __post_init__(self):
         self.appliance = catalog.validate_appliance(self.appliance)
@@ -346,7 +348,10 @@ def take_snapshot(target: Target, request: SnapshotRequest,
         if sessions is not None:
             # Before the sidecar: prune reads this list, as it cannot open the encrypted manifest.
             catalog.write_sessions_list(target, request.appliance, name, sessions.referenced)
-        sidecar_relpath = catalog.publish_sidecar(target, sidecar)
+        if request.signing_key is None:
+            warnings.append("the snapshot is published UNSIGNED (no signing key): verify and restore refuse it "
+                            "unless allow_unsigned is set; the runtime role creates the key")
+        sidecar_relpath = catalog.publish_sidecar(target, sidecar, request.signing_key)
 
     duration = time.monotonic() - started
     return {
@@ -378,6 +383,8 @@ def take_snapshot(target: Target, request: SnapshotRequest,
         },
         "sessions": _sessions_status(sessions) if sessions else None,
         "encryption": sidecar.encryption,
+        "signature": ({"key": request.signing_key.fingerprint,
+                       "file": catalog.signature_name(name)} if request.signing_key is not None else None),
         "database": database,
         "warnings": warnings,
         "appliance_version": facts.get("appliance_version"),

@@ -21,6 +21,7 @@ from ansible.module_utils.common.parameters import remove_values
 from ansible.module_utils.errors import UnsupportedError
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import COMPONENTS, DEFAULT_DATABASES
+from ansible_collections.segura.backup.plugins.module_utils._engine.clock_skew import DEFAULT_FUTURE_TOLERANCE
 from ansible_collections.segura.backup.plugins.module_utils._engine.constants import SESSIONS_ON_PROBLEM
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import RESTORABLE_COMPONENTS
@@ -130,13 +131,31 @@ _SNAPSHOT_OWN = {
     }},
 }
 
+# How far ahead of now a snapshot may be dated before it is future-dated (clock_skew.py).
+_FUTURE_TOLERANCE = {"type": "str", "default": DEFAULT_FUTURE_TOLERANCE}
+
 _PRUNE_RULES = dict(
     {option: {"type": "int"} for option in COUNT_OPTIONS},
     keep_within={"type": "str"},
     timezone={"type": "str", "default": "UTC"},
     partial_grace={"type": "str", "default": "24h"},
     prune_sessions={"type": "bool", "default": True},
+    future_tolerance=_FUTURE_TOLERANCE,
 )
+
+# Which snapshot signatures verify and restore trust (signing.py).
+_TRUST = {
+    "type": "dict",
+    "default": {},
+    "options": {
+        "signers": {"type": "str"},
+        "signers_file": {"type": "path"},
+        "allow_unsigned": {"type": "bool", "default": False},
+    },
+}
+# The appliance's own Ed25519 key: signs what a snapshot publishes; restore trusts its public half.
+# Unset: etc/segura-backup/signing_key below appliance.root (options.signing_key_path).
+_SIGNING_KEY = {"type": "path", "no_log": False}  # a path, not a secret
 
 _VERIFY_RULES = {
     "mode": {"type": "str", "choices": list(VERIFY_MODES), "default": "quick"},
@@ -153,14 +172,16 @@ def target_spec() -> Dict[str, Any]:
 
 
 def snapshot_spec() -> Dict[str, Any]:
-    return _fresh(target=_TARGET, encryption=_ENCRYPTION, appliance=_APPLIANCE, database=_DATABASE, **_SNAPSHOT_OWN)
+    return _fresh(target=_TARGET, encryption=_ENCRYPTION, appliance=_APPLIANCE, database=_DATABASE,
+                  signing_key=_SIGNING_KEY, **_SNAPSHOT_OWN)
 
 
 def verify_spec() -> Dict[str, Any]:
     return _fresh(target=_TARGET, decryption=_DECRYPTION, appliance={"type": "str"},
                   select={"type": "str", "choices": list(VERIFY_SELECTIONS), "default": "latest"},
                   ids={"type": "list", "elements": "str"}, sample_size={"type": "int", "default": 1},
-                  fail_on_error={"type": "bool", "default": True}, **_VERIFY_RULES)
+                  future_tolerance=_FUTURE_TOLERANCE,
+                  fail_on_error={"type": "bool", "default": True}, trust=_TRUST, **_VERIFY_RULES)
 
 
 def prune_spec() -> Dict[str, Any]:
@@ -185,17 +206,21 @@ def restore_spec() -> Dict[str, Any]:
         post_commands={"type": "list", "elements": "list", "default": []},
         command_timeout={"type": "int", "default": 600},
         post_verify={"type": "bool", "default": True},
+        future_tolerance=_FUTURE_TOLERANCE,
+        trust=_TRUST,
+        signing_key=_SIGNING_KEY,
+        special_bits_paths={"type": "list", "elements": "str", "default": []},
     )
 
 
 def backup_info_spec() -> Dict[str, Any]:
     return _fresh(target=_TARGET, appliance={"type": "str"}, include_sessions={"type": "bool", "default": False},
-                  query={"type": "str"})
+                  query={"type": "str"}, future_tolerance=_FUTURE_TOLERANCE)
 
 
 def appliance_info_spec() -> Dict[str, Any]:
     return _fresh(appliance=_APPLIANCE, database=_DATABASE, gather_database={"type": "bool", "default": True},
-                  health_timeout={"type": "float", "default": 5.0})
+                  health_timeout={"type": "float", "default": 5.0}, name_only={"type": "bool", "default": False})
 
 
 def backup_job_spec() -> Dict[str, Any]:

@@ -93,7 +93,8 @@ def select_snapshots(
     """(records to verify, newest first; requested ids that were not found).
 
     latest: per appliance, the newest snapshot that has a sidecar, even if the listing already
-            found it damaged (an older good one must not hide a broken newest one).
+            found it damaged (an older good one must not hide a broken newest one); a snapshot
+            flagged future-dated (Listing.flag_future_dated) is passed over: it is never the latest.
     all:    every snapshot that has a sidecar (partial uploads are not snapshots yet).
     ids:    the snapshots with these ids, whatever their status.
     sample: per appliance, ``sample_size`` snapshots that have a sidecar, least recently verified
@@ -120,7 +121,7 @@ def select_snapshots(
         chosen = []
         seen = set()
         for record in published:  # newest first
-            if record.appliance not in seen:
+            if record.appliance not in seen and not record.future_dated:
                 seen.add(record.appliance)
                 chosen.append(record)
     else:
@@ -135,6 +136,28 @@ def select_snapshots(
             chosen.extend(mine[:sample_size])
     chosen.sort(key=lambda r: (r.created, r.id, r.appliance), reverse=True)
     return chosen, missing
+
+
+def require_something_to_verify(listing: catalog.Listing, chosen: Sequence[catalog.SnapshotRecord],
+                                 missing: Sequence[str], appliance: Optional[str], where: str,
+                                 on_target: Sequence[str] = ()) -> None:
+    """IntegrityError when a selection found nothing to verify: a verification that proves nothing must
+    fail, not pass (an appliance name that is not the folder its backups are filed under, an empty
+    target). ``on_target``: the appliance folders the target holds, named in the message."""
+    if chosen or missing:
+        return
+    future = [r for r in listing.snapshots if r.future_dated and _published(r)]
+    if future:
+        problem = ("only future-dated snapshot(s), never taken as the latest (%s); verify them with select=ids"
+                   % ", ".join("%s/%s" % (r.appliance, r.id) for r in future[:_MAX_LISTED]))
+    elif appliance:
+        problem = "snapshots are filed under the appliance's name (appliance.name, else its short host name)"
+        holds = [name for name in on_target if name != appliance]
+        problem += "; the target holds %s" % (", ".join(holds[:_MAX_LISTED]) if holds else "no other appliance")
+    else:
+        problem = "the target holds no snapshot"
+    what = "of appliance %r " % appliance if appliance else ""
+    raise IntegrityError("no snapshot %sto verify in %s: %s" % (what, where, problem))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,10 +332,14 @@ def verify_snapshot(
     decryption: Any = None,
     check_session_hashes: bool = False,
     session_files: Optional[SessionFiles] = None,
+    trust: Any = None,
 ) -> VerifyResult:
     """Verify one snapshot; every finding lands in ``problems`` (nothing is raised for bad data).
 
     ``decryption`` is an archive.Decryption (deep mode; None means the object must be unencrypted).
+    ``trust`` (a signing.TrustPolicy) checks the signature first: a snapshot not signed by its
+    appliance's pinned key fails (unless the policy allows unsigned ones); None skips that check
+    (the engine's own tests of the other checks; the modules always give one).
     Raises only ConfigError for a bad mode.
     """
     if mode not in MODES:
@@ -321,7 +348,7 @@ def verify_snapshot(
     result = VerifyResult(record.id, record.appliance, record.object, mode)
     try:
         _verify_into(target, record, mode, decryption, check_session_hashes,
-                     session_files or SessionFiles(target), result)
+                     session_files or SessionFiles(target), result, trust)
     except TargetNotFound as exc:
         result.problems.append("vanished while being verified: %s" % exc)
     except BackupError as exc:
@@ -331,7 +358,8 @@ def verify_snapshot(
 
 
 def _verify_into(target: Target, record: catalog.SnapshotRecord, mode: str, decryption: Any,
-                 check_session_hashes: bool, session_files: SessionFiles, result: VerifyResult) -> None:
+                 check_session_hashes: bool, session_files: SessionFiles, result: VerifyResult,
+                 trust: Any = None) -> None:
     if record.status == catalog.STATUS_PARTIAL:
         result.problems.append("the snapshot is not complete: it has no sidecar (an upload that did not finish)")
         return
@@ -341,6 +369,13 @@ def _verify_into(target: Target, record: catalog.SnapshotRecord, mode: str, decr
         result.problems.append(record.problem)
     if record.sidecar is None or record.status == catalog.STATUS_ORPHANED:
         return  # nothing to compare with, or nothing to read
+    if trust is not None:
+        try:
+            result.checks["signature"] = catalog.read_trusted_sidecar(target, record, trust)
+        except IntegrityError as exc:  # signing.TrustError among them
+            result.checks["signature"] = {"status": "refused", "key": None, "reason": str(exc)}
+            result.problems.append(str(exc))
+            return  # nothing an untrusted sidecar says is worth comparing with
     sidecar = record.sidecar
 
     if mode == "quick":
@@ -387,6 +422,7 @@ def verify_snapshots(
     decryption: Any = None,
     check_session_hashes: bool = False,
     record_results: bool = True,
+    trust: Any = None,
 ) -> List[VerifyResult]:
     """Verify each record and, with ``record_results``, store each result beside its snapshot.
 
@@ -396,7 +432,7 @@ def verify_snapshots(
     session_files = SessionFiles(target)
     results = []
     for record in records:
-        result = verify_snapshot(target, record, mode, decryption, check_session_hashes, session_files)
+        result = verify_snapshot(target, record, mode, decryption, check_session_hashes, session_files, trust)
         if record_results and record.status != catalog.STATUS_PARTIAL:
             try:
                 stored = catalog.record_verification(target, record, result.to_record())

@@ -9,6 +9,7 @@ Layout (see the format notes)::
 
     <appliance>/snapshots/<YYYYmmddTHHMMSSZ>-<id>.tar.zst[.age]   the object
     <appliance>/snapshots/<same>.partial                           the object while it is uploaded
+    <appliance>/snapshots/<YYYYmmddTHHMMSSZ>-<id>.json.sig         the appliance's signature of the sidecar
     <appliance>/snapshots/<YYYYmmddTHHMMSSZ>-<id>.json             the sidecar, written last
     <appliance>/snapshots/<YYYYmmddTHHMMSSZ>-<id>.sessions.json    session files it references (if any)
     <appliance>/snapshots/<YYYYmmddTHHMMSSZ>-<id>.verify.json      the last verification result
@@ -49,6 +50,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.catalog.name
     PARTIAL_SUFFIX,
     SESSIONS_SUFFIX,
     SIDECAR_SUFFIX,
+    SIGNATURE_SUFFIX,
     STATUS_COMPLETE,
     STATUS_DAMAGED,
     STATUS_ORPHANED,
@@ -66,6 +68,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.catalog.name
     sessions_dir,
     sessions_list_name,
     sidecar_name,
+    signature_name,
     snapshots_dir,
     validate_appliance,
     verification_name,
@@ -77,6 +80,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.catalog.stor
     publish_sidecar,
     read_sessions_list,
     read_small,
+    read_trusted_sidecar,
     record_verification,
     remove_file,
     remove_snapshot,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Dict, List, Optional, Tuple
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.catalog.names import (
@@ -18,6 +18,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.catalog.name
     PARTIAL_SUFFIX,
     SESSIONS_SUFFIX,
     SIDECAR_SUFFIX,
+    SIGNATURE_SUFFIX,
     SNAPSHOT_FILE,
     STATUS_COMPLETE,
     STATUS_DAMAGED,
@@ -33,6 +34,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.catalog.name
 )
 from ansible_collections.segura.backup.plugins.module_utils._engine.catalog.sidecar import Sidecar
 from ansible_collections.segura.backup.plugins.module_utils._engine.catalog.store import read_small
+from ansible_collections.segura.backup.plugins.module_utils._engine.clock_skew import flag_future_dated
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError, IntegrityError, TargetError, TargetNotFound
 from ansible_collections.segura.backup.plugins.module_utils._engine.retention import SnapshotRef
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
@@ -62,6 +64,8 @@ class SnapshotRecord:
     #: False until the sidecar was read and checked (a listing with read_sidecars=False judges
     #: completeness by which files exist; see list_snapshots)
     checked: bool = False
+    #: dated more than the tolerance ahead of now (clock_skew.py); set by Listing.flag_future_dated
+    future_dated: bool = False
     _entries: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # kind -> Entry
 
     @property
@@ -79,6 +83,11 @@ class SnapshotRecord:
     @property
     def has_sessions_list(self) -> bool:
         return SESSIONS_SUFFIX in self._entries
+
+    @property
+    def signed(self) -> bool:
+        """A signature file exists (whether it is valid is checked by verify and restore)."""
+        return SIGNATURE_SUFFIX in self._entries
 
     @property
     def took_sessions(self) -> Optional[bool]:
@@ -118,6 +127,8 @@ class SnapshotRecord:
                 "files": list(self.files),
                 "stored_bytes": self.stored_bytes,
                 "sessions_list": self.has_sessions_list,
+                "future_dated": self.future_dated,
+                "signed": self.signed,
             }
         )
         if now is not None:
@@ -142,6 +153,10 @@ class Listing:
         """Every record with this id (of one appliance, when given)."""
         return [r for r in self.snapshots if r.id == snap_id and (appliance is None or r.appliance == appliance)]
 
+    def flag_future_dated(self, now: datetime, tolerance: timedelta) -> List[SnapshotRecord]:
+        """Mark the snapshots dated more than ``tolerance`` ahead of ``now``; returns them (clock_skew.py)."""
+        return flag_future_dated(self.snapshots, utc(now, "now"), tolerance)
+
     def require_complete(self) -> None:
         """Raise TargetError unless every directory was listed (prune must not act on half a picture)."""
         if not self.complete:
@@ -161,19 +176,22 @@ def appliance_summaries(listing: Listing, now: datetime) -> List[Dict[str, Any]]
 
     ``latest_complete`` (a record as ``to_dict(now)`` gives it, or None) is what "is this appliance
     backed up?" questions need, e.g. a JMESPath query for appliances whose latest complete snapshot
-    is older than 26 hours.
+    is older than 26 hours. ``latest`` and ``latest_complete`` pass over future-dated snapshots
+    (flagged by ``Listing.flag_future_dated``), which ``future_dated`` counts.
     """
     names = sorted(set(listing.appliances) | {r.appliance for r in listing.snapshots})
     summaries = []
     for name in names:
         records = listing.for_appliance(name)  # newest first
-        complete = [r for r in records if r.complete]
+        current = [r for r in records if not r.future_dated]
+        complete = [r for r in current if r.complete]
         verified = [r.verification for r in records
                     if r.verification is not None and isinstance(r.verification.get("recorded"), str)]
         summary: Dict[str, Any] = {"name": name, "snapshots": len(records), "stored_bytes": sum(r.stored_bytes for r in records)}
         for status in (STATUS_COMPLETE, STATUS_PARTIAL, STATUS_ORPHANED, STATUS_DAMAGED):
             summary[status] = sum(1 for r in records if r.status == status)
-        summary["latest"] = records[0].to_dict(now) if records else None
+        summary["future_dated"] = len(records) - len(current)
+        summary["latest"] = current[0].to_dict(now) if current else None
         summary["latest_complete"] = complete[0].to_dict(now) if complete else None
         summary["last_verification"] = max(verified, key=lambda v: v["recorded"]) if verified else None
         summaries.append(summary)

@@ -23,6 +23,7 @@ PARTIAL_SUFFIX = ".partial"
 SIDECAR_SUFFIX = ".json"
 VERIFY_SUFFIX = ".verify.json"
 SESSIONS_SUFFIX = ".sessions.json"
+SIGNATURE_SUFFIX = ".json.sig"  # the appliance's signature of the sidecar (signing.py)
 ENCRYPTION_MODES = ("x25519", "passphrase", "none")
 SIDECAR_LIMIT = 1024 * 1024  # sidecars are a few KiB; anything larger is not ours
 SESSIONS_LIST_LIMIT = 256 * 1024 * 1024  # ~150 bytes per recording: room for a million and more
@@ -39,7 +40,7 @@ OBJECT_NAME = re.compile(_STEM + r"\.tar\.zst(?P<age>\.age)?")
 # Every file name that belongs to a snapshot, and what it is.
 SNAPSHOT_FILE = re.compile(
     _STEM + r"(?P<kind>\.tar\.zst(?:\.age)?(?:\.partial)?|\.verify\.json(?:\.partial)?"
-    r"|\.sessions\.json(?:\.partial)?|\.json(?:\.partial)?)"
+    r"|\.sessions\.json(?:\.partial)?|\.json\.sig(?:\.partial)?|\.json(?:\.partial)?)"
 )
 _APPLIANCE_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
@@ -148,6 +149,11 @@ def verification_name(name: str) -> str:
 def sessions_list_name(name: str) -> str:
     """'<stem>.sessions.json' for object name '<stem>.tar.zst[.age]'."""
     return stem_of(name) + SESSIONS_SUFFIX
+
+
+def signature_name(name: str) -> str:
+    """'<stem>.json.sig' for object name '<stem>.tar.zst[.age]'."""
+    return stem_of(name) + SIGNATURE_SUFFIX
 
 
 def partial_name(name: str) -> str:

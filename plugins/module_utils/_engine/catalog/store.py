@@ -25,6 +25,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.catalog.name
     sessions_dir,
     sessions_list_name,
     sidecar_name,
+    signature_name,
     snapshots_dir,
     validate_appliance,
     verification_name,
@@ -150,9 +151,11 @@ def _write_via_partial(target: Target, relpath: str, data: Union[bytes, Iterable
         raise
 
 
-def publish_sidecar(target: Target, sidecar: Sidecar) -> str:
+def publish_sidecar(target: Target, sidecar: Sidecar, signing_key: Any = None) -> str:
     """Write the sidecar (via its own partial + rename, never replacing): the last step of a snapshot.
 
+    With ``signing_key`` (a signing.SigningKey), its signature of the sidecar's exact bytes is written
+    first as ``<stem>.json.sig``, so a complete snapshot is never unsigned for a moment.
     Refuses (IntegrityError) when the object is missing or its size differs from the sidecar's, so a
     sidecar can never make a wrong object look complete. Returns the sidecar's relative path.
     """
@@ -169,8 +172,37 @@ def publish_sidecar(target: Target, sidecar: Sidecar) -> str:
             % (target.describe_path(object_relpath), stored, sidecar.size)
         )
     relpath = "%s/%s" % (directory, sidecar_name(sidecar.object))
+    if signing_key is not None:
+        _write_via_partial(target, "%s/%s" % (directory, signature_name(sidecar.object)),
+                           signing_key.sign(data), replace=False)
     _write_via_partial(target, relpath, data, replace=False)
     return relpath
+
+
+def read_trusted_sidecar(target: Target, record: Any, policy: Any) -> Dict[str, Any]:
+    """Check a listed snapshot's signature against ``policy`` (a signing.TrustPolicy).
+
+    Reads the sidecar's exact bytes and ``<stem>.json.sig`` once, checks the signature over those
+    bytes by the pinned key of the record's appliance, and makes sure the sidecar the record was
+    judged by is the one that was signed (a sidecar swapped since the listing is refused).
+    Returns the policy's verdict ({"status": "valid", "key"} or, with allow_unsigned, why not);
+    raises signing.TrustError when the snapshot is not trusted.
+    """
+    from ansible_collections.segura.backup.plugins.module_utils._engine.signing import TrustError
+
+    directory = snapshots_dir(record.appliance)
+    sidecar_relpath = "%s/%s" % (directory, sidecar_name(record.object))
+    data = read_small(target, sidecar_relpath)
+    try:
+        signature: Optional[bytes] = read_small(target, "%s/%s" % (directory, signature_name(record.object)))
+    except TargetNotFound:
+        signature = None
+    verdict = policy.judge(data, signature, record.appliance)
+    signed = Sidecar.from_json(data, target.describe_path(sidecar_relpath))
+    if record.sidecar is not None and signed.to_dict() != record.sidecar.to_dict():
+        raise TrustError("the sidecar of snapshot %s changed since it was listed; refused" % record.id)
+    record.sidecar = signed
+    return verdict
 
 
 def record_verification(target: Target, snapshot: Any, result: Dict[str, Any]) -> Dict[str, Any]:

@@ -50,7 +50,8 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
     durations = {"fetch_verify": round(plan.fetch_seconds, 3), "database": 0.0, "files": 0.0, "sessions": 0.0,
                  "post_verify": 0.0}
     result: Dict[str, Any] = {"snapshot": snapshot_facts(plan.record, plan.snapshot),
-                              "components": list(plan.components), "warnings": []}
+                              "components": list(plan.components), "warnings": list(plan.warnings),
+                              "signature": plan.checks.get("signature")}
     result["pre_commands"] = run_commands(request.pre_commands, "pre", request.command_timeout)
 
     written = {"files": 0, "dirs": 0, "symlinks": 0, "metadata": 0, "unchanged": 0}

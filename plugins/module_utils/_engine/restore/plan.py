@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import time
@@ -19,12 +20,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.ma
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.physical import LOGICAL, METHODS, PHYSICAL
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.tablefacts import FACTS_MEMBER
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption
-from ansible_collections.segura.backup.plugins.module_utils._engine.archive.format import (
-    MANIFEST_MEMBER,
-    MAX_CHUNK_SIZE,
-    SNAPSHOT_MEMBER,
-    check_member_name,
-)
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.format import MANIFEST_MEMBER, MAX_CHUNK_SIZE, SNAPSHOT_MEMBER, check_member_name
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.reader import ArchiveReader
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ArchiveError, ConfigError, IntegrityError, TargetNotFound
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.logical import DumpScanner
@@ -77,6 +73,7 @@ class RestorePlan:
     db_record: Dict[str, Any] = field(default_factory=dict)  # the manifest's "database"
     source_facts: Optional[Dict[str, Any]] = None  # db/facts.json: the source's tables at the dump's point
     physical: Optional[PhysicalSetup] = None
+    warnings: List[str] = field(default_factory=list)  # what the restore does although not quite asked
 
     @property
     def ok(self) -> bool:
@@ -122,6 +119,7 @@ class RestorePlan:
             "sessions_to_copy": sum(1 for s in self.session_states.values() if s not in ("same", "refused")),
             "sessions_refused": [{"path": s["path"], "reason": s["refused"]} for s in self.sessions if s.get("refused")],
             "checks": self.checks,
+            "warnings": list(self.warnings),
             "problems": list(self.problems),
             "ok": self.ok,
         }
@@ -134,6 +132,15 @@ def snapshot_facts(record: catalog.SnapshotRecord, snapshot: Dict[str, Any]) -> 
     return {"id": record.id, "appliance": record.appliance, "created": catalog.format_utc(record.created),
             "object": record.object_relpath, "size": record.size, "sha256": record.sha256,
             "appliance_version": facts.get("appliance_version")}
+
+
+#: setuid, setgid and sticky: restored only from a signed snapshot and on an allow-list (a share
+#: writer must not be able to plant a setuid root binary through a restore)
+SPECIAL_BITS = 0o7000
+
+
+def _special_allowed(relpath: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase("/" + relpath, "/" + p.lstrip("/")) for p in patterns)
 
 
 def _manifest_entries(manifest: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
@@ -260,10 +267,16 @@ def plan_restore(target: Target, request: RestoreRequest) -> RestorePlan:
     Writes nothing. Raises for what makes a plan impossible (no snapshot, wrong key, corrupt or
     tampered object, unsafe member); returns a plan whose ``problems`` say what else refuses it.
     """
-    record = select_snapshot(target, request)
+    skipped: List[str] = []
+    record, signature = select_snapshot(target, request, skipped)
     sidecar = record.require_sidecar()  # select_snapshot returns complete records only
-    checks: Dict[str, Any] = {}
+    checks: Dict[str, Any] = {"signature": signature}
     problems: List[str] = []
+    warnings = ["passed over a newer snapshot that is not trusted: %s" % reason for reason in skipped]
+    if signature["status"] != "valid":
+        warnings.append("restoring snapshot %s although it is NOT SIGNED by a pinned key of %s (allow_unsigned): %s; "
+                        "no setuid, setgid or sticky bit is restored from it" % (record.id, record.appliance,
+                                                                                 signature.get("reason")))
     if record.appliance != request.appliance and not request.allow_other_appliance:
         raise ConfigError("snapshot %s belongs to appliance %r, not %r: set allow_other_appliance to restore it "
                           "here on purpose" % (record.id, record.appliance, request.appliance))
@@ -308,6 +321,7 @@ def plan_restore(target: Target, request: RestoreRequest) -> RestorePlan:
     entries = _manifest_entries(manifest)
     roots = allowed_roots(request.layout)
     wanted: List[Wanted] = []
+    special_dropped: List[str] = []
     for name, entry in entries.items():
         if name in (SNAPSHOT_MEMBER, MANIFEST_MEMBER, FACTS_MEMBER) or DB_CHUNK.fullmatch(name) \
                 or PHYSICAL_CHUNK.fullmatch(name):
@@ -322,6 +336,10 @@ def plan_restore(target: Target, request: RestoreRequest) -> RestorePlan:
                                  "refusing it (add the path to appliance.config_paths if it is wanted)"
                                  % (record.id, "/" + relpath, ", ".join("/" + r for r in sorted(roots))))
         item = _wanted_of(name, entry, component)
+        if item.mode & SPECIAL_BITS and not (signature["status"] == "valid"
+                                             and _special_allowed(relpath, request.special_bits_paths)):
+            item.mode &= ~SPECIAL_BITS
+            special_dropped.append("/" + relpath)
         if item.type == "symlink":
             reason = check_symlink_target(relpath, item.linkname, list(roots))
             if reason:
@@ -347,7 +365,11 @@ def plan_restore(target: Target, request: RestoreRequest) -> RestorePlan:
     plan = RestorePlan(record=record, snapshot=snapshot, manifest=manifest, components=components, wanted=wanted,
                        members=entries, databases=databases, dump_digest=passed.dump_digest, checks=checks,
                        problems=problems, fetch_seconds=fetch_seconds, db_method=db_method, db_record=db_record,
-                       source_facts=_source_facts(passed.facts_raw, db_record, record.id))
+                       source_facts=_source_facts(passed.facts_raw, db_record, record.id), warnings=warnings)
+    if special_dropped:
+        checks["special_bits_dropped"] = special_dropped[:MAX_LISTED]
+        warnings.append("setuid/setgid/sticky bits of %d path(s) are not restored (allowed only from a signed "
+                        "snapshot, on special_bits_paths): %s" % (len(special_dropped), ", ".join(special_dropped[:10])))
     tree = DestinationTree(request.layout.root, list(roots))
     for item in wanted:
         plan.states[item.relpath] = tree.state(item)

@@ -10,13 +10,15 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from datetime import datetime, timedelta, timezone
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ansible_collections.segura.backup.plugins.module_utils._engine import catalog
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import ApplianceLayout
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.format import DB_PREFIX, PHYSICAL_PREFIX
+from ansible_collections.segura.backup.plugins.module_utils._engine.clock_skew import describe_future_dated, parse_future_tolerance
 from ansible_collections.segura.backup.plugins.module_utils._engine.constants import MiB
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError, IntegrityError
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
@@ -62,10 +64,16 @@ class RestoreRequest:
     post_commands: Sequence[Sequence[str]] = ()
     command_timeout: float = 600.0
     post_verify: bool = True
+    #: "latest" passes over snapshots dated more than this ahead of now (clock_skew.py)
+    future_tolerance: timedelta = parse_future_tolerance(None)
     #: physical restore: the systemd unit stopped and started around the swap, or "none" (the caller does)
     db_service: str = "mariadb"
     #: physical restore: the server's datadir (default: the running server's @@datadir)
     db_datadir: Optional[str] = None
+    #: which signatures are trusted (signing.TrustPolicy); None refuses every snapshot
+    trust: Optional[Any] = None
+    #: paths (below root, shell patterns) whose setuid/setgid/sticky bits a SIGNED snapshot may restore
+    special_bits_paths: Sequence[str] = ()
 
     def __post_init__(self):
         self.appliance = catalog.validate_appliance(self.appliance)
@@ -124,15 +132,41 @@ def is_within(path: str, root: str) -> bool:
     return path == root or path.startswith(root + "/")
 
 
-def select_snapshot(target: Target, request: RestoreRequest) -> catalog.SnapshotRecord:
-    """The complete snapshot to restore: the newest one, or the one with the requested id."""
+def select_snapshot(target: Target, request: RestoreRequest,
+                    skipped: Optional[List[str]] = None) -> Tuple[catalog.SnapshotRecord, Dict[str, Any]]:
+    """(the complete snapshot to restore, its signature verdict): the newest TRUSTED one, or the one
+    with the requested id, whose signature must then be trusted (signing.TrustError otherwise).
+
+    For "latest", a newer snapshot that is not trusted (e.g. planted on the share) is passed over
+    and named in ``skipped``, so that one forged file cannot stop a disaster recovery.
+    """
+    from ansible_collections.segura.backup.plugins.module_utils._engine.signing import TrustError
+
+    if request.trust is None:
+        raise ConfigError("a restore needs the appliances' pinned signing keys (trust.signers or "
+                          "trust.signers_file), or trust.allow_unsigned for a disaster")
     listing = catalog.list_snapshots(target, request.listed_appliance)
     records = listing.for_appliance(request.listed_appliance)
     where = target.describe_path(catalog.snapshots_dir(request.listed_appliance))
+    now = datetime.now(timezone.utc)
+    future = [r for r in listing.flag_future_dated(now, request.future_tolerance) if r.complete]
     if request.snapshot == "latest":
+        refusals = []
         for record in records:  # newest first
-            if record.complete:
-                return record
+            if record.complete and not record.future_dated:  # a future-dated one only by id
+                try:
+                    return record, catalog.read_trusted_sidecar(target, record, request.trust)
+                except TrustError as exc:
+                    refusals.append("snapshot %s: %s" % (record.id, exc))
+                    if skipped is not None:
+                        skipped.append(refusals[-1])
+        if refusals:
+            raise TrustError("no trusted snapshot of appliance %r in %s: %s"
+                             % (request.listed_appliance, where, "; ".join(refusals[:5])))
+        if future:
+            raise ConfigError("no complete snapshot of appliance %r in %s is dated before now; %s. Restore it "
+                              "by id to take it anyway" % (request.listed_appliance, where,
+                                                           describe_future_dated(future[0], now)))
         if listing.errors:
             raise ConfigError("no complete snapshot found in %s (%s)" % (where, "; ".join(listing.errors)))
         raise ConfigError("no complete snapshot of appliance %r in %s" % (request.listed_appliance, where))
@@ -142,5 +176,8 @@ def select_snapshot(target: Target, request: RestoreRequest) -> catalog.Snapshot
                 raise IntegrityError("snapshot %s in %s is %s%s; only complete snapshots are restored"
                                      % (record.id, where, record.status,
                                         " (%s)" % record.problem if record.problem else ""))
-            return record
+            try:
+                return record, catalog.read_trusted_sidecar(target, record, request.trust)
+            except TrustError as exc:
+                raise TrustError("snapshot %s in %s: %s" % (record.id, where, exc)) from None
     raise ConfigError("snapshot %s not found in %s" % (request.snapshot, where))
