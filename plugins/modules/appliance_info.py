@@ -56,6 +56,13 @@ options:
       - Seconds to wait for the health endpoint.
     type: float
     default: 5.0
+  name_only:
+    description:
+      - Return only RV(appliance.name) and RV(appliance.hostname) and read nothing else - how the verify playbook
+        learns the name this appliance's snapshots are filed under (the same default the snapshot, backup_job and
+        restore modules use), so an inventory name that is an FQDN or an alias still finds them.
+    type: bool
+    default: false
 requirements:
   - python >= 3.9
   - mariadb client (C(mariadb) or C(mysql)) on the appliance, for the database facts
@@ -96,7 +103,7 @@ appliance:
   type: dict
   contains:
     hostname:
-      description: Host name of the appliance.
+      description: Host name of the appliance (with O(name_only=true) the only key besides RV(appliance.name)).
       type: str
       sample: segura-primary
     name:
@@ -185,6 +192,8 @@ appliance:
       type: dict
 """
 
+import socket
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.facts import estimate_snapshot_size
@@ -206,6 +215,12 @@ def _var_usage(free_space):
 def main():
     module = AnsibleModule(argument_spec=appliance_info_spec(), supports_check_mode=True)
     params = module.params
+    if params["name_only"]:
+        try:
+            name = appliance_name(params["appliance"])
+        except BackupError as exc:
+            module.fail_json(msg=str(exc), error=type(exc).__name__)
+        module.exit_json(changed=False, appliance={"name": name, "hostname": socket.gethostname()})
     try:
         layout = build_layout(params["appliance"])
         db = build_database(params["database"]) if params["gather_database"] else None

@@ -24,11 +24,15 @@ description:
     that no complete snapshot references.
   - O(query) applies a JMESPath expression to the result, so a playbook or an AWX survey can ask for
     exactly what it needs (see the examples). Every snapshot carries C(age_seconds) for such questions.
+  - A snapshot dated more than O(future_tolerance) ahead of now (an appliance clock that ran ahead, or a snapshot
+    planted on the target) is flagged RV(snapshots[].future_dated), named in a warning, and is not an
+    appliance's RV(appliances[].latest) or RV(appliances[].latest_complete).
 author:
   - segura.backup maintainers (@segura-backup)
 extends_documentation_fragment:
   - segura.backup.attributes
   - segura.backup.target
+  - segura.backup.future_tolerance
 attributes:
   check_mode:
     support: full
@@ -136,9 +140,15 @@ snapshots:
       type: str
       sample: "2026-11-27T05:00:12Z"
     age_seconds:
-      description: Whole seconds from RV(snapshots[].created) to RV(now).
+      description: Whole seconds from RV(snapshots[].created) to RV(now) (negative for a snapshot dated ahead).
       type: int
       sample: 93600
+    future_dated:
+      description:
+        - Whether the snapshot is dated more than O(future_tolerance) ahead of RV(now); such a snapshot is never
+          taken as the latest (only by its id) and retention keeps it aside.
+      type: bool
+      sample: false
     status:
       description: V(complete), V(partial), V(orphaned) or V(damaged) (see the description).
       type: str
@@ -209,11 +219,14 @@ appliances:
       description: Bytes of all snapshot files of the appliance.
       type: int
     latest:
-      description: The newest snapshot (as in RV(snapshots)), whatever its status, or null.
+      description: The newest snapshot (as in RV(snapshots)) that is not future-dated, whatever its status, or null.
       type: dict
     latest_complete:
-      description: The newest complete snapshot (as in RV(snapshots)), or null.
+      description: The newest complete snapshot (as in RV(snapshots)) that is not future-dated, or null.
       type: dict
+    future_dated:
+      description: Number of its snapshots dated more than O(future_tolerance) ahead of RV(now).
+      type: int
     last_verification:
       description: The most recent verification stored for any of its snapshots, or null.
       type: dict
@@ -249,6 +262,7 @@ from datetime import datetime, timezone
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.segura.backup.plugins.module_utils._engine import catalog, deps
+from ansible_collections.segura.backup.plugins.module_utils._engine.clock_skew import describe_future_dated, parse_future_tolerance
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError
 from ansible_collections.segura.backup.plugins.module_utils._engine.pruning import list_session_files, referenced_sessions
 from ansible_collections.segura.backup.plugins.module_utils._engine.specs import backup_info_spec
@@ -282,6 +296,7 @@ def main():
     try:
         with open_target(params["target"]) as target:
             listing = catalog.list_snapshots(target, params["appliance"])
+            future = listing.flag_future_dated(now, parse_future_tolerance(params["future_tolerance"]))
             result = listing.to_dict(now)
             result["appliances"] = catalog.appliance_summaries(listing, now)
             result["now"] = catalog.format_utc(now)
@@ -296,6 +311,8 @@ def main():
         module.fail_json(msg=str(exc), error=type(exc).__name__)
     for error in listing.errors:
         module.warn("incomplete listing: %s" % error)
+    for record in future:
+        module.warn(describe_future_dated(record, now))
 
     if params["query"]:
         import jmespath

@@ -120,6 +120,13 @@ options:
         description: Also remove session recordings no remaining complete snapshot references.
         type: bool
         default: true
+      future_tolerance:
+        description:
+          - A snapshot dated more than this ahead of now (a clock that ran ahead, or a snapshot planted on the
+            target) is kept aside - never removed, never the newest, counted by no rule - as
+            O(segura.backup.prune#module:future_tolerance) does. A duration as V(1h) or whole seconds.
+        type: str
+        default: 1h
   primary_only:
     description:
       - Back up only the primary node of a cluster; other nodes report RV(job.status=skipped).

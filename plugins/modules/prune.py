@@ -35,6 +35,7 @@ author:
 extends_documentation_fragment:
   - segura.backup.attributes
   - segura.backup.target
+  - segura.backup.future_tolerance
 attributes:
   check_mode:
     support: full
@@ -240,6 +241,7 @@ from datetime import datetime, timedelta, timezone
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.segura.backup.plugins.module_utils._engine import deps, retention
+from ansible_collections.segura.backup.plugins.module_utils._engine.clock_skew import parse_future_tolerance
 from ansible_collections.segura.backup.plugins.module_utils._engine.cancel import stop_cleanly_on_signals
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError, ConfigError
 from ansible_collections.segura.backup.plugins.module_utils._engine.pruning import prune
@@ -264,7 +266,8 @@ def main():
             with open_target(params["target"]) as target:
                 outcomes = prune(target, policy, appliance=params["appliance"], now=datetime.now(timezone.utc),
                                  partial_grace=grace, tz=zone, prune_sessions=params["prune_sessions"],
-                                 dry_run=module.check_mode, lock_ttl=timedelta(seconds=params["lock_ttl"]))
+                                 dry_run=module.check_mode, lock_ttl=timedelta(seconds=params["lock_ttl"]),
+                                 future_tolerance=parse_future_tolerance(params["future_tolerance"]))
     except BackupError as exc:
         module.fail_json(msg=str(exc), error=type(exc).__name__)
 

@@ -34,11 +34,18 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from ansible_collections.segura.backup.plugins.module_utils._engine import catalog, retention
+from ansible_collections.segura.backup.plugins.module_utils._engine.clock_skew import (
+    DEFAULT_FUTURE_TOLERANCE,
+    describe_future_dated,
+    is_future_dated,
+    parse_future_tolerance,
+)
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError, ConfigError, IntegrityError, TargetError, TargetNotFound
 from ansible_collections.segura.backup.plugins.module_utils._engine.locking import DEFAULT_TTL, ApplianceLock, takeover_message
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
 
 DEFAULT_PARTIAL_GRACE = timedelta(hours=24)
+FUTURE_TOLERANCE = parse_future_tolerance(DEFAULT_FUTURE_TOLERANCE)
 SESSION_INDEX_NAMES = ("index.json", "index.json.partial")  # the sync cache, not a recording
 _MAX_SESSION_DEPTH = 8  # YYYY/MMDD/file is depth 3; anything far deeper is not ours
 _MAX_SESSION_DIRS = 200000
@@ -153,7 +160,8 @@ class AppliancePlan:
 
 
 def _plan_retention(target: Target, records: List[catalog.SnapshotRecord], policy: retention.Policy,
-                    now: datetime, tz: tzinfo, plan: AppliancePlan) -> List[retention.Decision]:
+                    now: datetime, tz: tzinfo, plan: AppliancePlan,
+                    future_tolerance: timedelta = FUTURE_TOLERANCE) -> List[retention.Decision]:
     """retention.plan on a listing by presence, checking the sidecars of the kept snapshots only."""
     by_id = {r.id: r for r in records}
     # Names carry whole seconds: for two complete snapshots of the same second, only their sidecars
@@ -164,7 +172,7 @@ def _plan_retention(target: Target, records: List[catalog.SnapshotRecord], polic
             catalog.load_sidecar(target, record)
             plan.sidecars_read += 1
     for dummy in range(len(records) + 1):
-        decisions = retention.plan([r.ref() for r in records], policy, now, tz)
+        decisions = retention.plan([r.ref() for r in records], policy, now, tz, future_tolerance)
         unchecked = [by_id[d.id] for d in decisions if d.keep and by_id[d.id].complete and not by_id[d.id].checked]
         if not unchecked:
             return decisions
@@ -182,11 +190,13 @@ def plan_appliance(
     partial_grace: timedelta = DEFAULT_PARTIAL_GRACE,
     tz: tzinfo = timezone.utc,
     prune_sessions: bool = True,
+    future_tolerance: timedelta = FUTURE_TOLERANCE,
 ) -> AppliancePlan:
     """Decide what pruning ``appliance`` would do; reads, never writes.
 
     Raises TargetError when the listing is incomplete or a kept sidecar cannot be read: prune must
-    not act on half a picture.
+    not act on half a picture. A snapshot dated more than ``future_tolerance`` ahead of ``now`` is
+    kept aside, with a warning (clock_skew.py).
     """
     if partial_grace < timedelta(0):
         raise ConfigError("partial_grace must not be negative")
@@ -194,7 +204,7 @@ def plan_appliance(
     listing.require_complete()
     records = listing.snapshots
     plan = AppliancePlan(appliance, before=[r.id for r in records])
-    decisions = _plan_retention(target, records, policy, now, tz, plan)
+    decisions = _plan_retention(target, records, policy, now, tz, plan, future_tolerance)
     by_id = {r.id: r for r in records}
     stale = {r.id for r in retention.stale_partials(records, partial_grace, now)}
     for decision in decisions:
@@ -206,7 +216,9 @@ def plan_appliance(
             plan.partials.append(record)
         else:
             plan.remove.append(record)
-    _guard_newest_complete(records, plan)
+    _guard_newest_complete([r for r in records if not is_future_dated(r.created, now, future_tolerance)], plan)
+    plan.warnings.extend(describe_future_dated(r, now) for r in records
+                         if r.complete and is_future_dated(r.created, now, future_tolerance))
 
     if prune_sessions:
         gone = {r.id for r in plan.remove + plan.partials}
@@ -360,6 +372,7 @@ def prune(
     prune_sessions: bool = True,
     dry_run: bool = False,
     lock_ttl: timedelta = DEFAULT_TTL,
+    future_tolerance: timedelta = FUTURE_TOLERANCE,
 ) -> List[ApplianceOutcome]:
     """Prune one appliance, or every appliance below the root, each under its lock.
 
@@ -379,12 +392,14 @@ def prune(
         outcome = ApplianceOutcome(None, name)
         try:
             if dry_run:
-                outcome.plan = plan_appliance(target, name, policy, now, partial_grace, tz, prune_sessions)
+                outcome.plan = plan_appliance(target, name, policy, now, partial_grace, tz, prune_sessions,
+                                              future_tolerance)
             else:
                 with ApplianceLock(target, name, ttl=lock_ttl) as lock:
                     outcome.lock_takeover = takeover_message(lock.took_over)
                     outcome.leftovers = heal_after_takeover(target, lock)
-                    outcome.plan = plan_appliance(target, name, policy, now, partial_grace, tz, prune_sessions)
+                    outcome.plan = plan_appliance(target, name, policy, now, partial_grace, tz, prune_sessions,
+                                                  future_tolerance)
                     if outcome.plan.changes:
                         outcome.applied = True
                         apply_plan(target, outcome.plan, heartbeat=lock.refresh, removed=outcome.removed)

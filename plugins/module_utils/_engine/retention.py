@@ -20,6 +20,8 @@ Differences from restic, on purpose:
   damaged ones) are never removed by :func:`plan`: partial uploads are cleaned by
   :func:`stale_partials`, the rest are left for a person to look at.
 - The newest complete snapshot (not in the future) is always kept ("newest complete").
+- A snapshot dated more than ``future_tolerance`` ahead of now is kept aside: never removed, never
+  "newest complete", counted by no rule (restic ignores it too); see clock_skew.py for why.
 - An empty policy is refused instead of meaning "keep everything".
 - ``keep_within`` is a fixed duration; months count as 31 days and years as 366 days, the longest
   calendar lengths, so we never keep less than restic's calendar arithmetic would.
@@ -184,7 +186,8 @@ def _aware_utc(moment: datetime, what: str) -> datetime:
 
 
 def plan(
-    snapshots: Sequence[SnapshotRef], policy: Policy, now: datetime, tz: tzinfo = timezone.utc
+    snapshots: Sequence[SnapshotRef], policy: Policy, now: datetime, tz: tzinfo = timezone.utc,
+    future_tolerance: timedelta = timedelta(0),
 ) -> List[Decision]:
     """Decide, for the snapshots of ONE appliance, which to keep and why. Newest first.
 
@@ -192,12 +195,16 @@ def plan(
     restic: when backups stop, keep_within does not silently expire the history that remains. A
     snapshot is within when it was created strictly after ``newest - keep_within``.
 
-    Like restic, snapshots dated after ``now`` (a clock that ran ahead) are kept and ignored by
-    every rule; "newest complete" is then the newest complete snapshot not in the future.
+    Like restic, snapshots dated after ``now`` (a clock that ran ahead, or a snapshot planted on the
+    target) are kept and ignored by every rule; "newest complete" is then the newest complete
+    snapshot not in the future. ``future_tolerance`` lets a snapshot up to that far ahead (ordinary
+    clock skew between the appliance and the machine that prunes) count as an ordinary one.
 
     ``tz`` sets where calendar buckets (hour, day, ISO week, month, year) begin.
     """
     now = _aware_utc(now, "now")
+    if future_tolerance < timedelta(0):
+        raise ConfigError("future_tolerance must not be negative")
     for snap in snapshots:
         _aware_utc(snap.created, "creation time of snapshot %s" % snap.id)
     ordered = sorted(snapshots, key=lambda s: (s.created, s.id), reverse=True)
@@ -206,7 +213,7 @@ def plan(
     for index, snap in enumerate(ordered):
         if not snap.complete:
             reasons[index].append("incomplete: not subject to retention")
-        elif snap.created > now:
+        elif snap.created > now + future_tolerance:
             reasons[index].append("in the future: not subject to retention (clock skew?)")
         else:
             eligible.append(index)
