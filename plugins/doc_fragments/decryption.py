@@ -29,4 +29,12 @@ options:
         description:
           - The passphrase of snapshots encrypted with a passphrase. Never logged.
         type: str
+      max_scrypt_work_factor:
+        description:
+          - The most scrypt work (log2 of N) a passphrase-encrypted object may ask for before its key is derived.
+            An object on the share may be crafted by anyone who can write there; a higher factor costs
+            1 KiB x 2^factor of memory (V(22) is 4 GiB) and as much time, so a larger one is refused, unread.
+          - Snapshots are written with V(18), age's default; V(22) is age's own limit.
+        type: int
+        default: 22
 """

@@ -81,6 +81,11 @@ options:
             description:
               - The passphrase of a passphrase-encrypted snapshot. Never logged.
             type: str
+          max_scrypt_work_factor:
+            description:
+              - The most scrypt work (log2 of N) the snapshot may ask for, as in M(segura.backup.verify).
+            type: int
+            default: 22
   prune:
     description:
       - The retention policy applied to this appliance after the snapshot, as the options of M(segura.backup.prune).

@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Optional
 
 from ansible_collections.segura.backup.plugins.module_utils._engine import catalog, retention, verification
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.facts import appliance_version, cluster_role
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.writer import check_compression
 from ansible_collections.segura.backup.plugins.module_utils._engine.cancel import Cancelled
 from ansible_collections.segura.backup.plugins.module_utils._engine.clock_skew import parse_future_tolerance
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, BackupError, ConfigError
@@ -29,7 +30,6 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.options impo
     build_decryption,
     build_encryption,
     build_layout,
-    signing_key_path,
 )
 from ansible_collections.segura.backup.plugins.module_utils._engine.pruning import prune
 from ansible_collections.segura.backup.plugins.module_utils._engine.signing import Signers, TrustPolicy, load_signing_key
@@ -53,6 +53,9 @@ def snapshot_request(params: Dict[str, Any]) -> SnapshotRequest:
         value = (params[section] if section else params)[name]
         if value < minimum:
             raise ConfigError("%s must be %d or more, not %d" % (key, minimum, value))
+    # The writer checks these too, but check mode never builds one: refuse here what a run would refuse.
+    check_compression(params["compression"]["level"], params["compression"]["threads"],
+                      ("compression.level", "compression.threads"))
     return SnapshotRequest(
         appliance=appliance_name(params["appliance"]),
         layout=build_layout(params["appliance"]),
@@ -66,7 +69,8 @@ def snapshot_request(params: Dict[str, Any]) -> SnapshotRequest:
         health_url=params["appliance"].get("health_url"),
         db_method=(params["database"] or {}).get("method"),
         sessions_on_problem=(params.get("sessions") or {}).get("on_problem", "warn"),
-        signing_key=load_signing_key(signing_key_path(params)),
+        # Unset: the engine takes the key below the appliance's root (signing_key_path's default).
+        signing_key=load_signing_key(params["signing_key"]) if params.get("signing_key") else None,
     )
 
 

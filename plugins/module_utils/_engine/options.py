@@ -38,7 +38,8 @@ def build_decryption(options: Optional[Dict[str, Any]]) -> Decryption:
     options = options or {}
     return Decryption.from_options(identities=options.get("identities"),
                                    identity_file=options.get("identity_file"),
-                                   passphrase=options.get("passphrase"))
+                                   passphrase=options.get("passphrase"),
+                                   max_work_factor=options.get("max_scrypt_work_factor"))
 
 
 def build_layout(options: Optional[Dict[str, Any]]) -> ApplianceLayout:

@@ -84,6 +84,7 @@ _DECRYPTION = {
         "identities": {"type": "list", "elements": "str", "no_log": True},
         "identity_file": {"type": "path"},
         "passphrase": {"type": "str", "no_log": True},
+        "max_scrypt_work_factor": {"type": "int", "default": 22},
     },
     "mutually_exclusive": [["identities", "identity_file", "passphrase"]],
 }

@@ -395,8 +395,10 @@ class Decryptor(ReadMixin):
             raise IntegrityError("corrupt age header: malformed scrypt stanza")
         work_factor = int(factor_text)
         if work_factor > max_work_factor:
-            raise ArchiveError("the archive's scrypt work factor %d exceeds the allowed maximum %d"
-                               % (work_factor, max_work_factor))
+            # Checked before any scrypt runs: a share writer must not make us spend GiBs (1 KiB x 2^factor).
+            raise ArchiveError("the archive's scrypt work factor %d exceeds the allowed maximum %d "
+                               "(decryption.max_scrypt_work_factor): deriving its key would take %d MiB of memory; "
+                               "refusing it" % (work_factor, max_work_factor, (1 << work_factor) // 1024))
         key = _scrypt_key(passphrase, salt, work_factor)
         try:
             return ChaCha20Poly1305(key).decrypt(ZERO_NONCE, stanza.body, None)

@@ -97,6 +97,11 @@ class Encryption:
 Encryption.recipients = Encryption.recipients_of  # type: ignore[assignment]
 
 
+#: Bounds of decryption.max_scrypt_work_factor (the Encryptor writes 1 to 40; age's own default cap is 22).
+MIN_MAX_WORK_FACTOR = 1
+MAX_MAX_WORK_FACTOR = 40
+
+
 class Decryption:
     """How to open an archive: identities, a passphrase, or none (unencrypted archives)."""
 
@@ -130,6 +135,10 @@ class Decryption:
     @classmethod
     def passphrase(cls, passphrase: str, max_work_factor: int = age.DEFAULT_MAX_WORK_FACTOR) -> "Decryption":
         age.passphrase_bytes(passphrase)
+        if isinstance(max_work_factor, bool) or not isinstance(max_work_factor, int) \
+                or not MIN_MAX_WORK_FACTOR <= max_work_factor <= MAX_MAX_WORK_FACTOR:
+            raise ConfigError("decryption.max_scrypt_work_factor must be an integer from %d to %d, not %r"
+                              % (MIN_MAX_WORK_FACTOR, MAX_MAX_WORK_FACTOR, max_work_factor))
         return cls("passphrase", passphrase=passphrase, max_work_factor=max_work_factor)
 
     @classmethod
@@ -138,8 +147,16 @@ class Decryption:
 
     @classmethod
     def from_options(cls, mode: Optional[str] = None, identities: Optional[Sequence[str]] = None,
-                     identity_file: Optional[str] = None, passphrase: Optional[str] = None) -> "Decryption":
-        """From module options; ``mode`` is 'identities', 'passphrase', 'none' or None (inferred)."""
+                     identity_file: Optional[str] = None, passphrase: Optional[str] = None,
+                     max_work_factor: Optional[int] = None) -> "Decryption":
+        """From module options; ``mode`` is 'identities', 'passphrase', 'none' or None (inferred).
+        ``max_work_factor``: the most scrypt work a passphrase object may ask for (None: age's 22)."""
+        if max_work_factor is None:
+            max_work_factor = age.DEFAULT_MAX_WORK_FACTOR
+        elif isinstance(max_work_factor, bool) or not isinstance(max_work_factor, int) \
+                or not MIN_MAX_WORK_FACTOR <= max_work_factor <= MAX_MAX_WORK_FACTOR:
+            raise ConfigError("decryption.max_scrypt_work_factor must be an integer from %d to %d, not %r"
+                              % (MIN_MAX_WORK_FACTOR, MAX_MAX_WORK_FACTOR, max_work_factor))
         given = [n for n, v in (("identities", identities), ("identity_file", identity_file),
                                 ("passphrase", passphrase)) if v]
         if mode is None:
@@ -163,7 +180,7 @@ class Decryption:
                 raise ConfigError("decryption with a passphrase does not take identities")
             if not passphrase:
                 raise ConfigError("decryption with a passphrase needs the passphrase")
-            return cls.passphrase(passphrase)
+            return cls.passphrase(passphrase, max_work_factor=max_work_factor)
         if mode == "none":
             if given:
                 raise ConfigError("decryption mode 'none' contradicts the %s given" % ", ".join(given))

@@ -274,9 +274,13 @@ class ArchiveReader:
         """(name, what was read) of every member but manifest.json, in archive order."""
         if not self._names:
             return
-        names = self._names.decode("utf-8", "surrogateescape").split("\x00")
-        for index, name in enumerate(names):
+        start = index = 0
+        while start <= len(self._names):  # one name decoded at a time: no list of them all
+            end = self._names.find(b"\x00", start)
+            end = len(self._names) if end < 0 else end
+            name = self._names[start:end].decode("utf-8", "surrogateescape")
             kind, mode, size, sha256, link = _RECORD.unpack_from(self._records, index * _RECORD.size)
+            start, index = end + 1, index + 1
             yield name, {"type": _TYPES[kind], "size": size, "sha256": sha256.hex() if _TYPES[kind] == "file" else None,
                          "mode": mode, "link": link}
 

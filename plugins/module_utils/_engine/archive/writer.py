@@ -10,6 +10,7 @@ Nothing is staged: the writer holds at most one stream chunk in memory.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -18,7 +19,7 @@ import stat
 import tarfile
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Encryption
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.format import (
@@ -41,6 +42,19 @@ except ImportError:  # require_zstandard() says so
 
 _ZSTD_JOB_SIZE = 4 * 1024 * 1024
 _MAX_AUTO_THREADS = 4  # zstd_threads=-1: one worker per CPU, but a backup must not take over the appliance
+ZSTD_LEVELS = (-7, 22)
+MAX_ZSTD_THREADS = 256  # zstd's own limit (more are silently cut to it)
+
+
+def check_compression(level: Any, threads: Any, names: Tuple[str, str] = ("zstd level", "zstd threads")) -> None:
+    """ConfigError unless ``level`` and ``threads`` are what the writer takes; ``names`` say which options
+    they came from (the module options are checked with this before check mode's preflight)."""
+    if isinstance(level, bool) or not isinstance(level, int) or not ZSTD_LEVELS[0] <= level <= ZSTD_LEVELS[1]:
+        raise ConfigError("%s must be an integer from %d to %d, not %r" % (names[0], ZSTD_LEVELS[0], ZSTD_LEVELS[1],
+                                                                            level))
+    if isinstance(threads, bool) or not isinstance(threads, int) or not -1 <= threads <= MAX_ZSTD_THREADS:
+        raise ConfigError("%s must be 0 (single-threaded), -1 (automatic) or a count up to %d, not %r"
+                          % (names[1], MAX_ZSTD_THREADS, threads))
 
 
 class _FileReader:
@@ -131,10 +145,7 @@ class ArchiveWriter:
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ConfigError("chunk_size must be a positive integer")
         require_zstandard()
-        if not isinstance(zstd_level, int) or not -7 <= zstd_level <= 22:
-            raise ConfigError("zstd level must be an integer from -7 to 22, not %r" % (zstd_level,))
-        if not isinstance(zstd_threads, int) or zstd_threads < -1:
-            raise ConfigError("zstd threads must be 0 (single-threaded), -1 (automatic) or a positive count")
+        check_compression(zstd_level, zstd_threads)
         if zstd_threads == -1:
             zstd_threads = min(os.cpu_count() or 1, _MAX_AUTO_THREADS)
         # Multi-threaded zstd buffers whole jobs per worker; smaller jobs keep memory at ~20 MiB a worker.
@@ -210,11 +221,15 @@ class ArchiveWriter:
         """A regular file streamed from disk (mode, mtime, numeric uid/gid kept)."""
         self._begin(name)
         try:
-            # O_NONBLOCK: opening a FIFO by mistake must not hang; it is refused below.
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            # O_NONBLOCK: opening a FIFO by mistake must not hang; it is refused below. O_NOFOLLOW: the
+            # caller's lstat saw a file; one swapped for a symlink since is refused, never followed.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             raise ApplianceError("file %s vanished before it could be read" % path)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ApplianceError("file %s became a symbolic link while it was collected; refusing to follow it"
+                                     % path)
             raise ApplianceError("cannot read file %s: %s" % (path, exc.strerror))
         with os.fdopen(fd, "rb", buffering=0) as handle:
             before = os.fstat(fd)

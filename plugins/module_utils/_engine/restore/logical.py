@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import subprocess
 import tempfile
 import threading
@@ -23,12 +24,21 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.restore.requ
 from ansible_collections.segura.backup.plugins.module_utils._engine.text import describe_bytes
 
 
+#: Lines that differ between mariadb-dump patch versions of the same data, left out of the digest: the
+#: sandbox-mode first line (10.5.25+/10.6.18+/10.11.8+, ``/*!999999\\- ...`` then ``/*M!999999\\- ...``) and
+#: whole-line versioned session settings such as ``/*M!100616 SET NOTE_VERBOSITY=@OLD_NOTE_VERBOSITY */;``.
+#: A statement that carries data (CREATE, INSERT, a trigger) never starts with ``/*M!nnnnn SET``.
+VERSION_SPECIFIC_LINE = re.compile(rb"/\*M?!999999\\- enable the sandbox mode \*/"
+                                   rb"|/\*M?!\d{5,6} SET [^\n]*\*/ ?;")
+
+
 class DumpScanner:
     """Reads a mariadb-dump stream: the databases it creates, in order, and a content digest.
 
     The digest hashes every line except ``-- `` comment lines (mariadb-dump writes the server version
-    and the host there), so a dump of restored databases can be compared with the snapshot's dump.
-    Lines are never held whole: only the first bytes of a line are kept to recognise it.
+    and the host there) and the version-specific lines above, so a dump of restored databases can be
+    compared with the snapshot's dump even when another patch version of mariadb-dump made it. Lines
+    are never held whole: only the first bytes of a line are kept to recognise it.
     """
 
     _KEEP = 512
@@ -37,7 +47,7 @@ class DumpScanner:
         self.databases: List[str] = []
         self.content = hashlib.sha256()
         self._head = b""  # first bytes of the current (unfinished) line
-        self._comment: Optional[bool] = None  # is the current line a comment? None: not known yet
+        self._skip: Optional[bool] = None  # is the current line left out? None: not known yet
         self._pending = b""  # bytes of the current line not hashed while that is unknown
 
     def feed(self, data: bytes) -> None:
@@ -48,20 +58,34 @@ class DumpScanner:
             piece = data[start:stop]
             if len(self._head) < self._KEEP:
                 self._head += piece[:self._KEEP - len(self._head)]
-            if self._comment is None:
-                if len(self._head) >= 3 or end >= 0:  # enough to tell a comment line
-                    self._comment = self._head.startswith(b"-- ")
-                    if not self._comment:
+            if self._skip is None:
+                self._skip = self._decide(end >= 0)
+                if self._skip is None:
+                    self._pending += piece
+                else:
+                    if not self._skip:
                         self.content.update(self._pending + piece)
                     self._pending = b""
-                else:
-                    self._pending += piece
-            elif not self._comment:
+            elif not self._skip:
                 self.content.update(piece)
             if end < 0:
                 return
             self._end_line()
             start = stop
+
+    def _decide(self, line_ended: bool) -> Optional[bool]:
+        """Whether the current line is left out, or None while its first bytes cannot tell yet."""
+        head = self._head
+        if head.startswith(b"-- "):
+            return True
+        if head.startswith(b"/*M!") or head.startswith(b"/*!"):
+            if not line_ended and len(head) < self._KEEP:
+                return None  # a versioned comment: known once the line ends
+            return line_ended and VERSION_SPECIFIC_LINE.fullmatch(head.rstrip(b"\r\n ")) is not None
+        if len(head) >= 4 or line_ended or not (b"-- ".startswith(head) or b"/*M!".startswith(head)
+                                                 or b"/*!".startswith(head)):
+            return False
+        return None
 
     def _end_line(self) -> None:
         match = CREATE_DATABASE.match(self._head)
@@ -69,12 +93,14 @@ class DumpScanner:
             self.databases.append(match.group(1).decode("utf-8", "replace"))
         self._head = b""
         self._pending = b""
-        self._comment = None
+        self._skip = None
 
     def finish(self) -> str:
-        if self._pending:  # a last line of one or two bytes without a newline
-            self.content.update(self._pending)
-        if self._head:
+        if self._head:  # a last line without a newline
+            if self._skip is None:
+                self._skip = self._decide(True)
+            if not self._skip:
+                self.content.update(self._pending)
             self._end_line()
         return self.content.hexdigest()
 

@@ -101,6 +101,10 @@ class RestoreRequest:
             raise ConfigError("database.datadir must be an absolute path, got %r" % (self.db_datadir,))
         self.pre_commands = _check_commands(self.pre_commands, "pre_commands")
         self.post_commands = _check_commands(self.post_commands, "post_commands")
+        # Checked here, so check mode refuses it too (a run would time every command out at once).
+        if isinstance(self.command_timeout, bool) or not isinstance(self.command_timeout, (int, float)) \
+                or not self.command_timeout > 0:
+            raise ConfigError("command_timeout must be a positive number of seconds, not %r" % (self.command_timeout,))
 
     @property
     def listed_appliance(self) -> str:

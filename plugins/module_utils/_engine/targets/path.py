@@ -59,6 +59,21 @@ def _load_renameat2():
 _renameat2 = _load_renameat2()
 
 
+def _fsync_dir(folder: str) -> None:
+    """fsync a directory; filesystems that cannot (EINVAL and the like on some mounts) are left as they are."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise map_os_error(exc, folder) from None
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF, errno.EROFS):
+            raise map_os_error(exc, folder) from None
+    finally:
+        os.close(fd)
+
+
 class _LocalWriter(WriteHandle):
     """Write handle: loops over short writes, maps errors, fsyncs on close so data is durable."""
 
@@ -233,6 +248,9 @@ class PathTarget(Target):
             if exc.errno == errno.ENOENT and not os.path.lexists(local_src):
                 raise TargetNotFound("%s does not exist" % local_src) from None
             raise map_os_error(exc, where) from None
+        # A rename is durable once its directories are: without this a crash can lose a published name.
+        for folder in sorted({os.path.dirname(local_dst), os.path.dirname(local_src)}):
+            _fsync_dir(folder)
 
     @staticmethod
     def _rename_noreplace(local_src: str, local_dst: str) -> None:
