@@ -431,3 +431,106 @@ def test_a_lock_is_never_seen_half_written(target, tmp_path):
     (tmp_path / "pam1").mkdir()
     ApplianceLock(Watching(target), "pam1").acquire()
     assert seen == [False] and read_lock(tmp_path)["run_id"]
+
+
+# --- the holder's timer, and the check right before publishing --------------------------------------
+
+
+def _wait_for(condition, what, deadline=30.0):
+    """Poll ``condition`` every 20 ms until it holds; fail after ``deadline`` seconds (bounded)."""
+    end = time.monotonic() + deadline
+    while not condition():
+        assert time.monotonic() < end, "timed out waiting for %s" % what
+        time.sleep(0.02)
+
+
+def test_the_timer_keeps_the_lock_alive_while_the_holder_does_nothing(target, tmp_path):
+    """A holder stalled in its source (no write for longer than the ttl) keeps its lock: the refresh runs
+    on a timer thread, not on the write path. The clock is moved by hand; only the timer writes."""
+    clock = Clock(datetime(2026, 11, 27, 10, 0, tzinfo=UTC))
+    with ApplianceLock(target, "pam1", ttl=timedelta(minutes=10), refresh_interval=timedelta(seconds=0.05),
+                       clock=clock) as lock:
+        assert read_lock(tmp_path)["expires"] == "2026-11-27T10:10:00Z"
+        clock.now += timedelta(minutes=8)  # the holder "stalls": it calls nothing at all
+        _wait_for(lambda: read_lock(tmp_path)["expires"] == "2026-11-27T10:18:00Z", "the timer's refresh")
+        clock.now += timedelta(minutes=8)  # past the first expiry: still held, refreshed again
+        _wait_for(lambda: read_lock(tmp_path)["expires"] == "2026-11-27T10:26:00Z", "a second refresh")
+        with pytest.raises(LockBusy, match="is locked by host"):
+            ApplianceLock(PathTarget(str(tmp_path)), "pam1", clock=clock).acquire()
+        lock.check()  # nothing lost
+        keeper = lock._keeper
+        assert keeper is not None and keeper.is_alive()
+    assert not keeper.is_alive(), "the timer thread outlived the lock"
+    assert not (tmp_path / "pam1" / "lock").exists()
+
+
+def test_the_timer_finds_out_when_the_lock_was_taken_over_and_the_holder_stops(target, tmp_path):
+    from ansible_collections.segura.backup.plugins.module_utils._engine.errors import LockLost
+
+    clock = Clock()
+    with ApplianceLock(target, "pam1", {"host": "slow"}, ttl=timedelta(minutes=1),
+                       refresh_interval=timedelta(hours=1), clock=clock) as lock:
+        later = Clock(clock.now + timedelta(minutes=2))  # the taker's view: the holder's ttl has passed
+        taker = ApplianceLock(PathTarget(str(tmp_path)), "pam1", {"host": "fast"}, clock=later).acquire()
+        lock.refresh_interval = timedelta(seconds=0.05)
+        lock._wake()  # the timer's next tick, now
+        _wait_for(lambda: lock.lost is not None, "the timer to find the lock lost")
+        with pytest.raises(LockLost, match="taken over.*fast"):
+            lock.check()
+        assert not lock._keeper.is_alive()
+    assert read_lock(tmp_path)["token"] == taker.token  # never removed by the run that lost it
+    taker.release()
+
+
+def test_confirm_before_publishing_refuses_a_lost_lock_and_names_who_took_it(target, tmp_path):
+    from ansible_collections.segura.backup.plugins.module_utils._engine.errors import LockLost
+
+    clock = Clock()
+    lock = ApplianceLock(target, "pam1", {"host": "stalled"}, ttl=timedelta(minutes=1), clock=clock).acquire()
+    clock.now += timedelta(minutes=2)
+    taker = ApplianceLock(PathTarget(str(tmp_path)), "pam1", {"host": "pruner", "run_id": "prune-7"},
+                          clock=clock).acquire()
+    with pytest.raises(LockLost) as raised:
+        lock.confirm()
+    message = str(raised.value)
+    assert "pam1" in message and "taken over" in message and "pruner" in message and "prune-7" in message
+    assert "nothing was published" in message
+    assert read_lock(tmp_path)["token"] == taker.token
+    removed = ApplianceLock(target, "pam2").acquire()
+    os.remove(tmp_path / "pam2" / "lock")
+    with pytest.raises(LockLost, match="removed"):
+        removed.confirm()
+
+
+def test_confirm_refreshes_a_lock_that_still_holds(target, tmp_path):
+    clock = Clock(datetime(2026, 11, 27, 10, 0, tzinfo=UTC))
+    lock = ApplianceLock(target, "pam1", ttl=timedelta(minutes=10), clock=clock).acquire()
+    clock.now += timedelta(minutes=5)
+    lock.confirm()
+    assert read_lock(tmp_path)["expires"] == "2026-11-27T10:15:00Z"
+    assert lock.release() is True
+
+
+class _RemoveFails(PathTarget):
+    """A real path target whose removal of the lock fails (a share that turned read-only, a reader
+    that holds the file open without delete sharing)."""
+
+    def remove(self, relpath):
+        if relpath.endswith("/lock"):
+            from ansible_collections.segura.backup.plugins.module_utils._engine.errors import TargetError
+
+            raise TargetError("%s: STATUS_SHARING_VIOLATION" % relpath)
+        return super().remove(relpath)
+
+
+def test_a_release_that_fails_after_the_work_is_done_is_a_warning(tmp_path):
+    with _RemoveFails(str(tmp_path)) as failing:
+        with ApplianceLock(failing, "pam1") as lock:
+            lock._in_use_delays = (0.0,)
+        assert lock.release_warning is not None
+        assert "pam1/lock" in lock.release_warning and "STATUS_SHARING_VIOLATION" in lock.release_warning
+        assert "expires" in lock.release_warning
+        assert not lock._keeper.is_alive()
+        with pytest.raises(RuntimeError, match="boom"):  # an error of the work is never masked
+            with ApplianceLock(failing, "pam2"):
+                raise RuntimeError("boom")

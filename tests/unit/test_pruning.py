@@ -354,3 +354,75 @@ def test_prune_that_takes_over_a_dead_runs_lock_removes_its_fresh_partials_at_on
     outcome = prune(target, retention.Policy(keep_last=5), now=NOW)[0].to_dict()
     assert outcome["lock_takeover"].endswith(": it expired") and outcome["leftovers_removed"] == []
     assert target.exists(partial), "a partial within the grace of a run that may still be alive stays"
+
+
+# --- one appliance's prune never touches another appliance's files -----------------------------------
+
+
+def test_a_name_that_differs_only_in_case_from_an_appliance_on_the_target_is_refused(target, tmp_path):
+    """SMB ignores case, so 'seg01' would read and remove the files of 'Seg01'. Refused on every target,
+    before anything is written (no folder, no lock), with both names in the message."""
+    from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError
+
+    seg = daily(target, 3, appliance="Seg01")
+    (outcome,) = prune(target, retention.Policy(keep_last=1), appliance="seg01", now=NOW)
+    assert "'seg01'" in outcome.error and "'Seg01'" in outcome.error and "case" in outcome.error
+    assert snapshot_ids(target, "Seg01") == seg and not (tmp_path / "seg01").exists()
+    with pytest.raises(ConfigError, match="'seg01'.*'Seg01'"):
+        ApplianceLock(target, "seg01").acquire()
+    assert not (tmp_path / "seg01").exists()
+    (dry,) = prune(target, retention.Policy(keep_last=1), appliance="seg01", now=NOW, dry_run=True)
+    assert "'Seg01'" in dry.error
+    # A case-sensitive target may already hold both (made before this check): neither is pruned.
+    daily(target, 3, appliance="seg01")
+    outcomes = {o.appliance: o for o in prune(target, retention.Policy(keep_last=1), now=NOW)}
+    assert "'Seg01'" in outcomes["seg01"].error and "'seg01'" in outcomes["Seg01"].error
+    assert snapshot_ids(target, "Seg01") == seg and len(snapshot_ids(target, "seg01")) == 3
+
+
+@pytest.mark.parametrize("claimed", ["pam2", "PAM1"])
+def test_prune_never_removes_a_snapshot_whose_sidecar_names_another_appliance(target, tmp_path, claimed):
+    """A sidecar in pam1's folder that says it belongs to another appliance (or to a case variant of
+    pam1: on SMB that is another appliance's folder) is not pam1's to remove: the prune of pam1 stops
+    before removing anything and names both; pam2 and its files are untouched."""
+    keep = daily(target, 3)
+    created = NOW.replace(hour=5) - timedelta(days=30)
+    name = catalog.object_name(created, "0badc0de", True)
+    with catalog.AtomicUpload(target, catalog.object_path("pam1", name)) as upload:
+        upload.write(b"object bytes")
+    hostile = make_sidecar(name, b"object bytes", claimed, created=created)
+    target.write_bytes("pam1/snapshots/" + catalog.sidecar_name(name), hostile.to_json())
+    other = daily(target, 2, appliance="pam2")
+    before = sorted(os.listdir(tmp_path / "pam1" / "snapshots"))
+    (outcome,) = prune(target, retention.Policy(keep_last=1), appliance="pam1", now=NOW)
+    assert outcome.error is not None and "0badc0de" in outcome.error
+    assert "'%s'" % claimed in outcome.error and "'pam1'" in outcome.error
+    assert sorted(os.listdir(tmp_path / "pam1" / "snapshots")) == before
+    assert outcome.removed.files == [] and snapshot_ids(target, "pam2") == other
+    assert snapshot_ids(target)[:3] == keep
+
+
+def test_apply_plan_removes_only_paths_inside_its_own_appliance_folder(target, tmp_path):
+    """Belt and braces below the planner: a plan whose record or recording points outside
+    <appliance>/ (another appliance, a case variant, a parent folder) removes nothing."""
+    from ansible_collections.segura.backup.plugins.module_utils._engine.errors import IntegrityError
+    from ansible_collections.segura.backup.plugins.module_utils._engine.pruning import (
+        AppliancePlan, SessionFile, apply_plan)
+
+    daily(target, 2)
+    pam2 = daily(target, 2, appliance="pam2")
+    victim = catalog.list_snapshots(target, "pam2").snapshots[-1]
+    before = sorted(os.listdir(tmp_path / "pam2" / "snapshots"))
+    with pytest.raises(IntegrityError, match="pam2"):
+        apply_plan(target, AppliancePlan("pam1", remove=[victim]))
+    forged = catalog.list_snapshots(target, "pam1").snapshots[-1]
+    forged.files = [path.replace("pam1/", "PAM1/") for path in forged.files]
+    with pytest.raises(IntegrityError, match="PAM1"):
+        apply_plan(target, AppliancePlan("pam1", remove=[forged]))
+    (tmp_path / "pam2" / "sessions").mkdir()
+    (tmp_path / "pam2" / "sessions" / "rec.mp4").write_bytes(b"recording")
+    for path in ("pam2/sessions/rec.mp4", "pam1/sessions/../../pam2/sessions/rec.mp4", "pam1/sessions"):
+        with pytest.raises(IntegrityError):
+            apply_plan(target, AppliancePlan("pam1", sessions=[SessionFile(path, 9, 0.0)]))
+    assert sorted(os.listdir(tmp_path / "pam2" / "snapshots")) == before and snapshot_ids(target, "pam2") == pam2
+    assert (tmp_path / "pam2" / "sessions" / "rec.mp4").exists()

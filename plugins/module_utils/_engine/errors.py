@@ -47,6 +47,11 @@ class LockBusy(BackupError):
     """Another run holds the appliance's lock on the target."""
 
 
+class LockLost(LockBusy):
+    """The run's own lock was taken over or removed while it ran (it stalled past the ttl, or the lock
+    was broken): it stops, and acts on nothing more (publishes nothing, removes nothing)."""
+
+
 class ApplianceError(BackupError):
     """The appliance could not be read: database dump failed, a path is missing or unreadable."""
 

@@ -5,8 +5,14 @@
 
 The lock is the file ``<appliance>/lock``, created exclusively and whole (written beside, then renamed
 into place without replacing), holding JSON
-{run_id, host, pid, started, expires, token}. A holder extends ``expires`` with ``refresh()`` (a
-heartbeat, rate-limited so a writer loop can call it for every chunk). A lock whose ``expires`` has
+{run_id, host, pid, started, expires, token}. Used as a context manager, the holder extends ``expires``
+on a timer thread (every ``refresh_interval``, ttl / 6 by default), never on its write path: a run
+stalled in its source (a dump waiting on a table) or in a slow write keeps its lock. The run itself
+calls ``check()`` (no I/O: raises LockLost once the timer found the lock taken) as it goes, and
+``confirm()`` right before it acts on what it found (publishing a sidecar, removing snapshots): a fresh
+refresh that checks the owner token, so a run whose lock was taken over anyway (stalled as a whole past
+the ttl: a paused VM, a stopped process) acts on nothing. Releasing after the work is done never fails
+the run: ``release_warning`` says why the lock stayed (it expires by itself). A lock whose ``expires`` has
 passed belongs to a run that died; the next run takes it over. So does a lock whose holder ran on
 this very kernel and pid namespace (same boot id and namespace, recorded as ``process``) and is gone:
 its pid no longer exists, or now belongs to a process started at another time (a reused pid). That
@@ -30,6 +36,17 @@ created once, which keeps exclusive create a one-time decision.
 Ownership is a random ``token`` (not the run_id, which a caller may reuse), checked by ``refresh()``
 and ``release()``: a run never refreshes or removes a lock that is not its own.
 
+Readers never stand in the holder's way for long: on SMB our readers share read, write and delete, and
+Samba refuses to rename over a file any client holds open (another run judging the lock, a person's
+client), so a refresh or release that meets such a reader (TargetInUse) is retried a few times over
+about three seconds. A timer refresh that still fails is tried again at the next tick (the ttl leaves
+room for five); ``confirm()`` accepts a lock it could not rewrite when it is still ours for at least
+half the ttl.
+
+Appliance names that differ only in case share one folder on SMB (case-insensitive), so their runs would
+mix files and one's prune would remove the other's snapshots: ``acquire()`` refuses a name whose folder
+would collide with a differently cased appliance folder on the target (``refuse_case_variant``).
+
 Limits, by design: expiry compares the writer's clock (written into the file) with the reader's
 clock, so hosts need roughly synchronised clocks (ttl is minutes, skew should be seconds), and a
 taker must not stall for longer than the ttl between steps 2 and 3.
@@ -43,13 +60,22 @@ import os
 import posixpath
 import secrets
 import socket
+import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Dict, Literal, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Literal, Optional, Tuple
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.catalog import format_utc, lock_path, parse_utc
-from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError, LockBusy, TargetExists, TargetInUse, TargetNotFound
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
+    ConfigError,
+    LockBusy,
+    LockLost,
+    TargetError,
+    TargetExists,
+    TargetInUse,
+    TargetNotFound,
+)
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import AtomicRenameUnsupported, Target
 
 DEFAULT_TTL = timedelta(minutes=30)
@@ -58,6 +84,10 @@ _MAX_ATTEMPTS = 4  # create / judge / take over rounds before giving up on a loc
 _MAX_MARKERS = 8  # takeovers of one stale lock that may die midway before we ask for a person
 _CREATING = ".creating"  # suffix of a lock (or marker) being written beside before its rename into place
 _REPLACING = ".new"  # suffix of a refreshed lock being written beside before it replaces the lock
+#: Pauses between attempts to rename over, or remove, a lock that a reader holds open (SMB): ~3 s in all.
+_IN_USE_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+_MIN_TICK = 0.01  # the timer's shortest interval, seconds (tests use 50 ms; runs use ttl / 6)
+_STOP_WAIT = 120.0  # seconds to wait for the timer's refresh in flight when the lock is let go
 
 
 def _read_text(path: str) -> Optional[str]:
@@ -138,12 +168,39 @@ def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def case_variants(names: Iterable[str], appliance: str) -> List[str]:
+    """The names among ``names`` that differ from ``appliance`` only in case."""
+    folded = appliance.casefold()
+    return sorted(name for name in names if name != appliance and name.casefold() == folded)
+
+
+def refuse_case_variant(target: Target, appliance: str, names: Optional[Iterable[str]] = None) -> None:
+    """ConfigError when the target holds an appliance folder whose name differs from ``appliance`` only
+    in case: on SMB (case-insensitive) both would be one folder, so their snapshots would mix and one's
+    prune would remove the other's. Refused on every target, so a name means the same everywhere.
+    ``names``: the folders below the root when the caller listed them already (else one listing)."""
+    if names is None:
+        try:
+            names = [entry.name for entry in target.listdir("") if entry.is_dir]
+        except TargetNotFound:
+            return
+    others = case_variants(names, appliance)
+    if others:
+        raise ConfigError(
+            "appliance name %r differs only in case from %s, which %s already holds: SMB ignores case, so "
+            "both would share one folder (their snapshots would mix, and one's prune would remove the "
+            "other's); refusing to use %r there (spell the appliance name exactly as on the target, or use "
+            "another target)" % (appliance, ", ".join(repr(other) for other in others), target.describe(), appliance))
+
+
 class ApplianceLock:
     """The lock of one appliance on one target. Use as a context manager, or acquire()/release().
 
     ``owner`` may give ``run_id``, ``host`` and ``pid`` (defaults: a random id, this host, this pid).
-    ``refresh()`` rewrites the lock at most once per ``refresh_interval`` (default ttl / 6) unless
-    forced, so calling it for every chunk written costs nothing.
+    As a context manager the lock refreshes itself on a timer thread every ``refresh_interval``
+    (default ttl / 6) and lets it go on leaving; the run calls ``check()`` as it goes and ``confirm()``
+    right before it publishes or removes. ``refresh()`` by hand rewrites the lock at most once per
+    ``refresh_interval`` unless forced.
     """
 
     def __init__(
@@ -175,6 +232,16 @@ class ApplianceLock:
         self.took_over_from_gone_run = False  # ... and its holder provably no longer runs (holder_is_gone)
         self._clock = clock
         self._last_write = 0.0
+        self.lost: Optional[LockLost] = None  # set by the timer when it found the lock no longer ours
+        self.release_warning: Optional[str] = None  # why the lock stayed after a run that succeeded
+        self.refresh_failures = 0  # timer refreshes that failed for a passing reason (tried again)
+        self.last_refresh_error: Optional[str] = None
+        self._mutex = threading.RLock()  # the timer's refresh, confirm() and release() one at a time
+        self._keeper: Optional[threading.Thread] = None
+        self._tick = threading.Event()
+        self._stopping = False
+        self._in_use_delays = _IN_USE_DELAYS
+        self._sleep = time.sleep
 
     # -- the lock file --------------------------------------------------------------------------
 
@@ -243,6 +310,7 @@ class ApplianceLock:
         """
         if self.held:
             return self
+        refuse_case_variant(self.target, self.appliance)
         self.started = self._clock()
         for dummy in range(_MAX_ATTEMPTS):
             if self._create():
@@ -289,7 +357,7 @@ class ApplianceLock:
                 renaming = True
                 self.target.rename(fresh, relpath, replace=False)
                 return True
-            except TargetExists:
+            except (TargetExists, TargetInUse):  # in use: a released lock a reader still holds open (SMB)
                 self._remove_quietly(fresh)
                 return False
             except TargetNotFound:
@@ -392,10 +460,23 @@ class ApplianceLock:
         fresh = "%s.%s%s" % (self.relpath, self.token[:16], _REPLACING)
         try:
             self.target.write_bytes(fresh, self._content())
-            self.target.rename(fresh, self.relpath, replace=True)
+            self._while_in_use(lambda: self.target.rename(fresh, self.relpath, replace=True))
         except BaseException:
             self._remove_quietly(fresh)
             raise
+
+    def _while_in_use(self, action: Callable[[], Any]) -> Any:
+        """``action()``, tried again (bounded: ``_IN_USE_DELAYS``) while a reader holds the lock open."""
+        for delay in self._in_use_delays:
+            try:
+                return action()
+            except TargetInUse:
+                self._sleep(delay)
+        return action()
+
+    def _lost(self, message: str) -> LockLost:
+        self.held = False
+        return LockLost("appliance %r: %s" % (self.appliance, message))
 
     def refresh(self, force: bool = False) -> bool:
         """Extend the expiry (heartbeat). Returns True if the lock was rewritten.
@@ -403,61 +484,153 @@ class ApplianceLock:
         Raises LockBusy if the lock is no longer ours (removed, or taken over after we stalled past
         the ttl): the caller must stop, because another run may be writing.
         """
-        if not self.held:
-            raise LockBusy("appliance %r: refresh() on a lock that is not held" % self.appliance)
-        if not force and time.monotonic() - self._last_write < self.refresh_interval.total_seconds():
-            return False
+        with self._mutex:
+            if not self.held:
+                raise LockBusy("appliance %r: refresh() on a lock that is not held" % self.appliance)
+            if not force and time.monotonic() - self._last_write < self.refresh_interval.total_seconds():
+                return False
+            self._read_own()
+            try:
+                self._replace_lock()
+            except TargetNotFound:
+                # Our file beside was removed by a new holder cleaning up (_remove_strays): the lock is theirs.
+                raise self._lost("our lock %s was taken over while being refreshed; this run stops"
+                                 % self.target.describe_path(self.relpath)) from None
+            self._last_write = time.monotonic()
+            return True
+
+    def _read_own(self) -> Optional[Dict[str, Any]]:
+        """The lock as it is, if it is still ours and not expired; LockLost (naming the cause) if not."""
+        where = self.target.describe_path(self.relpath)
         try:
             doc = self._read(self.relpath)[1]
         except TargetNotFound:
-            self.held = False
-            raise LockBusy("appliance %r: our lock %s was removed by someone else"
-                           % (self.appliance, self.target.describe_path(self.relpath))) from None
+            raise self._lost("our lock %s was removed by someone else (this run stalled past its ttl of %s, "
+                             "or its lock was broken); this run stops" % (where, self.ttl)) from None
         if not self._is_ours(doc):
-            self.held = False
-            raise self._busy(doc, prefix="our lock was taken over: ")
+            raise self._lost("our lock was taken over by %s; this run stops" % self._holder(doc))
         if self._is_expired(doc, self.relpath):
             # Another run may be taking it over right now; an expired lock is not ours to touch.
-            self.held = False
-            raise LockBusy("appliance %r: our lock expired at %s before it was refreshed; stopping"
-                           % (self.appliance, (doc or {}).get("expires")))
-        try:
-            self._replace_lock()
-        except TargetNotFound:
-            # Our file beside was removed by a new holder cleaning up (_remove_strays): the lock is theirs.
-            self.held = False
-            raise LockBusy("appliance %r: our lock was taken over while being refreshed; stopping" % self.appliance) from None
-        self._last_write = time.monotonic()
-        return True
+            raise self._lost("our lock %s expired at %s before it was refreshed (this run stalled past its ttl of "
+                             "%s); this run stops" % (where, (doc or {}).get("expires"), self.ttl))
+        return doc
+
+    def _holder(self, doc: Optional[Dict[str, Any]]) -> str:
+        where = self.target.describe_path(self.relpath)
+        if doc is None:
+            return "another run (%s cannot be read)" % where
+        return ("host %s (pid %s, run %s) since %s, until %s (%s)"
+                % (doc.get("host"), doc.get("pid"), doc.get("run_id"), doc.get("started"), doc.get("expires"), where))
+
+    def check(self) -> None:
+        """Raise LockLost if the timer found that the lock is no longer ours (no I/O: call it often)."""
+        lost = self.lost
+        if lost is not None:
+            raise lost
+
+    def confirm(self, consequence: str = "nothing was published") -> None:
+        """Right before acting (publishing a sidecar, removing snapshots): refresh the lock and check that
+        it is still ours (owner token unchanged, not expired). LockLost naming the cause, and
+        ``consequence``, when it is not. A lock that cannot be rewritten this moment (a reader holds it
+        open on SMB) is enough while it is still ours for at least half the ttl."""
+        with self._mutex:
+            try:
+                self.check()
+                if not self.held:
+                    raise self._lost("the lock is not held")
+                try:
+                    self.refresh(force=True)
+                except LockLost:
+                    raise
+                except TargetError as exc:
+                    doc = self._read_own()
+                    left = parse_utc(doc["expires"]) - self._clock() if doc is not None else timedelta(0)
+                    if left < self.ttl / 2:  # still ours, but too close to its end to act on
+                        raise LockLost("appliance %r: our lock %s could not be refreshed (%s) and ends in %ds"
+                                       % (self.appliance, self.target.describe_path(self.relpath), exc,
+                                          left.total_seconds())) from None
+            except LockLost as exc:
+                if not self.held:
+                    self.lost = self.lost or exc
+                raise LockLost("%s; %s" % (exc, consequence)) from None
+            except TargetError as exc:
+                raise LockLost("appliance %r: cannot confirm that the lock %s is still ours (%s); %s"
+                               % (self.appliance, self.target.describe_path(self.relpath), exc, consequence)) from None
+
+    # -- the timer ------------------------------------------------------------------------------
+
+    def start_refreshing(self) -> None:
+        """Refresh the held lock on a timer thread until ``stop_refreshing()`` (or until it is lost)."""
+        if self._keeper is not None or not self.held:
+            return
+        self._stopping = False
+        self._keeper = threading.Thread(target=self._keep_alive, name="segura-lock-%s" % self.appliance, daemon=True)
+        self._keeper.start()
+
+    def _wake(self) -> None:
+        """The timer's next tick, now (tests; stop_refreshing)."""
+        self._tick.set()
+
+    def _keep_alive(self) -> None:
+        # Bounded by the holder: it ends at stop_refreshing() or at the first sign the lock is not ours.
+        while True:
+            self._tick.wait(max(self.refresh_interval.total_seconds(), _MIN_TICK))
+            self._tick.clear()
+            with self._mutex:
+                if self._stopping or not self.held:
+                    return
+                try:
+                    self.refresh(force=True)
+                except LockLost as exc:
+                    self.lost = exc
+                    return
+                except Exception as exc:  # noqa: BLE001 - passing (a reader holds it, a network hiccup): next tick
+                    self.refresh_failures += 1
+                    self.last_refresh_error = str(exc)
+
+    def stop_refreshing(self) -> None:
+        """Stop the timer and wait (bounded) for a refresh in flight."""
+        keeper = self._keeper
+        if keeper is None:
+            return
+        self._stopping = True
+        self._wake()
+        keeper.join(timeout=_STOP_WAIT)
 
     def release(self) -> bool:
         """Remove the lock if it is still ours. Returns True if removed; never removes another run's lock."""
-        if not self.held:
-            return False
-        self.held = False
-        try:
-            doc = self._read(self.relpath)[1]
-        except TargetNotFound:
-            return False
-        if not self._is_ours(doc) or self._is_expired(doc, self.relpath):
-            return False  # not ours, or expired and possibly being taken over: leave it alone
-        try:
-            self.target.remove(self.relpath)
-        except TargetNotFound:
-            return False
-        return True
+        self.stop_refreshing()
+        with self._mutex:
+            if not self.held:
+                return False
+            self.held = False
+            try:
+                doc = self._read(self.relpath)[1]
+            except TargetNotFound:
+                return False
+            if not self._is_ours(doc) or self._is_expired(doc, self.relpath):
+                return False  # not ours, or expired and possibly being taken over: leave it alone
+            try:
+                self._while_in_use(lambda: self.target.remove(self.relpath))
+            except TargetNotFound:
+                return False
+            return True
 
     def __enter__(self) -> "ApplianceLock":
-        return self.acquire()
+        self.acquire()
+        self.start_refreshing()
+        return self
 
     def __exit__(self, exc_type, exc, traceback) -> Literal[False]:
-        if exc_type is None:
+        expires = None
+        try:
+            expires = format_utc(self._clock() + self.ttl)
             self.release()
-        else:
-            try:
-                self.release()
-            except Exception:
-                pass  # never mask the error that ended the run; the lock expires by itself
+        except Exception as error:  # noqa: BLE001 - the work is done (or failed for its own reason)
+            # Never mask the error that ended the run, nor fail a run that did its work: the lock
+            # expires by itself (and a next run on this host takes it over at once: its process is gone).
+            self.release_warning = ("the lock %s could not be removed (%s); it expires by itself by %s"
+                                    % (self.target.describe_path(self.relpath), error, expires))
         return False
 
 

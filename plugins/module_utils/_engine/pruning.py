@@ -23,10 +23,16 @@ How a prune decides, and why it reads so little:
 - Order of removal: snapshots (each sidecar first, so it stops being complete at once), then
   partial uploads, then recordings, so an interruption never leaves a complete snapshot pointing
   at a missing recording.
+- Before removing anything, the lock is confirmed (still ours, refreshed: a prune that stalled while
+  planning and lost its lock removes nothing), and every path is checked to lie inside exactly this
+  appliance's folder, every snapshot to be listed for it and its sidecar (read for this check) to name
+  it: a sidecar that names another appliance (or a case variant: on SMB that is another appliance's
+  folder) stops the prune of this appliance before it removes anything.
 """
 
 from __future__ import annotations
 
+import json
 import posixpath
 from collections import Counter
 from dataclasses import dataclass, field
@@ -41,7 +47,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.clock_skew i
     parse_future_tolerance,
 )
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError, ConfigError, IntegrityError, TargetError, TargetNotFound
-from ansible_collections.segura.backup.plugins.module_utils._engine.locking import DEFAULT_TTL, ApplianceLock, takeover_message
+from ansible_collections.segura.backup.plugins.module_utils._engine.locking import DEFAULT_TTL, ApplianceLock, refuse_case_variant, takeover_message
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
 
 DEFAULT_PARTIAL_GRACE = timedelta(hours=24)
@@ -321,15 +327,69 @@ def heal_after_takeover(target: Target, lock: ApplianceLock, force: bool = False
         return None
     removed = Removed()
     try:
-        return remove_dead_run_leftovers(target, lock.appliance, heartbeat=lock.refresh, removed=removed)
+        return remove_dead_run_leftovers(target, lock.appliance, heartbeat=lock.check, removed=removed)
     except TargetError:
         return removed
 
 
+def _sidecar_claim(target: Target, record: catalog.SnapshotRecord) -> Optional[str]:
+    """The appliance the record's sidecar names (read now if the listing did not), or None when it has no
+    sidecar or one that does not parse (damaged: the design removes those unread, by their folder)."""
+    if record.sidecar is not None:
+        return record.sidecar.appliance
+    relpath = "%s/%s" % (catalog.snapshots_dir(record.appliance), record.stem + catalog.SIDECAR_SUFFIX)
+    if relpath not in record.files:
+        return None
+    try:
+        doc = json.loads(catalog.read_small(target, relpath).decode("utf-8"))
+    except TargetNotFound:
+        return None
+    except (IntegrityError, UnicodeDecodeError, ValueError):
+        return None
+    claim = doc.get("appliance") if isinstance(doc, dict) else None
+    return claim if isinstance(claim, str) else None
+
+
+def _inside(relpath: str, folder: str) -> bool:
+    """``relpath`` is a clean path strictly below ``folder`` (exact case: SMB folds it, we do not)."""
+    parts = relpath.split("/")
+    return (relpath.startswith(folder + "/") and all(part not in ("", ".", "..") for part in parts)
+            and len(parts) > len(folder.split("/")))
+
+
+def check_own_files(target: Target, plan: AppliancePlan) -> None:
+    """IntegrityError, before anything is removed, unless every path the plan removes lies inside exactly
+    ``<appliance>/`` (snapshot files directly in its snapshots folder, recordings below its sessions
+    folder), every snapshot was listed for this appliance, and no sidecar names another appliance."""
+    appliance = plan.appliance
+    snapshots, sessions = catalog.snapshots_dir(appliance), catalog.sessions_dir(appliance)
+    for record in plan.remove + plan.partials:
+        where = "%s/%s" % (record.appliance, record.id)
+        if record.appliance != appliance:
+            raise IntegrityError("refusing to prune %r: snapshot %s belongs to appliance %r"
+                                 % (appliance, where, record.appliance))
+        for relpath in record.files:
+            if not _inside(relpath, snapshots) or "/" in relpath[len(snapshots) + 1:]:
+                raise IntegrityError("refusing to prune %r: %s of snapshot %s is not inside %s/"
+                                     % (appliance, relpath, where, snapshots))
+        claim = _sidecar_claim(target, record)
+        if claim is not None and claim != appliance:
+            raise IntegrityError(
+                "refusing to prune %r: the sidecar of snapshot %s in its folder says it belongs to appliance %r "
+                "(copied there by hand? an appliance name differing only in case on an SMB share?); nothing "
+                "was removed, look at %s" % (appliance, record.id, claim, target.describe_path(snapshots)))
+    for session in plan.sessions + plan.session_partials:
+        if not _inside(session.path, sessions):
+            raise IntegrityError("refusing to prune %r: the recording %s is not inside %s/"
+                                 % (appliance, session.path, sessions))
+
+
 def apply_plan(target: Target, plan: AppliancePlan, heartbeat: Callable[[], Any] = lambda: None,
                removed: Optional[Removed] = None) -> Removed:
-    """Remove what the plan says, in the safe order; ``heartbeat`` (the lock's refresh) runs per item."""
+    """Remove what the plan says, in the safe order, after ``check_own_files``; ``heartbeat`` (the lock's
+    check) runs per item."""
     removed = removed if removed is not None else Removed()
+    check_own_files(target, plan)
     for record in plan.remove + plan.partials:
         removed.files.extend(catalog.remove_snapshot(target, record))
         removed.bytes += record.stored_bytes
@@ -392,17 +452,21 @@ def prune(
         outcome = ApplianceOutcome(None, name)
         try:
             if dry_run:
+                refuse_case_variant(target, name, names if appliance is None else None)
                 outcome.plan = plan_appliance(target, name, policy, now, partial_grace, tz, prune_sessions,
                                               future_tolerance)
             else:
-                with ApplianceLock(target, name, ttl=lock_ttl) as lock:
+                with ApplianceLock(target, name, ttl=lock_ttl) as lock:  # acquire() refuses case variants
                     outcome.lock_takeover = takeover_message(lock.took_over)
                     outcome.leftovers = heal_after_takeover(target, lock)
                     outcome.plan = plan_appliance(target, name, policy, now, partial_grace, tz, prune_sessions,
                                                   future_tolerance)
                     if outcome.plan.changes:
+                        lock.confirm("nothing was removed")  # planned under our lock: still ours to act on?
                         outcome.applied = True
-                        apply_plan(target, outcome.plan, heartbeat=lock.refresh, removed=outcome.removed)
+                        apply_plan(target, outcome.plan, heartbeat=lock.check, removed=outcome.removed)
+                if lock.release_warning and outcome.plan is not None:
+                    outcome.plan.warnings.append(lock.release_warning)
         except BackupError as exc:
             outcome.error = "appliance %s: %s" % (name, exc)
         outcomes.append(outcome)

@@ -47,9 +47,10 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.archive.form
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.writer import ArchiveWriter
 from ansible_collections.segura.backup.plugins.module_utils._engine.constants import TOOL_VERSION, MiB
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, ConfigError, LockBusy, TargetError, TargetFull, TargetNotFound
-from ansible_collections.segura.backup.plugins.module_utils._engine.locking import ApplianceLock, takeover_message
+from ansible_collections.segura.backup.plugins.module_utils._engine.locking import ApplianceLock, refuse_case_variant, takeover_message
 from ansible_collections.segura.backup.plugins.module_utils._engine.pruning import heal_after_takeover
 from ansible_collections.segura.backup.plugins.module_utils._engine.sessions import ON_PROBLEM, SessionSyncResult, sync_sessions
+from ansible_collections.segura.backup.plugins.module_utils._engine.signing import DEFAULT_KEY_FILE, load_signing_key
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
 from ansible_collections.segura.backup.plugins.module_utils._engine.text import describe_bytes
 
@@ -77,7 +78,8 @@ class SnapshotRequest:
     #: what an entry of the recordings tree that cannot be taken does: "warn" (publish, sessions
     #: partial) or "fail" (publish nothing)
     sessions_on_problem: str = "warn"
-    #: the appliance's signing.SigningKey; None publishes the snapshot unsigned, with a warning
+    #: the appliance's signing.SigningKey; None: the key below the layout's root (where the runtime
+    #: role makes it) if there is one, else the snapshot is published unsigned, with a warning
     signing_key: Optional[Any] = None
 
     def __post_init__(self):
@@ -96,6 +98,8 @@ class SnapshotRequest:
             raise ConfigError("the database component needs a database connection")
         if not isinstance(self.chunk_size, int) or self.chunk_size < MiB or self.chunk_size > 256 * MiB:
             raise ConfigError("chunk size must be between 1 and 256 MiB")
+        if self.signing_key is None:
+            self.signing_key = load_signing_key(os.path.join(self.layout.root, DEFAULT_KEY_FILE))
         if self.sessions_on_problem not in ON_PROBLEM:
             raise ConfigError("sessions.on_problem must be one of %s, not %r" % (", ".join(ON_PROBLEM), self.sessions_on_problem))
 
@@ -122,7 +126,8 @@ class _Counts:
 
 
 class _LockRefreshingSink:
-    """Passes writes on to the upload and keeps the lock alive (refresh is rate-limited inside)."""
+    """Passes writes on to the upload; stops at the next chunk once the lock's timer found it lost
+    (the timer keeps the lock alive: a stalled write cannot let it expire)."""
 
     def __init__(self, upload: catalog.AtomicUpload, lock: ApplianceLock):
         self._upload = upload
@@ -130,7 +135,7 @@ class _LockRefreshingSink:
 
     def write(self, data) -> int:
         written = self._upload.write(data)
-        self._lock.refresh()
+        self._lock.check()
         return written
 
     def flush(self) -> None:
@@ -256,6 +261,7 @@ def take_snapshot(target: Target, request: SnapshotRequest,
                   progress: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
     """Take one snapshot and publish it on ``target``; return what was done (see the module's RETURN)."""
     started = time.monotonic()
+    refuse_case_variant(target, request.appliance)  # before makedirs: no folder for a name that collides
     target.makedirs(catalog.snapshots_dir(request.appliance))
     with ApplianceLock(target, request.appliance, ttl=request.lock_ttl) as lock:
         leftovers = heal_after_takeover(target, lock)
@@ -269,7 +275,7 @@ def take_snapshot(target: Target, request: SnapshotRequest,
         sessions = None
         if "sessions" in request.components:
             def on_file(event: Dict[str, Any]) -> None:
-                lock.refresh()
+                lock.check()
                 if progress is not None:
                     progress(dict(event, phase="sessions"))
 
@@ -343,8 +349,9 @@ def take_snapshot(target: Target, request: SnapshotRequest,
                           **(_sessions_status(sessions) if sessions else {})),
             duration=round(time.monotonic() - started, 3),
         )
-        # Still ours, right before publishing: a run whose lock was broken or taken over stops here.
-        lock.refresh(force=True)
+        # Still ours, right before publishing (before the sessions list and the sidecar): a run whose lock
+        # was broken or taken over stops here with LockLost, and nothing of it looks complete.
+        lock.confirm("nothing was published")
         if sessions is not None:
             # Before the sidecar: prune reads this list, as it cannot open the encrypted manifest.
             catalog.write_sessions_list(target, request.appliance, name, sessions.referenced)
@@ -352,6 +359,8 @@ def take_snapshot(target: Target, request: SnapshotRequest,
             warnings.append("the snapshot is published UNSIGNED (no signing key): verify and restore refuse it "
                             "unless allow_unsigned is set; the runtime role creates the key")
         sidecar_relpath = catalog.publish_sidecar(target, sidecar, request.signing_key)
+    if lock.release_warning:  # published: a lock left behind is a warning, never a failed run
+        warnings.append(lock.release_warning)
 
     duration = time.monotonic() - started
     return {

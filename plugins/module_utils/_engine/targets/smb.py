@@ -916,6 +916,8 @@ class SmbTarget(Target):
             return TargetExists("%s already exists" % where)
         if status == "STATUS_SHARING_VIOLATION":
             return TargetInUse("%s is open by another client (%s)" % (where, status))
+        if status == "STATUS_DELETE_PENDING":  # removed, but a reader still holds it open: gone once it closes
+            return TargetInUse("%s is being removed while another client holds it open (%s)" % (where, status))
         if status in _FULL_STATUSES:
             return TargetFull("no space left on %s (%s)" % (where, status))
         if status == "STATUS_ACCESS_DENIED":
@@ -977,7 +979,9 @@ class SmbTarget(Target):
     def open_read(self, relpath: str):
         where = self._url(relpath)
         try:
-            handle = smbclient.open_file(self._unc(relpath), mode="rb", share_access="r", **self._kwargs())
+            # Share read, write and delete, as readers on NFS and local paths never stand in a writer's
+            # way: the holder of a lock we are reading renames or removes it meanwhile.
+            handle = smbclient.open_file(self._unc(relpath), mode="rb", share_access="rwd", **self._kwargs())
         except BaseException as exc:
             raise self.map_error(exc, where) from None
         return _SmbReader(self, handle, where)
@@ -1085,6 +1089,10 @@ class SmbTarget(Target):
                 raise TargetExists("cannot rename %s: %s already exists" % (self._url(src), self._url(dst))) from None
             if status in _NOT_FOUND_STATUSES:
                 raise TargetNotFound("%s does not exist" % self._url(src)) from None
+            if status == "STATUS_ACCESS_DENIED" and replace:
+                # Samba refuses to rename over a file that any client holds open, whatever it shares.
+                raise TargetInUse("cannot replace %s: another client holds it open, or user %s may not replace it (%s)"
+                                  % (self._url(dst), self.username, status)) from None
             raise self.map_error(exc, where) from None
         except BaseException as exc:
             raise self.map_error(exc, where) from None
