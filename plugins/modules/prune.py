@@ -241,8 +241,8 @@ from datetime import datetime, timedelta, timezone
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.segura.backup.plugins.module_utils._engine import deps, retention
-from ansible_collections.segura.backup.plugins.module_utils._engine.clock_skew import parse_future_tolerance
 from ansible_collections.segura.backup.plugins.module_utils._engine.cancel import stop_cleanly_on_signals
+from ansible_collections.segura.backup.plugins.module_utils._engine.clock_skew import parse_future_tolerance
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError, ConfigError
 from ansible_collections.segura.backup.plugins.module_utils._engine.pruning import prune
 from ansible_collections.segura.backup.plugins.module_utils._engine.specs import prune_spec

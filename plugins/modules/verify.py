@@ -224,12 +224,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.errors impor
 from ansible_collections.segura.backup.plugins.module_utils._engine.options import build_decryption, build_trust
 from ansible_collections.segura.backup.plugins.module_utils._engine.specs import verify_spec
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
-from ansible_collections.segura.backup.plugins.module_utils._engine.verification import (
-    require_something_to_verify,
-    select_snapshots,
-    summary,
-    verify_snapshots,
-)
+from ansible_collections.segura.backup.plugins.module_utils._engine.verification import require_something_to_verify, select_snapshots, summary, verify_snapshots
 
 
 def main():

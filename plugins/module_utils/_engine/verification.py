@@ -139,8 +139,8 @@ def select_snapshots(
 
 
 def require_something_to_verify(listing: catalog.Listing, chosen: Sequence[catalog.SnapshotRecord],
-                                 missing: Sequence[str], appliance: Optional[str], where: str,
-                                 on_target: Sequence[str] = ()) -> None:
+                                missing: Sequence[str], appliance: Optional[str], where: str,
+                                on_target: Sequence[str] = ()) -> None:
     """IntegrityError when a selection found nothing to verify: a verification that proves nothing must
     fail, not pass (an appliance name that is not the folder its backups are filed under, an empty
     target). ``on_target``: the appliance folders the target holds, named in the message."""
