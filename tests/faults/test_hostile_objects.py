@@ -84,20 +84,16 @@ def test_modules_refuse_hostile_objects_and_bad_options_in_check_mode(tmp_path):
     decryption = {"passphrase": PASSPHRASE, "max_scrypt_work_factor": 11}
     snapshot = {"target": target, "encryption": {"passphrase": "pw"}, "components": ["config"],
                 "appliance": {"name": APPLIANCE, "root": str(root), "config_paths": ["etc/senhasegura"]}}
+    verify = {"target": target, "appliance": APPLIANCE, "mode": "deep", "select": "ids", "ids": [heavy],
+              "decryption": decryption, "trust": _unsigned()}
+    restore = {"target": target, "appliance": {"name": APPLIANCE, "root": str(root)}, "components": ["config"],
+               "decryption": decryption, "trust": _unsigned()}
     tasks = [
-        {"name": "verify", "segura.backup.verify": {"target": target, "appliance": APPLIANCE, "mode": "deep",
-                                                      "select": "ids", "ids": [heavy], "decryption": decryption,
-                                                      "trust": _unsigned()}},
-        {"name": "restore", "segura.backup.restore": {"target": target, "appliance": {"name": APPLIANCE,
-                                                                                      "root": str(root)},
-                                                        "components": ["config"], "snapshot": heavy,
-                                                        "decryption": decryption, "trust": _unsigned()}},
+        {"name": "verify", "segura.backup.verify": verify},
+        {"name": "restore", "segura.backup.restore": dict(restore, snapshot=heavy)},
         {"name": "snapshot level", "segura.backup.snapshot": dict(snapshot, compression={"level": 30})},
         {"name": "backup_job threads", "segura.backup.backup_job": dict(snapshot, compression={"threads": 9999})},
-        {"name": "restore timeout", "segura.backup.restore": {"target": target, "appliance": {"name": APPLIANCE,
-                                                                                              "root": str(root)},
-                                                                "components": ["config"], "command_timeout": 0,
-                                                                "decryption": decryption, "trust": _unsigned()}},
+        {"name": "restore timeout", "segura.backup.restore": dict(restore, command_timeout=0)},
     ]
     before = sorted(os.listdir(str(target_dir / APPLIANCE / "snapshots")))
     results, completed = run_tasks(tasks, check=True)

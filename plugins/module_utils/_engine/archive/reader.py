@@ -214,7 +214,7 @@ class ArchiveReader:
             if tarinfo is None:
                 break
             # In stream mode tarfile keeps every TarInfo it read (TarFile.members), a kilobyte each.
-            self._tar.members.clear()
+            self._tar.members.clear()  # type: ignore[attr-defined]
             self.member_count += 1
             if self.member_count > self.max_members:
                 raise IntegrityError("the object holds more than %d members (%s); refusing to read further"

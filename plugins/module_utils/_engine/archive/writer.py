@@ -50,8 +50,8 @@ def check_compression(level: Any, threads: Any, names: Tuple[str, str] = ("zstd 
     """ConfigError unless ``level`` and ``threads`` are what the writer takes; ``names`` say which options
     they came from (the module options are checked with this before check mode's preflight)."""
     if isinstance(level, bool) or not isinstance(level, int) or not ZSTD_LEVELS[0] <= level <= ZSTD_LEVELS[1]:
-        raise ConfigError("%s must be an integer from %d to %d, not %r" % (names[0], ZSTD_LEVELS[0], ZSTD_LEVELS[1],
-                                                                            level))
+        raise ConfigError("%s must be an integer from %d to %d, not %r"
+                          % (names[0], ZSTD_LEVELS[0], ZSTD_LEVELS[1], level))
     if isinstance(threads, bool) or not isinstance(threads, int) or not -1 <= threads <= MAX_ZSTD_THREADS:
         raise ConfigError("%s must be 0 (single-threaded), -1 (automatic) or a count up to %d, not %r"
                           % (names[1], MAX_ZSTD_THREADS, threads))

@@ -23,7 +23,6 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.errors impor
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import BLOCK, CREATE_DATABASE, SPOOL_IN_MEMORY
 from ansible_collections.segura.backup.plugins.module_utils._engine.text import describe_bytes
 
-
 #: Lines that differ between mariadb-dump patch versions of the same data, left out of the digest: the
 #: sandbox-mode first line (10.5.25+/10.6.18+/10.11.8+, ``/*!999999\\- ...`` then ``/*M!999999\\- ...``) and
 #: whole-line versioned session settings such as ``/*M!100616 SET NOTE_VERBOSITY=@OLD_NOTE_VERBOSITY */;``.
@@ -82,8 +81,8 @@ class DumpScanner:
             if not line_ended and len(head) < self._KEEP:
                 return None  # a versioned comment: known once the line ends
             return line_ended and VERSION_SPECIFIC_LINE.fullmatch(head.rstrip(b"\r\n ")) is not None
-        if len(head) >= 4 or line_ended or not (b"-- ".startswith(head) or b"/*M!".startswith(head)
-                                                 or b"/*!".startswith(head)):
+        could_be = any(prefix.startswith(head) for prefix in (b"-- ", b"/*M!", b"/*!"))
+        if len(head) >= 4 or line_ended or not could_be:
             return False
         return None
 
