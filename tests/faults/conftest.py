@@ -38,14 +38,14 @@ from tests.integration.conftest import (  # noqa: F401 pylint: disable=unused-im
     source_mariadb,
 )
 from tests.integration.playbook import PYTHON, VENV_BIN, ansible_env
-from tests.lab import core, reference
+from tests.lab import core
 
 from ansible_collections.segura.backup.plugins.module_utils._engine import catalog, retention
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import ApplianceLayout
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption, Encryption
 from ansible_collections.segura.backup.plugins.module_utils._engine.pruning import prune
-from ansible_collections.segura.backup.plugins.module_utils._engine.signing import DEFAULT_KEY_FILE, Signers, TrustPolicy, load_signing_key
+from ansible_collections.segura.backup.plugins.module_utils._engine.signing import DEFAULT_KEY_FILE, load_signing_key
 from ansible_collections.segura.backup.plugins.module_utils._engine.snapshot import SnapshotRequest
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
 from ansible_collections.segura.backup.plugins.module_utils._engine.verification import verify_snapshot
@@ -196,12 +196,6 @@ def snapshot_request(appliance, recipient, components=("database", "config", "se
         zstd_threads=0,
         signing_key=load_signing_key(os.path.join(appliance["root"], DEFAULT_KEY_FILE)),
     )
-
-
-def appliance_trust(appliance, *names, allow_unsigned=False):
-    """The trust of a restore or verify: the key below the appliance's root, pinned for ``names``."""
-    return TrustPolicy(Signers.parse(reference.signers_text(appliance["root"], *(names or (APPLIANCE_NAME,))),
-                                     "the test appliance's key"), allow_unsigned)
 
 
 def child_pids(pid, name=None):

@@ -144,6 +144,7 @@ def run_phase(request, target):
     from ansible_collections.segura.backup.plugins.module_utils._engine.snapshot import take_snapshot
     from ansible_collections.segura.backup.plugins.module_utils._engine.verification import verify_snapshot
     from tests.faults.conftest import snapshot_request
+    from tests.integration.conftest import appliance_trust
 
     phase, appliance = request["phase"], request["appliance"]
     if phase in ("snapshot", "sessions"):
@@ -169,7 +170,8 @@ def run_phase(request, target):
             appliance=appliance, layout=ApplianceLayout(root=destination["root"]),
             decryption=Decryption.identity_file(request["identity_file"]),
             db=DatabaseConnection(defaults_file=destination["defaults_file"], exclusive_defaults=True),
-            components=("database", "config")))
+            components=("database", "config"),
+            trust=appliance_trust(request["source"], appliance)))
         return restored["verification"]
     raise ValueError("unknown phase %r" % phase)
 

@@ -21,8 +21,10 @@ import zstandard
 
 from ansible_collections.segura.backup.plugins.module_utils._engine import catalog
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Encryption
+from ansible_collections.segura.backup.plugins.module_utils._engine.signing import DEFAULT_KEY_FILE, SigningKey
 from ansible_collections.segura.backup.plugins.module_utils._engine.snapshot import take_snapshot
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
+from tests.integration.conftest import trust_args
 from tests.faults.conftest import (
     APPLIANCE_NAME,
     run_tasks,
@@ -137,7 +139,7 @@ def _cases(world):
     nfs_base = {"type": "nfs", "server": world["lab"]["nfs_server"], "export": world["lab"]["nfs_export"],
                 "version": "3", "timeout": 10}
     deep = {"target": path_target, "appliance": APPLIANCE_NAME, "mode": "deep",
-            "decryption": {"identity_file": world["key_file"]}}
+            "decryption": {"identity_file": world["key_file"]}, "trust": trust_args(appliance)}
     restore = {"target": path_target, "appliance": {"name": APPLIANCE_NAME, "root": appliance["root"]},
                "components": ["config", "secrets"], "decryption": {"identity_file": world["key_file"]}}
     not_a_key = os.path.join(world["tmp"], "not-a-key.txt")
@@ -328,7 +330,7 @@ ATTACKS = ["traversal", "absolute", "symlink-escape", "write-through-symlink", "
            "zip-bomb", "manifest-lies", "pax-bomb"]
 
 
-def _publish(target_options, attack, index, recipient):
+def _publish(target_options, attack, index, recipient, signing_key):
     snap_id = "%08x" % (0xbad00000 + index)
     data, bytes_in, members, created = _craft(attack, snap_id, recipient)
     if attack == "manifest-lies":
@@ -343,13 +345,16 @@ def _publish(target_options, attack, index, recipient):
                               sessions={"count": 0, "bytes": 0}, duration=0.1)
     with open_target(target_options) as target:
         target.write_bytes(catalog.object_path(APPLIANCE_NAME, name), data)
-        catalog.publish_sidecar(target, sidecar)
+        # Signed by the appliance's own key: a restore's member rules must hold even against what the
+        # appliance itself (compromised) signs.
+        catalog.publish_sidecar(target, sidecar, signing_key)
     return snap_id
 
 
 def test_crafted_archives_are_refused_by_restore_and_verify(world):
     target = world["targets"]["path"]
-    ids = {attack: _publish(target.options, attack, index, world["age"]["recipient"])
+    key = SigningKey.from_file(os.path.join(world["appliance"]["root"], DEFAULT_KEY_FILE))
+    ids = {attack: _publish(target.options, attack, index, world["age"]["recipient"], key)
            for index, attack in enumerate(ATTACKS)}
     restore = {"target": target.options, "appliance": {"name": APPLIANCE_NAME, "root": world["appliance"]["root"]},
                "components": ["config"], "decryption": {"identity_file": world["key_file"]}}
@@ -359,7 +364,7 @@ def test_crafted_archives_are_refused_by_restore_and_verify(world):
         cases.append(("restore %s" % attack, "segura.backup.restore", dict(restore, snapshot=snap_id), words))
     verify = {"target": target.options, "appliance": APPLIANCE_NAME, "mode": "deep", "select": "ids",
               "ids": [ids["zip-bomb"], ids["pax-bomb"], ids["traversal"]],
-              "decryption": {"identity_file": world["key_file"]}}
+              "decryption": {"identity_file": world["key_file"]}, "trust": trust_args(world["appliance"])}
     cases.append(("verify deep of bombs", "segura.backup.verify", verify, ["3 of 3 snapshot(s) failed"]))
     assert not os.path.exists("/tmp/segura-owned")
     started = time.monotonic()

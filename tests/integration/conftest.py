@@ -238,3 +238,16 @@ def snapshot_args(appliance, target, encryption, components=("database", "config
         args["appliance"]["config_paths"] = list(appliance["config_paths"])
     args.update(extra)
     return args
+
+
+def trust_args(appliance, *names):
+    """The ``trust`` option of verify (or restore) pinning the key below the appliance's root for ``names``."""
+    return {"signers": reference.signers_text(appliance["root"], *(names or (appliance.get("name", APPLIANCE_NAME),)))}
+
+
+def appliance_trust(appliance, *names, allow_unsigned=False):
+    """The engine's trust of a restore or verify: the key below the appliance's root, pinned for ``names``."""
+    from ansible_collections.segura.backup.plugins.module_utils._engine.signing import Signers, TrustPolicy
+
+    text = reference.signers_text(appliance["root"], *(names or (appliance.get("name", APPLIANCE_NAME),)))
+    return TrustPolicy(Signers.parse(text, "the test appliance's key"), allow_unsigned)

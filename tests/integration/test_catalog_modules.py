@@ -22,7 +22,8 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encr
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
 from tests.integration.conftest import APPLIANCE_NAME, snapshot_args
 from tests.integration.playbook import run_task
-from tests.unit.test_verification import make_snapshot
+from tests.lab import reference
+from tests.unit.test_verification import make_snapshot, signers_for
 
 KINDS = ["smb_encrypted", "nfs_v41", "path"]
 STALE_APPLIANCE = "stale-appliance"
@@ -32,8 +33,9 @@ STALE_QUERY = ("appliances[?latest_complete.age_seconds > `93600`].latest_comple
 
 
 class Populated:
-    def __init__(self, target, real_id, old_ids, stale_id, identity):
+    def __init__(self, target, real_id, old_ids, stale_id, identity, signers=""):
         self.target = target
+        self.signers = signers
         self.real_id = real_id
         self.old_ids = old_ids  # 1, 2, 3, 4 days old
         self.stale_id = stale_id
@@ -41,6 +43,8 @@ class Populated:
 
     def run(self, module, check=False, diff=False, **args):
         args.setdefault("target", self.target.options)
+        if module == "verify":  # the real snapshot is signed by the appliance's key, the made-up ones by SIGNER
+            args.setdefault("trust", {"signers": self.signers})
         extra = {"ANSIBLE_DIFF_ALWAYS": "1"} if diff else None
         return run_task("segura.backup." + module, args, check=check, extra_env=extra)
 
@@ -66,7 +70,9 @@ def populated(request, lab_target_factory, reference_appliance, age_identity):
         stale_id = make_snapshot(client, now - timedelta(days=2), appliance=STALE_APPLIANCE,
                                  encryption=engine_encryption).id
         client.write_bytes(STRAY, b"a recording no snapshot references")
-    return Populated(target, real_id, old_ids, stale_id, age_identity)
+    signers = (reference.signers_text(reference_appliance["root"], APPLIANCE_NAME)
+               + signers_for(APPLIANCE_NAME, STALE_APPLIANCE))
+    return Populated(target, real_id, old_ids, stale_id, age_identity, signers)
 
 
 def _records(result, appliance=APPLIANCE_NAME):
@@ -237,7 +243,7 @@ def test_prune_refuses_an_incomplete_listing(populated):
         assert "the snapshot listing is incomplete" in errors[broken], refused.result["msg"]
         assert errors[APPLIANCE_NAME] is None  # the others were pruned
         assert len(_records(populated.run("backup_info", appliance=APPLIANCE_NAME).result)) == 1
-        assert len(os.listdir(os.path.join(server_dir, STALE_APPLIANCE, "snapshots"))) == 2  # untouched
+        assert len(os.listdir(os.path.join(server_dir, STALE_APPLIANCE, "snapshots"))) == 3  # untouched (object, sidecar, signature)
     finally:
         if kind.startswith("smb"):
             os.chmod(denied, stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP)

@@ -16,6 +16,7 @@ import subprocess
 
 import pytest
 
+from tests.integration.conftest import appliance_trust, trust_args
 from tests.integration.playbook import run_task
 from tests.integration.test_restore import start_mariadb, write_version
 from tests.lab import reference
@@ -32,6 +33,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.restore.phys
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.plan import plan_restore
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import RestoreRequest
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.swap import DatadirSwap
+from ansible_collections.segura.backup.plugins.module_utils._engine.signing import DEFAULT_KEY_FILE, SigningKey
 from ansible_collections.segura.backup.plugins.module_utils._engine.snapshot import SnapshotRequest, take_snapshot
 from ansible_collections.segura.backup.plugins.module_utils._engine.streams import HashingReader
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
@@ -119,7 +121,8 @@ def restore_request(source, snap, **extra):
     return RestoreRequest(appliance=APPLIANCE, layout=ApplianceLayout(root=source["root"]),
                           decryption=Decryption.identity_file(source["key"]["identity_file"]),
                           db=DatabaseConnection(defaults_file=source["service"].defaults_file, exclusive_defaults=True),
-                          snapshot=snap["id"], components=["database"], **extra)
+                          snapshot=snap["id"], components=["database"],
+                          **dict({"trust": appliance_trust(source, APPLIANCE)}, **extra))
 
 
 def sidecar_of(source, snap):
@@ -453,7 +456,8 @@ def test_a_logical_restore_that_cannot_go_on_says_the_databases_are_partly_resto
 def test_deep_verify_of_a_physical_snapshot_checks_its_stream_and_its_method_against_the_sidecar(source):
     snap = take(source, "physical")
     args = {"target": {"type": "path", "path": source["target"]}, "appliance": APPLIANCE, "mode": "deep",
-            "decryption": {"identity_file": source["key"]["identity_file"]}, "ids": [snap["id"]], "select": "ids"}
+            "decryption": {"identity_file": source["key"]["identity_file"]}, "ids": [snap["id"]], "select": "ids",
+            "trust": trust_args(source, APPLIANCE)}
     done = run_task("segura.backup.verify", args)
     assert not done.failed and done.result["snapshots"][0]["ok"], done.output
     # The sidecar's word on the method is checked against the manifest inside the object.
@@ -462,6 +466,11 @@ def test_deep_verify_of_a_physical_snapshot_checks_its_stream_and_its_method_aga
     side["db"]["tool_version"] = "10.6.99"
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(side, handle)
+    done = run_task("segura.backup.verify", dict(args, fail_on_error=False))
+    assert "does not match the sidecar" in " ".join(done.result["snapshots"][0]["problems"]), done.output
+    # Signed again by the appliance's own key (an appliance that lies): the manifest still tells.
+    with open(path, "rb") as handle, open(path + ".sig", "wb") as sig:
+        sig.write(SigningKey.from_file(os.path.join(source["root"], DEFAULT_KEY_FILE)).sign(handle.read()))
     done = run_task("segura.backup.verify", dict(args, fail_on_error=False))
     problems = " ".join(done.result["snapshots"][0]["problems"])
     assert "database method and versions" in problems, done.output

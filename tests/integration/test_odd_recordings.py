@@ -18,7 +18,7 @@ import threading
 
 import pytest
 
-from tests.integration.conftest import snapshot_args
+from tests.integration.conftest import snapshot_args, trust_args
 from tests.integration.playbook import REPO, run_task
 from tests.lab import reference
 
@@ -107,7 +107,8 @@ def test_odd_entries_make_a_partial_snapshot_that_verifies_and_restores(lab_targ
     assert not [name for _d, _s, files in os.walk(lab_target.appliance_dir()) for name in files if name.endswith(".partial")]
 
     deep = run_task("segura.backup.verify", {"target": lab_target.options, "mode": "deep", "check_session_hashes": True,
-                                             "decryption": {"identity_file": age_identity["identity_file"]}})
+                                             "decryption": {"identity_file": age_identity["identity_file"]},
+                                             "trust": trust_args(appliance_copy)})
     assert deep.rc == 0, deep.output
     checked = deep.result["snapshots"][0]
     assert checked["ok"], checked["problems"]

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 import pytest
 import zstandard
 
-from tests.integration.conftest import free_tcp_port, make_lab_target, _remove_lab_target
+from tests.integration.conftest import _remove_lab_target, appliance_trust, free_tcp_port, make_lab_target, trust_args
 from tests.integration.playbook import run_task
 from tests.lab import reference
 from tests.lab.mariadb import PORT_ENV, MariaDBService
@@ -35,6 +35,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.la
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Encryption
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.writer import ArchiveWriter
+from ansible_collections.segura.backup.plugins.module_utils._engine.signing import DEFAULT_KEY_FILE, SigningKey
 from ansible_collections.segura.backup.plugins.module_utils._engine.snapshot import SnapshotRequest, take_snapshot
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target
 from tests.secret_checks import assert_no_secret
@@ -115,8 +116,20 @@ def take(root, service, target_options, recipient, name=APPLIANCE, components=AL
         return take_snapshot(target, request)
 
 
-def copy_snapshot(src_dir, dst_dir, snap, appliance=APPLIANCE, dst_appliance=None):
-    """Copy one snapshot's object and sidecar into another target folder (optionally filed elsewhere)."""
+def appliance_key(root):
+    """The signing key below an appliance's root (the reference appliance has one)."""
+    return SigningKey.from_file(os.path.join(root, DEFAULT_KEY_FILE))
+
+
+def sign_sidecar(path, key):
+    """Sign a sidecar as its appliance would (a compromised appliance: the checks behind the signature)."""
+    with open(path, "rb") as handle, open(path + ".sig", "wb") as out:
+        out.write(key.sign(handle.read()))
+
+
+def copy_snapshot(src_dir, dst_dir, snap, appliance=APPLIANCE, dst_appliance=None, key=None):
+    """Copy one snapshot's object and sidecar into another target folder (optionally filed elsewhere),
+    signed again by ``key`` when given."""
     dst_appliance = dst_appliance or appliance
     folder = os.path.join(dst_dir, dst_appliance, "snapshots")
     os.makedirs(folder, exist_ok=True)
@@ -129,10 +142,12 @@ def copy_snapshot(src_dir, dst_dir, snap, appliance=APPLIANCE, dst_appliance=Non
     path = os.path.join(folder, os.path.basename(side))
     with open(path, "w") as handle:
         json.dump(sidecar, handle)
+    if key is not None:
+        sign_sidecar(path, key)
     return os.path.join(folder, os.path.basename(obj)), path
 
 
-def publish_raw(target_dir, appliance, members, encrypted=False):
+def publish_raw(target_dir, appliance, members, key, encrypted=False):
     """A hand-made tar.zst (members: list of (TarInfo, bytes)) with a valid-looking sidecar."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -157,10 +172,11 @@ def publish_raw(target_dir, appliance, members, encrypted=False):
                               sessions={"count": 0, "bytes": 0}, duration=0.0)
     with open(os.path.join(folder, catalog.sidecar_name(name)), "wb") as handle:
         handle.write(sidecar.to_json())
+    sign_sidecar(os.path.join(folder, catalog.sidecar_name(name)), key)
     return snap_id
 
 
-def publish_written(target_dir, appliance, build, header_appliance=None):
+def publish_written(target_dir, appliance, build, key, header_appliance=None):
     """An unencrypted snapshot written by ArchiveWriter (so the manifest matches) with a real sidecar."""
     created = datetime.now(timezone.utc).replace(microsecond=0)
     snap_id = catalog.new_snapshot_id()
@@ -179,7 +195,7 @@ def publish_written(target_dir, appliance, build, header_appliance=None):
             id=snap_id, appliance=appliance, created=created, object=name, size=upload.size, sha256=upload.sha256,
             components=["config"], counts={}, bytes_in=result.bytes_in,
             versions={"appliance": VERSION, "tool": "0.1.0"}, encryption={"mode": "none", "recipients": []},
-            db=None, sessions={"count": 0, "bytes": 0}, duration=0.0))
+            db=None, sessions={"count": 0, "bytes": 0}, duration=0.0), key)
     return snap_id
 
 
@@ -324,7 +340,8 @@ def test_disaster_restore_onto_a_brand_new_appliance_from_smb(world, tmp_path):
     assert reference.fingerprint_databases(db_conn(fresh)) == {"mt4": None, "senhasegura": None}
 
     args = restore_args(root, fresh, world["smb"].options, world["decryption"], name="dr-appliance",
-                        source_appliance=APPLIANCE, allow_other_appliance=True, restore_sessions=True)
+                        source_appliance=APPLIANCE, allow_other_appliance=True, restore_sessions=True,
+                        trust=trust_args(world, APPLIANCE))  # the pinned key of the appliance that burnt
     run = run_task(MODULE, args)
     assert run.rc == 0, run.output
     assert reference.fingerprint(root, db_conn(fresh)) == world["fingerprint"]
@@ -343,7 +360,8 @@ def test_refuses_another_appliances_snapshot_unless_allowed(world, refusal):
 
 
 def test_refuses_a_snapshot_made_by_another_appliance_filed_under_this_one(world, refusal):
-    copy_snapshot(world["path_dir"], refusal["target_dir"], world["path_snap"], dst_appliance="imposter")
+    copy_snapshot(world["path_dir"], refusal["target_dir"], world["path_snap"], dst_appliance="imposter",
+                  key=appliance_key(refusal["root"]))
     run = run_task(MODULE, restore_args(refusal["root"], world["source_db"], refusal["options"],
                                         world["decryption"], name="imposter"))
     assert_refused(run, "made by another appliance", APPLIANCE)
@@ -363,6 +381,7 @@ def test_refuses_a_tampered_object_with_a_fixed_sidecar(world, refusal):
     sidecar.update(sha256=digest, size=os.path.getsize(obj))
     with open(side, "w") as handle:
         json.dump(sidecar, handle)
+    sign_sidecar(side, appliance_key(refusal["root"]))  # signed: the object's own checks must catch it
     run = run_task(MODULE, restore_args(refusal["root"], world["source_db"], refusal["options"], world["decryption"]))
     assert_refused(run, "failed deep verification, nothing was restored", "tampered")
 
@@ -382,7 +401,7 @@ def test_refuses_a_crafted_path_traversal_member(world, refusal, name):
         tar_file("snapshot.json", json.dumps({"format": "segura.backup/1", "id": "x", "appliance": APPLIANCE}).encode()),
         tar_file(name, b"* * * * * root sh -c 'id > /tmp/pwned'\n"),
         tar_file("manifest.json", b"{}"),
-    ])
+    ], appliance_key(refusal["root"]))
     run = run_task(MODULE, restore_args(refusal["root"], world["source_db"], refusal["options"], None,
                                         snapshot=snap_id))
     assert_refused(run, "failed deep verification, nothing was restored", "unsafe archive member")
@@ -398,7 +417,7 @@ def test_refuses_a_symlink_that_escapes_the_restored_tree(world, refusal):
         finally:
             os.remove(link)
 
-    snap_id = publish_written(refusal["target_dir"], APPLIANCE, build)
+    snap_id = publish_written(refusal["target_dir"], APPLIANCE, build, appliance_key(refusal["root"]))
     run = run_task(MODULE, restore_args(refusal["root"], world["source_db"], refusal["options"], None,
                                         components=["config"], snapshot=snap_id))
     assert_refused(run, "symbolic link /etc/senhasegura/escape", "climbs above the appliance root")
@@ -408,7 +427,7 @@ def test_refuses_a_member_outside_the_configured_paths(world, refusal):
     def build(writer):
         writer.add_file("files/etc/cron.d/evil", os.path.join(refusal["root"], "etc/senhasegura/senhasegura.conf"))
 
-    snap_id = publish_written(refusal["target_dir"], APPLIANCE, build)
+    snap_id = publish_written(refusal["target_dir"], APPLIANCE, build, appliance_key(refusal["root"]))
     run = run_task(MODULE, restore_args(refusal["root"], world["source_db"], refusal["options"], None,
                                         components=["config"], snapshot=snap_id))
     assert_refused(run, "/etc/cron.d/evil, outside the configured paths")
@@ -464,7 +483,7 @@ def measure(size_text):
         request = RestoreRequest(appliance=APPLIANCE, layout=ApplianceLayout(root=root),
                                  decryption=Decryption.identity_file(key),
                                  db=DatabaseConnection(defaults_file=service.defaults_file, exclusive_defaults=True),
-                                 restore_sessions=True)
+                                 restore_sessions=True, trust=appliance_trust({"root": root}, APPLIANCE))
         started = time.monotonic()
         with open_target(options) as target:
             done = restore(target, request)

@@ -76,6 +76,8 @@ class Fleet:
             "backup_target": {"type": "path", "path": BACKUP_ROOT},
             "backup_encryption": {"recipients": [self.recipient]},
             "backup_appliance": {"health_url": HEALTH_URL},
+            # where setup.yml pins the appliances' signing keys; every later run reads them there
+            "backup_signers_file": os.path.join(self.workdir, "segura_backup_signers"),
         }
         group_vars.update(extra_vars)
         return {"segura_appliances": {"hosts": hosts, "vars": group_vars}}
@@ -372,7 +374,9 @@ def _local_inventory(reference_appliance, target, recipient, **extra):
     host = {"ansible_connection": "local", "ansible_python_interpreter": os.path.join(VENV_BIN, "python"),
             "backup_target": target, "backup_encryption": {"recipients": [recipient]},
             "backup_appliance": {"name": "ref-appliance", "root": reference_appliance["root"]},
-            "backup_database": {"defaults_file": reference_appliance["defaults_file"]}}
+            "backup_database": {"defaults_file": reference_appliance["defaults_file"]},
+            # the lab appliance's key, pinned as playbooks/setup.yml would
+            "backup_signers": reference.signers_text(reference_appliance["root"], "ref-appliance")}
     host.update(extra)
     return {"segura_appliances": {"hosts": {"ref-appliance": host}}}
 

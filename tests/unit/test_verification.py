@@ -18,6 +18,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine import age, 
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption, Encryption
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.writer import ArchiveWriter
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError
+from ansible_collections.segura.backup.plugins.module_utils._engine.signing import SigningKey
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.path import PathTarget
 from ansible_collections.segura.backup.plugins.module_utils._engine.verification import (
     select_snapshots,
@@ -31,6 +32,13 @@ UTC = timezone.utc
 CREATED = datetime(2026, 11, 27, 5, 0, 0, tzinfo=UTC)
 SECRET, RECIPIENT = age.generate_identity()
 _DUMP = os.urandom(150 * 1024).hex().encode()  # ~300 KB that compresses to ~150 KB: several age chunks
+#: Made-up snapshots are signed with this key, as an appliance would (tests/unit/test_signing.py tries the rest).
+SIGNER = SigningKey.generate()
+
+
+def signers_for(*appliances, key=SIGNER):
+    """An allowed-signers text pinning ``key`` for each appliance."""
+    return "".join('%s namespaces="segura-backup" %s\n' % (name, key.public_line) for name in appliances)
 
 
 def make_snapshot(target, created, appliance="pam1", encryption=None, sessions=None, db=b"", snap_id=None,
@@ -66,7 +74,7 @@ def make_snapshot(target, created, appliance="pam1", encryption=None, sessions=N
     )
     if sessions is not None:
         catalog.write_sessions_list(target, appliance, name, referenced)
-    catalog.publish_sidecar(target, sidecar)
+    catalog.publish_sidecar(target, sidecar, SIGNER)
     return sidecar
 
 

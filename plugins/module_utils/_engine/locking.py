@@ -266,7 +266,7 @@ class ApplianceLock:
         try:
             doc = json.loads(raw.decode("utf-8"))
             parse_utc(doc["expires"])
-        except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+        except (UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError):
             return raw, None
         return raw, doc if isinstance(doc, dict) else None
 

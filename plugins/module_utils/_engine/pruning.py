@@ -344,7 +344,7 @@ def _sidecar_claim(target: Target, record: catalog.SnapshotRecord) -> Optional[s
         doc = json.loads(catalog.read_small(target, relpath).decode("utf-8"))
     except TargetNotFound:
         return None
-    except (IntegrityError, UnicodeDecodeError, ValueError):
+    except (IntegrityError, UnicodeDecodeError, ValueError, RecursionError):
         return None
     claim = doc.get("appliance") if isinstance(doc, dict) else None
     return claim if isinstance(claim, str) else None

@@ -250,7 +250,7 @@ def load_index(target: Target, appliance: str) -> Dict[str, IndexEntry]:
         data = json.loads(target.read_bytes(sessions_dir(appliance) + "/" + INDEX_NAME, limit=INDEX_LIMIT))
     except TargetNotFound:
         return {}
-    except (ValueError, UnicodeDecodeError, IntegrityError):
+    except (ValueError, RecursionError, UnicodeDecodeError, IntegrityError):
         return {}  # a damaged (or oversized) cache costs re-hashing, nothing else
     if not isinstance(data, dict) or data.get("format") not in INDEX_FORMATS or not isinstance(data.get("files"), dict):
         return {}

@@ -230,7 +230,7 @@ def _lock_state(target: Target, appliance: str) -> Dict[str, Any]:
     try:
         doc = json.loads(raw.decode("utf-8"))
         expires = catalog.parse_utc(doc["expires"])
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (ValueError, RecursionError, KeyError, TypeError, UnicodeDecodeError):
         return {"ok": True, "held": True, "note": "unreadable lock; it will be taken over once stale"}
     if expires <= datetime.now(timezone.utc):
         return {"ok": True, "held": False, "stale": True, "holder": doc.get("host")}

@@ -52,6 +52,10 @@ def require_zstandard() -> None:
                            "(the segura.backup.runtime role installs it)")
 
 
+MAX_NAME_COMPONENT = 255  # NAME_MAX
+MAX_MEMBER_NAME = 4096 + len("files/")  # PATH_MAX below the member prefix
+
+
 def check_member_name(name: str) -> str:
     """A safe relative member name ('a/b/c') or IntegrityError: no absolute paths, '..', NUL."""
     if not isinstance(name, str) or not name:
@@ -63,6 +67,11 @@ def check_member_name(name: str) -> str:
     parts = name.split("/")
     if any(p in ("", ".", "..") for p in parts):
         raise IntegrityError("unsafe archive member %r: empty, '.' or '..' path component" % name)
+    # What no Linux file system can hold (NAME_MAX, PATH_MAX): refused by name, not by an OSError later.
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_MEMBER_NAME or \
+            any(len(p.encode("utf-8", "surrogateescape")) > MAX_NAME_COMPONENT for p in parts):
+        raise IntegrityError("unsafe archive member %r...: a name longer than %d bytes or a path component longer "
+                             "than %d bytes" % (name[:60], MAX_MEMBER_NAME, MAX_NAME_COMPONENT))
     return name
 
 

@@ -287,7 +287,7 @@ class ArchiveReader:
     def _parse_json(self, name: str, data: bytearray) -> None:
         try:
             obj = json.loads(data)
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             raise IntegrityError("archive member %s is not valid JSON" % name)
         if not isinstance(obj, dict):
             raise IntegrityError("archive member %s is not a JSON object" % name)

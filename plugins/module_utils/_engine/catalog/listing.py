@@ -381,6 +381,6 @@ def _read_verification(target: Target, relpath: str) -> Optional[Dict[str, Any]]
         doc = json.loads(read_small(target, relpath).decode("utf-8"))
     except TargetNotFound:
         return None
-    except (TargetError, IntegrityError, UnicodeDecodeError, ValueError) as exc:
+    except (TargetError, IntegrityError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         return {"status": "unreadable", "error": str(exc)}
     return doc if isinstance(doc, dict) else {"status": "unreadable", "error": "not a JSON object"}

@@ -115,7 +115,7 @@ class Sidecar:
         """Parse and validate; IntegrityError naming ``source`` (the file) on any problem."""
         try:
             doc = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise _fail(source, "not JSON (%s)" % exc) from None
         return cls.from_dict(doc, source)
 

@@ -302,7 +302,7 @@ def parse_sessions_list(data: bytes, source: str, snap_id: str, appliance: str) 
     """The validated entries of a session list; IntegrityError naming ``source`` on any problem."""
     try:
         doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise IntegrityError("session list %s is invalid: not JSON (%s)" % (source, exc)) from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise IntegrityError("session list %s is invalid: not a %s document" % (source, FORMAT))

@@ -256,7 +256,7 @@ def _source_facts(raw: Optional[bytes], record: Dict[str, Any], snap_id: str) ->
         for fact in tables.values():
             if not isinstance(fact["rows"], int) or not isinstance(fact["checksum"], str):
                 raise TypeError
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+    except (ValueError, RecursionError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
         raise IntegrityError("%s of snapshot %s is not a table-facts document" % (FACTS_MEMBER, snap_id)) from None
     return facts
 
