@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
 import time
@@ -337,8 +338,8 @@ CASES = [
     ("not tar inside", lambda s: craft(s, tar_bytes=os.urandom(5000)), "tar|corrupt|header"),
     ("no manifest", lambda s: craft(s, [GOOD_FILE], manifest=False), "manifest"),
     ("manifest not JSON", lambda s: craft(s, [GOOD_FILE], manifest=b"{nope"), "manifest"),
-    ("manifest members not a list", lambda s: craft(s, [GOOD_FILE], manifest={"id": s.victim, "appliance": "box",
-                                                                               "members": "all"}), "member list"),
+    ("manifest members not a list",
+     lambda s: craft(s, [GOOD_FILE], manifest={"id": s.victim, "appliance": "box", "members": "all"}), "member list"),
     ("no snapshot.json", lambda s: craft(s, [GOOD_FILE], header=False), "snapshot.json"),
     ("manifest of another appliance", lambda s: craft(s, [GOOD_FILE], header={"id": s.victim, "appliance": "pam2"}),
      "another appliance|appliance 'pam2'|disagree on 'appliance'"),
@@ -381,10 +382,8 @@ def _restore_request(share, snap_id, dest):
 
 
 @pytest.mark.parametrize("case, change, words", CASES, ids=[c[0] for c in CASES])
-def test_a_hostile_snapshot_is_refused_with_one_clear_error_and_nothing_is_written(share, tmp_path, case, change,
-                                                                                  words):
-    import re
-
+def test_a_hostile_snapshot_is_refused_with_one_clear_error_and_nothing_is_written(
+        share, tmp_path, case, change, words):
     share.reset()
     change(share)
     dest = str(tmp_path / "dest")

@@ -22,7 +22,7 @@ import pytest
 
 from tests.integration.conftest import sha256_file
 from tests.integration.playbook import COLLECTIONS, REPO, VENV_BIN
-from tests.lab import containers, core
+from tests.lab import containers, core, reference
 from tests.secret_checks import assert_has_secret, assert_no_secret
 
 ansible_runner = pytest.importorskip("ansible_runner")

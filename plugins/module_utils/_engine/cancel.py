@@ -16,7 +16,7 @@ bounded by the target's timeouts). At the edge (``stop_cleanly_on_signals``) it 
 a BackupError the modules and the CLI report like any other failure.
 
 What cannot be caught (SIGKILL, an OOM kill) leaves the lock; the next run takes it over at once when
-its holder ran on the same host and boot (locking.holder_is_gone), else (another host, a reboot, a
+its holder ran on the same host and boot (holders.holder_is_gone), else (another host, a reboot, a
 power cut) after its ttl, and break_lock exists for the rest.
 """
 

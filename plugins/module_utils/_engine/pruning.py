@@ -47,7 +47,8 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.clock_skew i
     parse_future_tolerance,
 )
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError, ConfigError, IntegrityError, TargetError, TargetNotFound
-from ansible_collections.segura.backup.plugins.module_utils._engine.locking import DEFAULT_TTL, ApplianceLock, refuse_case_variant, takeover_message
+from ansible_collections.segura.backup.plugins.module_utils._engine.holders import takeover_message
+from ansible_collections.segura.backup.plugins.module_utils._engine.locking import DEFAULT_TTL, ApplianceLock, refuse_case_variant
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
 
 DEFAULT_PARTIAL_GRACE = timedelta(hours=24)
@@ -303,7 +304,7 @@ def _snapshot_summary(record: catalog.SnapshotRecord) -> Dict[str, Any]:
 
 def remove_dead_run_leftovers(target: Target, appliance: str, heartbeat: Callable[[], Any] = lambda: None,
                               removed: Optional[Removed] = None) -> Removed:
-    """Right after taking over the lock of a run that is provably gone (``locking.holder_is_gone``):
+    """Right after taking over the lock of a run that is provably gone (``holders.holder_is_gone``):
     its partial snapshot objects and half-written session files go at once instead of at the next
     prune. Only a lock holder writes them, so while we hold the lock every one is a dead run's. Call
     it holding the lock, before writing anything. An incomplete listing removes nothing (prune will).

@@ -47,7 +47,8 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.archive.form
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.writer import ArchiveWriter
 from ansible_collections.segura.backup.plugins.module_utils._engine.constants import TOOL_VERSION, MiB
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, ConfigError, LockBusy, TargetError, TargetFull, TargetNotFound
-from ansible_collections.segura.backup.plugins.module_utils._engine.locking import ApplianceLock, refuse_case_variant, takeover_message
+from ansible_collections.segura.backup.plugins.module_utils._engine.holders import takeover_message
+from ansible_collections.segura.backup.plugins.module_utils._engine.locking import ApplianceLock, refuse_case_variant
 from ansible_collections.segura.backup.plugins.module_utils._engine.pruning import heal_after_takeover
 from ansible_collections.segura.backup.plugins.module_utils._engine.sessions import ON_PROBLEM, SessionSyncResult, sync_sessions
 from ansible_collections.segura.backup.plugins.module_utils._engine.signing import DEFAULT_KEY_FILE, load_signing_key

@@ -31,7 +31,8 @@ from typing import Any, Callable, Dict, Optional
 from ansible_collections.segura.backup.plugins.module_utils._engine import catalog
 from ansible_collections.segura.backup.plugins.module_utils._engine.catalog import parse_utc
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import LockBusy, TargetInUse, TargetNotFound
-from ansible_collections.segura.backup.plugins.module_utils._engine.locking import ApplianceLock, holder_is_alive, holder_is_gone
+from ansible_collections.segura.backup.plugins.module_utils._engine.holders import holder_is_alive, holder_is_gone
+from ansible_collections.segura.backup.plugins.module_utils._engine.locking import ApplianceLock
 from ansible_collections.segura.backup.plugins.module_utils._engine.pruning import heal_after_takeover
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
 
