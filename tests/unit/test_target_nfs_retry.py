@@ -97,3 +97,45 @@ def test_is_uncertain_reads_the_outcome_of_both_error_families():
     assert nfs._is_uncertain(nfs_rs.NfsRetryableError(message="x", outcome="uncertain"))
     assert not nfs._is_uncertain(_retry_uncached())
     assert not nfs._is_uncertain(ValueError("x"))
+
+
+class HandleDouble:
+    """Stands for an nfs-rs file handle whose CLOSE reply the lab's ganesha cannot be made to lose."""
+
+    def __init__(self, close_error):
+        self.close_error = close_error
+        self.written = b""
+
+    def write_at(self, data, offset):
+        self.written = self.written[:offset] + bytes(data)
+        return len(data)
+
+    def close(self):
+        raise self.close_error
+
+
+class _Target:
+    @staticmethod
+    def map_error(exc, where):
+        return RuntimeError("%s: %s" % (where, exc))
+
+
+@pytest.mark.parametrize("error", [
+    nfs_rs.NfsFileCloseError(message="Uncertain NFS operation", outcome="uncertain"),
+    nfs_rs.NfsFileCloseError(message="close failed", errors=(_uncertain_open(),)),
+    nfs_rs.NfsUncertainOutcomeError(message="Uncertain NFS operation ReplaySensitive", outcome="uncertain"),
+])
+def test_an_uncertain_close_after_durable_writes_is_not_a_failure(error):
+    handle = HandleDouble(error)
+    writer = nfs._NfsWriter(_Target(), handle, "nfs://lab/x.json.sig.partial", batch=1024)
+    writer.write(b"signature")
+    writer.close()  # the bytes were written durably before the CLOSE: nothing is lost
+    assert handle.written == b"signature"
+
+
+def test_a_definite_close_failure_is_reported():
+    handle = HandleDouble(nfs_rs.NfsFileCloseError(message="NFS4ERR_IO", outcome="definite_failure"))
+    writer = nfs._NfsWriter(_Target(), handle, "nfs://lab/x", batch=1024)
+    writer.write(b"x")
+    with pytest.raises(RuntimeError, match="NFS4ERR_IO"):
+        writer.close()

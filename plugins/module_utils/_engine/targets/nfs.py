@@ -72,6 +72,18 @@ def _is_uncertain(exc: BaseException) -> bool:
     return isinstance(exc, _OUTCOME_ERRORS) and getattr(exc, "outcome", None) == nfs_rs.OperationOutcome.UNCERTAIN
 
 
+def _close_was_uncertain(exc: BaseException) -> bool:
+    """An UNCERTAIN close: reported as such, or as an NfsFileCloseError carrying an UNCERTAIN outcome
+    (itself or among the errors it wraps). Every batch was written durably before, so it loses nothing."""
+    if _is_uncertain(exc):
+        return True
+    if not HAS_NFS_RS or not isinstance(exc, nfs_rs.NfsFileCloseError):
+        return False
+    uncertain = nfs_rs.OperationOutcome.UNCERTAIN
+    return getattr(exc, "outcome", None) == uncertain or any(
+        getattr(inner, "outcome", None) == uncertain for inner in getattr(exc, "errors", None) or ())
+
+
 def _backoff(attempt: int) -> None:
     time.sleep(min(_MAX_BACKOFF, 0.1 * 2 ** attempt))
 
@@ -157,13 +169,11 @@ class _NfsWriter(WriteHandle):
         self.closed = True
         try:
             _retrying(self._handle.close)
-        except _OUTCOME_ERRORS as exc:
+        except BaseException as exc:
             # Every batch was already written durably, so an UNCERTAIN close loses nothing: at worst the
             # server keeps an open state until the client's lease ends.
-            if not _is_uncertain(exc):
+            if not _close_was_uncertain(exc):
                 raise self._target.map_error(exc, self._where) from None
-        except BaseException as exc:
-            raise self._target.map_error(exc, self._where) from None
 
     def abort(self) -> None:
         if self.closed:
@@ -377,11 +387,9 @@ class NfsTarget(Target):
         handle = self._call_idempotent(where, self._live.open, temporary, "wb")
         try:
             _retrying(handle.close)
-        except _OUTCOME_ERRORS as exc:
-            if not _is_uncertain(exc):
-                raise self.map_error(exc, where) from None
         except BaseException as exc:
-            raise self.map_error(exc, where) from None
+            if not _close_was_uncertain(exc):
+                raise self.map_error(exc, where) from None
         try:
             self._call_idempotent(where, self._live.chmod, temporary, self.file_mode)
             try:
