@@ -26,7 +26,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.la
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption, Encryption
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.reader import ArchiveReader
-from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, TargetError
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, BackupError, TargetError
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.apply import restore
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.check import check_database
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.physical import PhysicalRestore, PhysicalSetup
@@ -61,7 +61,8 @@ EXACT_FLOATS = ("SELECT COUNT(*) FROM mt4.edge_floats WHERE f = CAST(1.2345678 A
 def mariadb(defaults_file, sql):
     done = subprocess.run(["mariadb", "--defaults-file=" + defaults_file, "--batch", "--skip-column-names"],
                           input=sql.encode() if isinstance(sql, str) else sql, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, check=True, timeout=300)
+                          stderr=subprocess.PIPE, check=False, timeout=300)
+    assert done.returncode == 0, "mariadb failed: %s" % done.stderr.decode(errors="replace")[-500:]
     return [line.split("\t") for line in done.stdout.decode().splitlines()]
 
 
@@ -134,7 +135,7 @@ def scramble(source):
     """Change what the restore must bring back: a FLOAT, history, a row of the reference data."""
     mariadb(source["service"].defaults_file, "UPDATE mt4.edge_floats SET f = 7 WHERE id = 1; UPDATE mt4.edge_doubles SET d = 0 WHERE id = 2; "
                                              "DELETE FROM senhasegura.credential_history WHERE id = 2; "
-                                             "CREATE TABLE mt4.not_in_the_snapshot (id INT);")
+                                             "CREATE TABLE IF NOT EXISTS mt4.not_in_the_snapshot (id INT);")
 
 
 def leftovers(datadir):
@@ -394,9 +395,11 @@ class FailingReads:
             position = 0
 
             def read(self, size=-1):
-                if wrapper.times and self.position + max(size, 0) > wrapper.offset:
+                if wrapper.times and self.position >= wrapper.offset:
                     wrapper.times -= 1
                     raise TargetError("simulated: connection reset while reading %s" % relpath)
+                if wrapper.times and (size is None or size < 0 or self.position + size > wrapper.offset):
+                    size = wrapper.offset - self.position  # the bytes before the cut still arrive
                 data = handle.read(size)
                 self.position += len(data)
                 return data
@@ -423,12 +426,18 @@ def _object_offset_of(path, identity_file, member):
     raise AssertionError("%s is not in %s" % (member, path))
 
 
-def _logical_restore_with_failures(source, times):
+def _bulk_snapshot(source):
+    """A logical snapshot whose dump spans several 1 MiB chunks."""
     # 3 MB that do not compress, so each 1 MiB chunk spans many of the object's 64 KiB age chunks.
     mariadb(source["service"].defaults_file, "CREATE TABLE IF NOT EXISTS mt4.bulk (id INT PRIMARY KEY, b BLOB); "
                                              "INSERT IGNORE INTO mt4.bulk SELECT seq, RANDOM_BYTES(1024) FROM mt4.seq_1_to_3000;")
     snap = take(source, "logical", chunk_size=1024 * 1024)
     assert snap["counts"]["db_chunks"] >= 4
+    return snap
+
+
+def _logical_restore_with_failures(source, times, snap=None):
+    snap = snap or _bulk_snapshot(source)
     request = restore_request(source, snap)
     offset = _object_offset_of(os.path.join(source["target"], snap["object"]), source["key"]["identity_file"],
                                "db/dump.sql.000002")
@@ -443,13 +452,14 @@ def test_a_read_that_fails_once_in_the_second_pass_is_resumed_and_the_restore_co
 
 
 def test_a_logical_restore_that_cannot_go_on_says_the_databases_are_partly_restored(source):
+    snap = _bulk_snapshot(source)
     with pytest.raises(ApplianceError) as failure:
-        _logical_restore_with_failures(source, times=99)
+        _logical_restore_with_failures(source, times=99, snap=snap)
     message = str(failure.value)
     assert message.startswith("databases partly restored: the restore stopped after ")
     assert "simulated: connection reset" in message and "mt4 then senhasegura" in message
     assert "mt4 has " in message and "run the restore again" in message and "physical" in message
-    again = _logical_restore_with_failures(source, times=0)  # the snapshot is intact: a second run mends it
+    again = _logical_restore_with_failures(source, times=0, snap=snap)  # the snapshot is intact: a second run mends it
     assert again["verification"]["ok"]
 
 
@@ -474,3 +484,70 @@ def test_deep_verify_of_a_physical_snapshot_checks_its_stream_and_its_method_aga
     done = run_task("segura.backup.verify", dict(args, fail_on_error=False))
     problems = " ".join(done.result["snapshots"][0]["problems"])
     assert "database method and versions" in problems, done.output
+
+
+# ------------------------------------------------------------------ the target cut in the second pass
+#: Where pass 2 loses the share for good, as fractions of the object: before the first database
+#: chunk, early, midway and near the end (after the last chunk of a small object, in the files).
+CUT_AT = (0.02, 0.3, 0.6, 0.95)
+
+
+@pytest.mark.parametrize("fraction", CUT_AT)
+def test_a_physical_restore_cut_in_its_second_pass_leaves_the_live_datadir_and_says_so(source, fraction):
+    """The share drops for good at four points of pass 2 of a physical restore (offline datadir): one
+    clear error, the live datadir as it was (nothing swapped), and the next run restores exactly."""
+    service = source["service"]
+    snap = take(source, "physical")
+    expected = fingerprint(service.defaults_file)
+    scramble(source)
+    before = fingerprint(service.defaults_file)
+    size = os.path.getsize(os.path.join(source["target"], snap["object"]))
+    request = restore_request(source, snap, db_service="none", db_datadir=service.datadir)
+    service.down()
+    try:
+        with open_target({"type": "path", "path": source["target"]}) as real:
+            with pytest.raises(BackupError) as failure:
+                restore(FailingReads(real, int(size * fraction), first=2, times=99), request)
+    finally:
+        service.up()
+    message = str(failure.value)
+    print("cut at %.0f%%: %s" % (fraction * 100, message[:400]))
+    assert "simulated: connection reset" in message and "run the restore again" in message
+    assert "the live datadir is as it was" in message or "after the databases were restored" in message
+    assert fingerprint(service.defaults_file) == before, "a cut restore changed the live datadir"
+    assert leftovers(service.datadir) == [], leftovers(service.datadir)
+    service.down()
+    try:
+        with open_target({"type": "path", "path": source["target"]}) as real:
+            done = restore(real, request)  # the way back: the snapshot is intact, run it again
+    finally:
+        service.up()
+    assert done["verification"]["ok"] and fingerprint(service.defaults_file) == expected
+    remove_leftovers(service.datadir)
+
+
+@pytest.mark.parametrize("fraction", CUT_AT)
+def test_a_logical_restore_cut_in_its_second_pass_says_what_it_left_and_the_next_run_mends_it(source, fraction):
+    """The same four cuts in a logical restore: the message says whether databases were partly loaded
+    (naming them and the way back) or nothing was; the next run brings back the source exactly."""
+    snap = _bulk_snapshot(source)  # several chunks: later cuts come after some were loaded
+    expected = fingerprint(source["service"].defaults_file)
+    scramble(source)
+    size = os.path.getsize(os.path.join(source["target"], snap["object"]))
+    request = restore_request(source, snap)
+    with open_target({"type": "path", "path": source["target"]}) as real:
+        with pytest.raises(BackupError) as failure:
+            restore(FailingReads(real, int(size * fraction), first=2, times=99), request)
+    message = str(failure.value)
+    print("cut at %.0f%%: %s" % (fraction * 100, message[:400]))
+    assert "simulated: connection reset" in message and "run the restore again" in message
+    assert message.startswith("databases partly restored") or "the databases are as they were" in message \
+        or "after the databases were restored" in message, message
+    with open_target({"type": "path", "path": source["target"]}) as real:
+        done = restore(real, request)
+    assert done["verification"]["ok"]
+    # exact but for the FLOAT column the logical method reports it cannot carry (see the loss test above)
+    lossy = ("mt4.edge_floats", "exact floats")
+    restored = fingerprint(source["service"].defaults_file)
+    assert {k: v for k, v in restored.items() if k not in lossy} == \
+        {k: v for k, v in expected.items() if k not in lossy}

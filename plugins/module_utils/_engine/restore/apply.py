@@ -12,9 +12,10 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import run_query
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.physical import PHYSICAL
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.format import SNAPSHOT_MEMBER
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.reader import ArchiveReader
-from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, ArchiveError, ConfigError, IntegrityError
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, ArchiveError, BackupError, ConfigError, IntegrityError
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.check import post_verify
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.commands import run_commands
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.logical import DatabaseLoader, spool_chunk
@@ -67,9 +68,10 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
     with open_object(target, plan.record) as handle:
         counted = HashingReader(handle)
         sidecar = plan.record.require_sidecar()
-        reader = ArchiveReader(counted, request.decryption, max_content_bytes=sidecar.bytes_in,
-                               max_members=sidecar.counts.get("members"))
+        reader: Optional[ArchiveReader] = None
         try:
+            reader = ArchiveReader(counted, request.decryption, max_content_bytes=sidecar.bytes_in,
+                                   max_members=sidecar.counts.get("members"))
             for info, content in reader:
                 expected = plan.members.get(info.name)
                 if info.name == SNAPSHOT_MEMBER:
@@ -114,9 +116,12 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
                 loader.abort()
                 if isinstance(loader, DatabaseLoader) and loader.bytes and isinstance(exc, Exception):
                     raise partly_restored(request, plan, loader.bytes, exc) from None
+            if isinstance(exc, BackupError):
+                raise stopped_in_second_pass(exc, plan, db_done, written) from None
             raise
         finally:
-            reader.close()
+            if reader is not None:
+                reader.close()
     tick = time.monotonic()
     # Directories last and deepest first: creating entries changes a directory's mtime.
     for wanted in sorted(dir_entries, key=lambda w: w.relpath.count("/"), reverse=True):
@@ -174,6 +179,25 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
                         or written["metadata"] or sessions["restored"]),
     })
     return result
+
+
+def stopped_in_second_pass(cause: BackupError, plan: RestorePlan, db_done: bool, written: Dict[str, int]) -> BackupError:
+    """``cause`` (same class), saying what the stopped restore left behind and the way back."""
+    files = "%d of %d file(s) and link(s) written (each replaced whole, never half)" % (
+        written["files"] + written["symlinks"], sum(1 for w in plan.wanted if w.type != "dir"))
+    if not plan.restores_database:
+        state = files
+    elif db_done:
+        state = "after the databases were restored, with %s" % files
+    elif plan.db_method == PHYSICAL:
+        state = "before the datadir swap: the live datadir is as it was, nothing of it changed"
+    else:
+        state = "before the dump was loaded: the databases are as they were"
+    try:
+        return type(cause)("%s. The restore stopped in its second pass %s; the snapshot is intact: run the "
+                           "restore again" % (cause, state))
+    except TypeError:  # an error class that wants more than a message: keep it as it is
+        return cause
 
 
 def partly_restored(request: RestoreRequest, plan: RestorePlan, fed: int, cause: Exception) -> ApplianceError:
