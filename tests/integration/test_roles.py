@@ -159,6 +159,27 @@ def test_setup_is_idempotent(set_up, fleet):
     assert not set_up.stats["failures"]
 
 
+def test_setup_refuses_to_pin_another_key_for_a_pinned_name(set_up, fleet):
+    """A compromised appliance reporting another's name must not replace that appliance's pinned key."""
+    path = os.path.join(fleet.workdir, "segura_backup_signers")
+    with open(path, encoding="utf-8") as handle:
+        pinned = handle.read()
+    name = fleet.exec(fleet.primary, "hostname -s").stdout.decode().strip()
+    other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+    forged = "".join('%s namespaces="segura-backup" %s\n' % (name, other) if line.startswith(name + " ") else line + "\n"
+                     for line in pinned.splitlines())
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(forged)
+        refused, _seconds = fleet.run("setup.yml", limit=fleet.primary["name"])
+        assert refused.rc != 0 and "must not pin another key" in _output(refused), _output(refused)[-2000:]
+        with open(path, encoding="utf-8") as handle:
+            assert handle.read() == forged  # nothing replaced
+    finally:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(pinned)
+
+
 def test_setup_installs_runtime_timer_and_private_config(set_up, fleet):
     for appliance in (fleet.primary, fleet.contingency):
         fleet.exec(appliance, "/opt/segura-backup/venv/bin/python -c 'import zstandard, smbclient, nfs_rs'")
@@ -173,6 +194,14 @@ def test_setup_installs_runtime_timer_and_private_config(set_up, fleet):
                      "PrivateTmp=true", "NoNewPrivileges=true", "ReadWritePaths=%s" % BACKUP_ROOT):
             assert line in unit
         assert fleet.exec(appliance, "test -e /etc/cron.d/segura-backup", check=False).returncode != 0
+        # the appliance's own signing key, private to it; its public half pinned on the controller
+        key = fleet.exec(appliance, "stat -c '%a %U' /etc/segura-backup/signing_key && "
+                                    "cut -d' ' -f1,2 /etc/segura-backup/signing_key.pub && hostname -s")
+        mode, public, name = key.stdout.decode().strip().split("\n")
+        assert mode == "600 root"
+        with open(os.path.join(fleet.workdir, "segura_backup_signers"), encoding="utf-8") as handle:
+            pinned = handle.read().splitlines()
+        assert '%s namespaces="segura-backup" %s' % (name, public) in pinned, pinned
 
 
 def _sidecars(fleet, appliance):

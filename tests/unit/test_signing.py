@@ -4,16 +4,19 @@ the real ssh-keygen)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import time
+from datetime import timedelta
 
 import pytest
 
 from ansible_collections.segura.backup.plugins.module_utils._engine import catalog
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import ApplianceLayout
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption
-from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError, IntegrityError
 from ansible_collections.segura.backup.plugins.module_utils._engine.options import build_trust
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.apply import restore
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.plan import plan_restore
@@ -197,7 +200,7 @@ def test_restore_latest_passes_over_a_planted_snapshot_and_by_id_refuses_it(shar
     plan = plan_restore(share["target"], _request(share))
     assert plan.record.id == share["good"]
     assert plan.checks["signature"] == {"status": "valid", "key": BOX_KEY.fingerprint}
-    assert any(planted in w and "not trusted" in w for w in plan.warnings), plan.warnings
+    assert any(planted in w and "passed over" in w for w in plan.warnings), plan.warnings
     with pytest.raises(TrustError, match=planted):
         restore(share["target"], _request(share, snapshot=planted))
     assert os.listdir(str(share["dest"])) == []
@@ -207,10 +210,12 @@ def test_restore_refuses_everything_without_pinned_keys_and_allow_unsigned_says_
     planted = _plant(share, "unsigned")
     with pytest.raises(ConfigError, match="pinned signing keys"):
         plan_restore(share["target"], _request(share, trust=None))
-    with pytest.raises(TrustError, match="no trusted snapshot"):
+    with pytest.raises(TrustError, match="no trusted, complete snapshot"):
         plan_restore(share["target"], _request(share, trust=TrustPolicy(Signers())))
     loose = TrustPolicy(BOX_TRUST.signers, allow_unsigned=True)
-    done = restore(share["target"], _request(share, trust=loose))
+    # Even with allow_unsigned, "latest" is the newest SIGNED one when there is one: a share writer does not choose.
+    assert plan_restore(share["target"], _request(share, trust=loose)).record.id == share["good"]
+    done = restore(share["target"], _request(share, trust=loose, snapshot=planted))
     assert done["snapshot"]["id"] == planted and done["signature"]["status"] == "unsigned"
     assert any("NOT SIGNED" in w for w in done["warnings"]), done["warnings"]
     # Not even on the allow-list: setuid comes back only from a signed snapshot.
@@ -257,3 +262,53 @@ def test_build_trust_pins_this_hosts_own_key_for_its_own_name(tmp_path):
 def _keygen_path(tmp_path):
     _keygen(tmp_path / "made")
     return tmp_path / "made"
+
+
+def test_only_unsigned_snapshots_restore_with_allow_unsigned_and_latest_takes_the_newest(share):
+    for name in os.listdir(str(share["folder"])):
+        if name.endswith(".json.sig"):
+            os.remove(str(share["folder"] / name))
+    planted = _plant(share, "unsigned")
+    loose = TrustPolicy(BOX_TRUST.signers, allow_unsigned=True)
+    plan = plan_restore(share["target"], _request(share, trust=loose))
+    assert plan.record.id == planted and plan.checks["signature"]["status"] == "unsigned"
+
+
+def test_many_planted_files_cost_a_bounded_number_of_reads(share, monkeypatch):
+    """More untrusted newer snapshots than latest passes over (the bound made small here): it stops."""
+    from ansible_collections.segura.backup.plugins.module_utils._engine.restore import request as request_module
+
+    limit = 20
+    monkeypatch.setattr(request_module, "MAX_PASSED_OVER", limit)
+    source = share["folder"] / [n for n in os.listdir(str(share["folder"])) if n.endswith(".tar.zst.age")][0]
+    sidecar = json.loads((share["folder"] / (source.name.split(".")[0] + ".json")).read_text())
+    planted = limit + 10
+    for index in range(planted):
+        snap_id = "%08x" % (0xf0000000 + index)
+        hms = (index // 3600, index // 60 % 60, index % 60)
+        stem = "20990101T%02d%02d%02dZ-%s" % (hms + (snap_id,))
+        shutil.copy(str(source), str(share["folder"] / (stem + ".tar.zst.age")))
+        doc = dict(sidecar, id=snap_id, object=stem + ".tar.zst.age", created="2099-01-01T%02d:%02d:%02dZ" % hms)
+        (share["folder"] / (stem + ".json")).write_text(json.dumps(doc))
+    reads = []
+    real_read = share["target"].read_bytes
+    share["target"].read_bytes = lambda relpath, **kw: reads.append(relpath) or real_read(relpath, **kw)
+    with pytest.raises(TrustError, match="no trusted, complete snapshot"):
+        plan_restore(share["target"], _request(share, future_tolerance=timedelta(days=365 * 100)))
+    judged = [path for path in reads if path.endswith(".json.sig")]  # one signature read per snapshot judged
+    assert limit <= len(judged) <= limit + 1 < planted, len(judged)
+
+
+def test_an_object_swapped_between_the_passes_that_lacks_a_member_fails_the_restore(share):
+    """Pass 2 must bring every path pass 1 verified: an object replaced in between by one that holds less
+    (its members still match the manifest) is not a successful restore."""
+    plan = plan_restore(share["target"], _request(share, components=["config", "secrets"]))
+    os.remove(str(share["source"] / "etc/senhasegura/conf.d/empty.conf"))
+    time.sleep(1.1)
+    smaller = _snapshot(share["source"], share["tmp"] / "target")
+    victim = [n for n in os.listdir(str(share["folder"])) if share["good"] in n and n.endswith(".age")][0]
+    other = [n for n in os.listdir(str(share["folder"])) if smaller in n and n.endswith(".age")][0]
+    shutil.copy(str(share["folder"] / other), str(share["folder"] / victim))
+    with pytest.raises(IntegrityError, match="never came in the second pass") as refused:
+        restore(share["target"], _request(share, components=["config", "secrets"]), plan=plan)
+    assert "verify the snapshot again" in str(refused.value)

@@ -70,8 +70,19 @@ def snapshot_request(params: Dict[str, Any]) -> SnapshotRequest:
         db_method=(params["database"] or {}).get("method"),
         sessions_on_problem=(params.get("sessions") or {}).get("on_problem", "warn"),
         # Unset: the engine takes the key below the appliance's root (signing_key_path's default).
-        signing_key=load_signing_key(params["signing_key"]) if params.get("signing_key") else None,
+        signing_key=_explicit_signing_key(params.get("signing_key")),
     )
+
+
+def _explicit_signing_key(path: Optional[str]) -> Any:
+    """The key of an explicit ``signing_key`` option (a path given and absent is a mistake, not "unsigned")."""
+    if not path:
+        return None
+    key = load_signing_key(path)
+    if key is None:
+        raise ConfigError("signing_key %s does not exist (leave the option out to use the key the runtime role "
+                          "makes, etc/segura-backup/signing_key below appliance.root)" % path)
+    return key
 
 
 class BackupJob:

@@ -13,7 +13,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.la
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption, Encryption
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError
-from ansible_collections.segura.backup.plugins.module_utils._engine.signing import DEFAULT_KEY_FILE, TrustPolicy, load_signers, load_signing_key
+from ansible_collections.segura.backup.plugins.module_utils._engine.signing import DEFAULT_KEY_FILE, TrustPolicy, load_public_key, load_signers
 
 
 def build_encryption(options: Dict[str, Any]) -> Encryption:
@@ -79,9 +79,9 @@ def build_trust(options: Optional[Dict[str, Any]], own_appliance: Optional[str] 
     options = options or {}
     signers = load_signers(options.get("signers"), options.get("signers_file"))
     if own_appliance and own_key_file:
-        key = load_signing_key(own_key_file)
-        if key is not None:
-            signers.pin(own_appliance, key.raw_public, own_key_file)
+        public = load_public_key(own_key_file)
+        if public is not None:
+            signers.pin(own_appliance, public, own_key_file)
     return TrustPolicy(signers, bool(options.get("allow_unsigned")))
 
 

@@ -153,12 +153,13 @@ class SigningKey:
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str) -> "SigningKey":
+        from cryptography.exceptions import UnsupportedAlgorithm
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ed25519
 
         try:
             key = serialization.load_ssh_private_key(data, password=None)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
             # The message of cryptography names the format problem, never key material.
             raise ConfigError("the signing key %s is not an unencrypted OpenSSH private key (%s)"
                               % (source, exc)) from None
@@ -189,6 +190,24 @@ class SigningKey:
                 + _string(namespace.encode("utf-8")) + _string(b"") + _string(_HASH.encode("ascii"))
                 + _string(_string(KEY_TYPE) + _string(signature)))
         return _armor(blob)
+
+
+def load_public_key(path: str) -> Optional[bytes]:
+    """The raw public half of the key at ``path``: from ``<path>.pub`` when there is one (the private key
+    is then not read at all), else from the key itself; None when neither exists."""
+    try:
+        with open(path + ".pub", "r", encoding="ascii") as handle:
+            fields = handle.read(16 * 1024).split()
+    except (OSError, UnicodeDecodeError):
+        key = load_signing_key(path)
+        return key.raw_public if key is not None else None
+    if len(fields) < 2 or fields[0] != KEY_TYPE.decode("ascii"):
+        raise ConfigError("%s.pub is not an ssh-ed25519 public key" % path)
+    try:
+        blob = base64.b64decode(fields[1], validate=True)
+    except ValueError:
+        raise ConfigError("%s.pub: the key is not base64" % path) from None
+    return _raw_ed25519(blob, path + ".pub")
 
 
 def load_signing_key(path: Optional[str]) -> Optional[SigningKey]:

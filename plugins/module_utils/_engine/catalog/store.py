@@ -188,15 +188,18 @@ def read_trusted_sidecar(target: Target, record: Any, policy: Any) -> Dict[str, 
     Returns the policy's verdict ({"status": "valid", "key"} or, with allow_unsigned, why not);
     raises signing.TrustError when the snapshot is not trusted.
     """
-    from ansible_collections.segura.backup.plugins.module_utils._engine.signing import TrustError
+    from ansible_collections.segura.backup.plugins.module_utils._engine.signing import SIGNATURE_LIMIT, TrustError
 
     directory = snapshots_dir(record.appliance)
     sidecar_relpath = "%s/%s" % (directory, sidecar_name(record.object))
     data = read_small(target, sidecar_relpath)
     try:
-        signature: Optional[bytes] = read_small(target, "%s/%s" % (directory, signature_name(record.object)))
+        signature: Optional[bytes] = read_small(target, "%s/%s" % (directory, signature_name(record.object)),
+                                                limit=SIGNATURE_LIMIT)
     except TargetNotFound:
         signature = None
+    except (TargetError, IntegrityError) as exc:  # too large, a folder, unreadable: not a signature of ours
+        raise TrustError("the signature file cannot be read as one (%s)" % exc) from None
     verdict = policy.judge(data, signature, record.appliance)
     signed = Sidecar.from_json(data, target.describe_path(sidecar_relpath))
     if record.sidecar is not None and signed.to_dict() != record.sidecar.to_dict():

@@ -65,6 +65,8 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
     db_done = False
     db_seconds = files_seconds = 0.0
     dir_entries: List[Wanted] = []
+    fed: List[str] = []  # database chunks fed, in order: all of the verified manifest's, or the restore fails
+    seen = set()  # paths written or found in place: every planned one, or the restore fails
     with open_object(target, plan.record) as handle:
         counted = HashingReader(handle)
         sidecar = plan.record.require_sidecar()
@@ -87,6 +89,7 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
                         if loader is None:
                             loader = _database_restorer(request, plan).start()
                         loader.feed(spool)
+                        fed.append(info.name)
                     finally:
                         spool.close()
                     db_seconds += time.monotonic() - tick
@@ -95,7 +98,7 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
                     continue
                 if loader is not None and not db_done:  # the dump ended: let the client finish
                     tick = time.monotonic()
-                    physical = loader.finish()
+                    physical = _finish_database(loader, plan, fed)
                     db_done = True
                     db_seconds += time.monotonic() - tick
                 wanted = by_relpath.get(info.name[len(FILES_PREFIX):]) if info.name.startswith(FILES_PREFIX) else None
@@ -105,18 +108,23 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
                     raise IntegrityError("member %s differs from the manifest verified in the first pass" % info.name)
                 tick = time.monotonic()
                 _restore_entry(tree, wanted, content, written, overwritten, dir_entries)
+                seen.add(wanted.relpath)
                 files_seconds += time.monotonic() - tick
-            if loader is not None and not db_done:
+            if plan.restores_database and not db_done:
                 tick = time.monotonic()
-                physical = loader.finish()
+                physical = _finish_database(loader, plan, fed)
                 db_done = True
                 db_seconds += time.monotonic() - tick
+            unseen = [w.relpath for w in plan.wanted if w.relpath not in seen]
+            if unseen:
+                raise IntegrityError("%d path(s) of the verified manifest never came in the second pass (the object "
+                                     "changed on the target between the passes), e.g. /%s" % (len(unseen), unseen[0]))
         except BaseException as exc:
             if loader is not None and not db_done:
                 loader.abort()
                 if isinstance(loader, DatabaseLoader) and loader.bytes and isinstance(exc, Exception):
                     raise partly_restored(request, plan, loader.bytes, exc) from None
-            if isinstance(exc, BackupError):
+            if isinstance(exc, BackupError) and not getattr(loader, "swapped", False):
                 raise stopped_in_second_pass(exc, plan, db_done, written) from None
             raise
         finally:
@@ -181,8 +189,18 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
     return result
 
 
+def _finish_database(loader: Any, plan: RestorePlan, fed: List[str]) -> Optional[Dict[str, Any]]:
+    """Let the database method finish, once every chunk of the verified manifest was fed in order."""
+    expected = sorted(name for name in plan.members if DB_CHUNK.fullmatch(name) or PHYSICAL_CHUNK.fullmatch(name))
+    if fed != expected:
+        raise IntegrityError("the second pass brought %d of the %d database chunks of the verified manifest (the "
+                             "object changed on the target between the passes)" % (len(fed), len(expected)))
+    return loader.finish() if loader is not None else None
+
+
 def stopped_in_second_pass(cause: BackupError, plan: RestorePlan, db_done: bool, written: Dict[str, int]) -> BackupError:
-    """``cause`` (same class), saying what the stopped restore left behind and the way back."""
+    """``cause`` (same class), saying what the stopped restore left behind and the way back (not used once a
+    physical restore swapped the datadir: its own error says what it did)."""
     files = "%d of %d file(s) and link(s) written (each replaced whole, never half)" % (
         written["files"] + written["symlinks"], sum(1 for w in plan.wanted if w.type != "dir"))
     if not plan.restores_database:
@@ -193,9 +211,10 @@ def stopped_in_second_pass(cause: BackupError, plan: RestorePlan, db_done: bool,
         state = "before the datadir swap: the live datadir is as it was, nothing of it changed"
     else:
         state = "before the dump was loaded: the databases are as they were"
+    way_back = ("the snapshot is intact: run the restore again" if not isinstance(cause, IntegrityError)
+                else "verify the snapshot again (the object on the target is not the one verified) before another restore")
     try:
-        return type(cause)("%s. The restore stopped in its second pass %s; the snapshot is intact: run the "
-                           "restore again" % (cause, state))
+        return type(cause)("%s. The restore stopped in its second pass %s; %s" % (cause, state, way_back))
     except TypeError:  # an error class that wants more than a message: keep it as it is
         return cause
 

@@ -272,7 +272,7 @@ def plan_restore(target: Target, request: RestoreRequest) -> RestorePlan:
     sidecar = record.require_sidecar()  # select_snapshot returns complete records only
     checks: Dict[str, Any] = {"signature": signature}
     problems: List[str] = []
-    warnings = ["passed over a newer snapshot that is not trusted: %s" % reason for reason in skipped]
+    warnings = ["passed over a newer snapshot: %s" % reason for reason in skipped]
     if signature["status"] != "valid":
         warnings.append("restoring snapshot %s although it is NOT SIGNED by a pinned key of %s (allow_unsigned): %s; "
                         "no setuid, setgid or sticky bit is restored from it" % (record.id, record.appliance,

@@ -20,7 +20,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encr
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.format import DB_PREFIX, PHYSICAL_PREFIX
 from ansible_collections.segura.backup.plugins.module_utils._engine.clock_skew import describe_future_dated, parse_future_tolerance
 from ansible_collections.segura.backup.plugins.module_utils._engine.constants import MiB
-from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError, IntegrityError
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError, IntegrityError, TargetError
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
 
 RESTORABLE_COMPONENTS = ("database", "config", "secrets")
@@ -136,6 +136,49 @@ def is_within(path: str, root: str) -> bool:
     return path == root or path.startswith(root + "/")
 
 
+#: Newer snapshots "latest" passes over (untrusted, damaged) before it gives up: more than a share holds of
+#: one appliance, few enough that planted files cannot make a restore read without end.
+MAX_PASSED_OVER = 1000
+
+
+def _report_passed_over(refusals: List[str], skipped: Optional[List[str]]) -> None:
+    if skipped is not None:
+        skipped.extend(refusals[:10])
+        if len(refusals) > 10:
+            skipped.append("and %d more" % (len(refusals) - 10))
+
+
+def _newest_trusted(target: Target, request: RestoreRequest, records: List[catalog.SnapshotRecord]
+                    ) -> Tuple[Optional[Tuple[catalog.SnapshotRecord, Dict[str, Any]]], List[str]]:
+    """(the newest complete snapshot with a valid signature, else - with allow_unsigned - the newest one
+    accepted, else None; why each newer one was passed over). Future-dated ones are taken only by id."""
+    from ansible_collections.segura.backup.plugins.module_utils._engine.signing import TrustError
+
+    refusals: List[str] = []
+    fallback: Optional[Tuple[catalog.SnapshotRecord, Dict[str, Any]]] = None
+    passed_over: List[str] = []
+    for record in records:  # newest first
+        if len(refusals) >= MAX_PASSED_OVER:
+            break  # bounded: thousands of planted files cost no more than this many reads
+        if not record.complete and record.status != catalog.STATUS_PARTIAL:
+            refusals.append("snapshot %s is %s (%s)" % (record.id, record.status, record.problem))
+        elif record.complete and not record.future_dated:
+            try:
+                verdict = catalog.read_trusted_sidecar(target, record, request.trust)
+            except (TrustError, IntegrityError, TargetError) as exc:  # one planted file must not stop it
+                refusals.append("snapshot %s: %s" % (record.id, exc))
+                continue
+            if verdict["status"] == "valid":
+                return (record, verdict), refusals
+            if fallback is None:  # allow_unsigned: an older snapshot that is signed still comes first
+                fallback = (record, verdict)
+                passed_over = list(refusals)
+            refusals.append("snapshot %s: %s" % (record.id, verdict.get("reason")))
+    if fallback is not None:
+        return fallback, passed_over
+    return None, refusals
+
+
 def select_snapshot(target: Target, request: RestoreRequest,
                     skipped: Optional[List[str]] = None) -> Tuple[catalog.SnapshotRecord, Dict[str, Any]]:
     """(the complete snapshot to restore, its signature verdict): the newest TRUSTED one, or the one
@@ -155,17 +198,12 @@ def select_snapshot(target: Target, request: RestoreRequest,
     now = datetime.now(timezone.utc)
     future = [r for r in listing.flag_future_dated(now, request.future_tolerance) if r.complete]
     if request.snapshot == "latest":
-        refusals = []
-        for record in records:  # newest first
-            if record.complete and not record.future_dated:  # a future-dated one only by id
-                try:
-                    return record, catalog.read_trusted_sidecar(target, record, request.trust)
-                except TrustError as exc:
-                    refusals.append("snapshot %s: %s" % (record.id, exc))
-                    if skipped is not None:
-                        skipped.append(refusals[-1])
+        choice, refusals = _newest_trusted(target, request, records)
+        _report_passed_over(refusals, skipped)
+        if choice is not None:
+            return choice
         if refusals:
-            raise TrustError("no trusted snapshot of appliance %r in %s: %s"
+            raise TrustError("no trusted, complete snapshot of appliance %r in %s: %s"
                              % (request.listed_appliance, where, "; ".join(refusals[:5])))
         if future:
             raise ConfigError("no complete snapshot of appliance %r in %s is dated before now; %s. Restore it "
