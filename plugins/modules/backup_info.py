@@ -196,6 +196,11 @@ snapshots:
     stored_bytes:
       description: Bytes of all files of the snapshot on the target (object, sidecar and the rest).
       type: int
+    signed:
+      description:
+        - Whether a signature file (C(<stem>.json.sig)) is beside the sidecar. Whether it is a valid signature by
+          the appliance's pinned key is checked by M(segura.backup.verify) and M(segura.backup.restore).
+      type: bool
     files:
       description: Target-relative paths of the snapshot's files.
       type: list
