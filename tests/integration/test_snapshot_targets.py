@@ -9,12 +9,14 @@ Run: .venv/bin/pytest tests/integration/test_snapshot_targets.py
 import json
 import os
 import re
+import subprocess
 import threading
 import time
 
 
-from tests.integration.conftest import sha256_file, snapshot_args
+from tests.integration.conftest import APPLIANCE_NAME, sha256_file, snapshot_args
 from tests.integration.playbook import PYTHON, REPO, run_playbook, run_task
+from tests.lab import reference
 from tests.lab.samba import smbstatus_json
 from tests.secret_checks import assert_no_secret
 
@@ -143,10 +145,20 @@ def test_snapshot_is_published_with_a_matching_sidecar(lab, lab_target, referenc
     with open(object_path, "rb") as handle:
         assert handle.read(22) == b"age-encryption.org/v1\n"
 
-    # One object, one sidecar (and the engine's <stem>.sessions.json list), no partial, the lock released.
+    # One object, one sidecar, its signature (and the engine's <stem>.sessions.json list), no partial, the
+    # lock released.
     stem = os.path.basename(sidecar_path)[:-len(".json")]
-    expected = {os.path.basename(object_path), os.path.basename(sidecar_path)}
+    expected = {os.path.basename(object_path), os.path.basename(sidecar_path), stem + ".json.sig"}
     assert set(lab_target.snapshot_files()) - {stem + ".sessions.json"} == expected
+    # The signature is the appliance's, as OpenSSH's own tool sees it (the recovery procedure).
+    signers = tmp_path / "signers"
+    signers.write_text(reference.signers_text(reference_appliance["root"], APPLIANCE_NAME))
+    with open(sidecar_path, "rb") as stdin:
+        checked = subprocess.run(["ssh-keygen", "-Y", "verify", "-f", str(signers), "-I", APPLIANCE_NAME,
+                                  "-n", "segura-backup", "-s", sidecar_path + ".sig"], stdin=stdin,
+                                 capture_output=True, text=True, timeout=30, check=False)
+    assert checked.returncode == 0 and "Good" in checked.stdout, checked.stdout + checked.stderr
+    assert snap["signature"]["file"] == stem + ".json.sig"
     assert not os.path.exists(os.path.join(lab_target.appliance_dir(), "lock"))
     # Every recording is on the target, byte for byte.
     uploaded = {path: entry[2] for path, entry in _session_files(lab_target).items()}
@@ -242,7 +254,7 @@ def test_backup_playbook_publishes_a_snapshot(lab_target_factory, reference_appl
     assert run.rc == 0, run.output
     # The backup role publishes the object and its sidecar, then verifies it (quick) and records that.
     files = sorted(name for name in target.snapshot_files() if not name.endswith(".sessions.json"))
-    assert len(files) == 3, files
+    assert len(files) == 4, files  # object, sidecar, signature, verification record
     assert [f for f in files if f.endswith(".tar.zst.age")]
     assert [f for f in files if f.endswith(".verify.json")]
     assert [f for f in files if f.endswith(".json") and not f.endswith(".verify.json")]
