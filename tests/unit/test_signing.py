@@ -312,3 +312,4 @@ def test_an_object_swapped_between_the_passes_that_lacks_a_member_fails_the_rest
     with pytest.raises(IntegrityError, match="never came in the second pass") as refused:
         restore(share["target"], _request(share, components=["config", "secrets"]), plan=plan)
     assert "verify the snapshot again" in str(refused.value)
+    assert "stopped in its second pass with " in str(refused.value) and "file(s) and link(s) written" in str(refused.value)

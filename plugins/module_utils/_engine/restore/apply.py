@@ -204,7 +204,7 @@ def stopped_in_second_pass(cause: BackupError, plan: RestorePlan, db_done: bool,
     files = "%d of %d file(s) and link(s) written (each replaced whole, never half)" % (
         written["files"] + written["symlinks"], sum(1 for w in plan.wanted if w.type != "dir"))
     if not plan.restores_database:
-        state = files
+        state = "with " + files
     elif db_done:
         state = "after the databases were restored, with %s" % files
     elif plan.db_method == PHYSICAL:
