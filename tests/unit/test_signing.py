@@ -169,8 +169,6 @@ def share(tmp_path):
 
 def _plant(share, how):
     """A newer snapshot of "box": unsigned, signed by another key, or with its signed sidecar changed."""
-    import time
-
     time.sleep(1.1)  # the object name has whole seconds: the planted one must sort newer
     snap_id = _snapshot(share["source"], share["tmp"] / "target")
     sig = [p for p in share["folder"].iterdir() if p.name.startswith(_stem(share, snap_id)) and p.name.endswith(".sig")][0]

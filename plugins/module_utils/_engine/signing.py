@@ -167,13 +167,6 @@ class SigningKey:
             raise ConfigError("the signing key %s is not an Ed25519 key (ssh-keygen -t ed25519 makes one)" % source)
         return cls(key, source)
 
-    def private_bytes(self) -> bytes:
-        """The key as ``ssh-keygen -t ed25519`` writes it (for tests and key generation)."""
-        from cryptography.hazmat.primitives import serialization
-
-        return self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                       serialization.NoEncryption())
-
     @property
     def public_line(self) -> str:
         """``ssh-ed25519 AAAA...`` (the form of a ``.pub`` file, without comment)."""
