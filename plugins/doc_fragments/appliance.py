@@ -56,7 +56,8 @@ options:
       health_url:
         description:
           - Segura's health endpoint (C(https://<host>/flow/orbit/mntr)) used to tell a primary from a
-            contingency member. Without it the Galera configuration decides.
+            contingency member. Without it the running MariaDB server decides (wsrep off or a cluster of one
+            is a lone primary; a member of a larger cluster is unknown), else the Galera configuration.
         type: str
       validate_certs:
         description:

@@ -18,8 +18,11 @@ description:
   - The appliance version comes from C(orbit version) when the CLI is installed, else from a version file.
   - The cluster role comes from Segura's health endpoint when O(appliance.health_url) is given (200 is the
     active primary, 203 an active member that is not primary, 403 inactive, 451 licence expired,
-    503 unavailable); without it, from the Galera configuration C(etc/mysql/conf.d/galera.cnf) - a node
-    without Galera is a standalone primary, a Galera member is reported with an unknown primary status.
+    503 unavailable); without it, from the running MariaDB server - a node with wsrep off, or alone in its
+    Galera cluster (wsrep on, cluster size 0 or 1), is a standalone primary; a member of a cluster of two or
+    more nodes is reported with an unknown primary status and a warning. Only when the server is not asked
+    (O(gather_database=false)) or does not answer does the Galera configuration
+    C(etc/mysql/conf.d/galera.cnf) decide.
   - Database sizes (data and index bytes of each database) come from C(information_schema), through the
     MariaDB client with credentials from an option file only.
   - Sizes of the backed-up paths (configuration, secrets staging, session recordings), usage and free
@@ -127,14 +130,17 @@ appliance:
       contains:
         role:
           description: V(primary), V(secondary), V(inactive), V(licence_expired), V(unavailable) (health endpoint),
-            V(standalone), V(cluster_member) (Galera configuration) or V(unknown).
+            V(standalone), V(cluster_member) (running server or Galera configuration) or V(unknown).
           type: str
         is_primary:
           description: Whether the node is the one to back up; null when it cannot be told.
           type: bool
         source:
-          description: V(health) or V(galera.cnf).
+          description: V(health), V(server) (the running MariaDB's wsrep state) or V(galera.cnf).
           type: str
+        cluster_size:
+          description: Nodes in the Galera cluster as the server reports it (0 with wsrep off), when read from the server.
+          type: int
         status:
           description: HTTP status of the health endpoint, when it was asked.
           type: int

@@ -9,10 +9,12 @@ Everything Samba writes (passdb, locks, caches, logs, pid files, sockets) lives 
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import json
 import os
 import pwd
+import stat
 from typing import List, Optional
 
 from tests.lab import core
@@ -34,18 +36,55 @@ _STATE_SUBDIRS = ("private", "lock", "state", "cache", "pid", "ncalrpc", "log")
 def _shares_root(state_dir: str) -> str:
     """Where the share folders go. smbd serves them as user `backup`, which must be able to pass through
     every folder above them: below the state folder when it can, else (a clone in a 0700 home, as root's
-    is) in a folder of this state's own below /var/tmp, named after the state folder's path."""
+    is, or a state folder made 0700 under umask 077) in a folder of this state's own below /var/tmp, named
+    after the state folder's path."""
     folder = os.path.abspath(state_dir)
-    while folder != os.path.dirname(folder):
-        folder = os.path.dirname(folder)
+    while True:
         try:
             passable = os.stat(folder).st_mode & 0o001
         except FileNotFoundError:
-            continue  # not made yet: made 0755 by the lab
+            passable = True  # not made yet: made 0755 by the lab (_make_passable)
         if not passable:
             digest = hashlib.sha256(os.path.abspath(state_dir).encode("utf-8")).hexdigest()[:16]
             return os.path.join("/var/tmp", "segura-lab-shares-" + digest)
-    return os.path.join(state_dir, "shares")
+        if folder == os.path.dirname(folder):
+            return os.path.join(state_dir, "shares")
+        folder = os.path.dirname(folder)
+
+
+def _make_passable(path: str) -> None:
+    """Make path and its missing parents 0755 whatever the umask (a 0700 folder would stop user backup)."""
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for folder in reversed(missing):
+        os.mkdir(folder, 0o755)
+        os.chmod(folder, 0o755)
+
+
+def blocking_folder(path: str, account: pwd.struct_passwd) -> Optional[str]:
+    """The first folder above ``path`` that ``account`` cannot pass through (no search permission for
+    it as owner, group member or other), or None when it reaches ``path``."""
+    groups = {account.pw_gid} | {group.gr_gid for group in grp.getgrall() if account.pw_name in group.gr_mem}
+    parents = []
+    folder = os.path.dirname(os.path.abspath(path))
+    while True:
+        parents.append(folder)
+        if folder == os.path.dirname(folder):
+            break
+        folder = os.path.dirname(folder)
+    for folder in reversed(parents):
+        info = os.stat(folder)
+        if info.st_uid == account.pw_uid:
+            allowed = info.st_mode & stat.S_IXUSR
+        elif info.st_gid in groups:
+            allowed = info.st_mode & stat.S_IXGRP
+        else:
+            allowed = info.st_mode & stat.S_IXOTH
+        if not allowed:
+            return folder
+    return None
 
 
 class SambaService(core.Service):
@@ -155,9 +194,15 @@ class SambaService(core.Service):
             core.ensure_dir(os.path.join(self.base, name), 0o700 if name == "private" else 0o755)
         account = _ensure_account(SMB_USER)
         for path in self.share_dirs.values():
-            core.ensure_dir(path)
+            _make_passable(path)
             os.chown(path, account.pw_uid, account.pw_gid)
             os.chmod(path, 0o770)
+            blocked = blocking_folder(path, account)
+            if blocked:  # smbd would start and then refuse every tree connect ("permission denied")
+                raise core.LabError(
+                    "smbd serves %s as user %s, which cannot pass through %s (mode %o): run "
+                    "`chmod o+x %s`, or keep the lab state elsewhere (%s=/var/tmp/segura-lab)"
+                    % (path, SMB_USER, blocked, stat.S_IMODE(os.stat(blocked).st_mode), blocked, core.STATE_ENV))
         with open(self.conf, "w", encoding="utf-8") as handle:
             handle.write(self._render_conf(port, self.guest_address()))
         core.write_private_file(self.password_file, SMB_PASSWORD)

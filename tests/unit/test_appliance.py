@@ -321,6 +321,24 @@ def test_cluster_role_from_galera_config(tmp_path, galera, role, primary):
     assert (result["role"], result["is_primary"], result["source"]) == (role, primary, "galera.cnf")
 
 
+@pytest.mark.parametrize("values, role, size", [
+    ({}, "standalone", 0),  # a build without Galera: no wsrep rows at all
+    ({"wsrep_on": "OFF", "wsrep_cluster_size": "0", "wsrep_cluster_status": "Disconnected"}, "standalone", 0),
+    ({"wsrep_on": "ON", "wsrep_cluster_size": "0", "wsrep_cluster_status": "Disconnected"}, "standalone", 0),
+    ({"wsrep_on": "ON", "wsrep_cluster_size": "1", "wsrep_cluster_status": "Primary"}, "standalone", 1),
+    ({"wsrep_on": "ON", "wsrep_cluster_size": "3", "wsrep_cluster_status": "Primary"}, "cluster_member", 3),
+    ({"wsrep_on": "ON", "wsrep_cluster_size": "1", "wsrep_cluster_status": "non-Primary"}, "cluster_member", 1),
+])
+def test_cluster_role_from_the_running_server(values, role, size):
+    """The server's wsrep state decides (tests/integration/test_galera_role.py runs the real servers)."""
+    result = appliance_facts.role_from_wsrep(values)
+    assert (result["role"], result["source"], result["cluster_size"]) == (role, "server", size)
+    if role == "standalone":
+        assert result["is_primary"] is True and "error" not in result
+    else:
+        assert result["is_primary"] is None and "give the health URL" in result["error"]
+
+
 def test_appliance_version_sources(tmp_path):
     layout = make_appliance(tmp_path)
     if shutil.which("orbit") is None:

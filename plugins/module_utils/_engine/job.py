@@ -179,7 +179,7 @@ def _run(job: BackupJob, check_mode: bool) -> Dict[str, Any]:
     appliance = job.params["appliance"]
     summary: Dict[str, Any] = {"appliance": job.request.appliance, "status": "ok"}
     summary["cluster"] = role = cluster_role(job.request.layout, appliance.get("health_url"),
-                                             bool(appliance.get("validate_certs", True)))
+                                             bool(appliance.get("validate_certs", True)), db=job.request.db)
     try:
         summary["appliance_version"] = appliance_version(job.request.layout)["version"]
     except ApplianceError:  # reporting only: it must not stop a skip or a backup

@@ -119,42 +119,82 @@ def _galera_enabled(galera_cnf: str) -> Optional[bool]:
     return wsrep_on and not provider_none
 
 
-def cluster_role(layout: ApplianceLayout, health_url: Optional[str] = None, verify_tls: bool = True,
-                 timeout: float = 5.0) -> Dict[str, object]:
-    """Role of this node: from Segura's health endpoint when a URL is given, else from galera.cnf.
+def server_cluster_role(db: DatabaseConnection) -> Dict[str, object]:
+    """Role of this node as its running MariaDB server sees it (the truth; galera.cnf may not be loaded).
 
-    Returns {"role", "is_primary" (True/False/None = unknown), "source", "status"?, "error"?}.
-    A health URL that does not answer gives role 'unknown' (never guessed to be primary).
+    wsrep off (or a build without Galera), or wsrep on outside a cluster of several nodes (no provider,
+    or a cluster of one this node bootstrapped) is a lone node: the primary. A node in a cluster of two or
+    more (or cut off from its cluster) cannot tell by itself whether it is the primary.
+    """
+    rows = run_query(db, "SHOW GLOBAL VARIABLES LIKE 'wsrep_on';\n"
+                         "SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_cluster_size', 'wsrep_cluster_status');\n")
+    return role_from_wsrep({row[0].lower(): row[-1] for row in rows if len(row) >= 2})
+
+
+def role_from_wsrep(values: Mapping[str, str]) -> Dict[str, object]:
+    """The role from the server's wsrep_on, wsrep_cluster_size and wsrep_cluster_status (lower-case names)."""
+    size_text = values.get("wsrep_cluster_size", "0")
+    size = int(size_text) if size_text.isdigit() else 0
+    status = values.get("wsrep_cluster_status", "").lower()
+    lone = {"role": "standalone", "is_primary": True, "source": "server", "cluster_size": size}
+    if values.get("wsrep_on", "OFF").upper() not in ("ON", "1"):
+        return dict(lone, cluster_size=0)
+    if size <= 1 and status in ("primary", "disconnected", ""):
+        return lone
+    if status != "primary":
+        reason = "this node is cut off from its Galera cluster (status %s)" % values.get("wsrep_cluster_status")
+    else:
+        reason = "this node is in a Galera cluster of %d nodes" % size
+    return {"role": "cluster_member", "is_primary": None, "source": "server", "cluster_size": size,
+            "error": reason + "; give the health URL to tell whether it is primary"}
+
+
+def cluster_role(layout: ApplianceLayout, health_url: Optional[str] = None, verify_tls: bool = True,
+                 timeout: float = 5.0, db: Optional[DatabaseConnection] = None) -> Dict[str, object]:
+    """Role of this node: from Segura's health endpoint when a URL is given, else from the running
+    MariaDB server (``db``), else (no connection, or the server does not answer) from galera.cnf.
+
+    Returns {"role", "is_primary" (True/False/None = unknown), "source", "status"?, "cluster_size"?,
+    "error"?}. A health URL that does not answer gives role 'unknown' (never guessed to be primary).
     """
     if health_url:
-        if not health_url.startswith(("https://", "http://")):
-            raise ConfigError("health URL must start with https:// or http://, got %r" % (health_url,))
-        context = None
-        if health_url.startswith("https://"):
-            context = ssl.create_default_context()
-            if not verify_tls:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-        request = urllib.request.Request(health_url, method="GET",
-                                         headers={"User-Agent": "segura.backup"})
+        return _health_role(health_url, verify_tls, timeout)
+    if db is not None:
         try:
-            # Plain urllib on purpose: the engine has no Ansible imports (see DESIGN.md).
-            opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context))
-            with opener.open(request, timeout=timeout) as response:
-                status = response.status
-        except urllib.error.HTTPError as exc:
-            status = exc.code
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            return {"role": "unknown", "is_primary": None, "source": "health", "status": None,
-                    "error": "health endpoint %s did not answer: %s" % (health_url, reason)}
-        role = HEALTH_ROLES.get(status, "unknown")
-        return {"role": role, "is_primary": status == 200, "source": "health", "status": status}
+            return server_cluster_role(db)
+        except ApplianceError:
+            pass  # the server does not answer: the configuration is all there is
     enabled = _galera_enabled(layout.local("etc/mysql/conf.d/galera.cnf"))
     if not enabled:
         return {"role": "standalone", "is_primary": True, "source": "galera.cnf"}
     return {"role": "cluster_member", "is_primary": None, "source": "galera.cnf",
-            "error": "this node is in a Galera cluster; give the health URL to tell whether it is primary"}
+            "error": "this node is configured for a Galera cluster; give the health URL to tell whether it is primary"}
+
+
+def _health_role(health_url: str, verify_tls: bool, timeout: float) -> Dict[str, object]:
+    """The role Segura's health endpoint answers (200 primary, 203 secondary, 503 unavailable)."""
+    if not health_url.startswith(("https://", "http://")):
+        raise ConfigError("health URL must start with https:// or http://, got %r" % (health_url,))
+    context = None
+    if health_url.startswith("https://"):
+        context = ssl.create_default_context()
+        if not verify_tls:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+    request = urllib.request.Request(health_url, method="GET", headers={"User-Agent": "segura.backup"})
+    try:
+        # Plain urllib on purpose: the engine has no Ansible imports (see DESIGN.md).
+        opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context))
+        with opener.open(request, timeout=timeout) as response:
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return {"role": "unknown", "is_primary": None, "source": "health", "status": None,
+                "error": "health endpoint %s did not answer: %s" % (health_url, reason)}
+    role = HEALTH_ROLES.get(status, "unknown")
+    return {"role": role, "is_primary": status == 200, "source": "health", "status": status}
 
 
 def appliance_version(layout: ApplianceLayout, orbit: Optional[str] = None) -> Dict[str, str]:
@@ -221,7 +261,7 @@ def facts(layout: ApplianceLayout, db: Optional[DatabaseConnection] = None, heal
         "paths": paths,
         "free_space": free,
         "mounts": network_mounts(),
-        "cluster": cluster_role(layout, health_url, verify_tls, health_timeout),
+        "cluster": cluster_role(layout, health_url, verify_tls, health_timeout, db=db),
     }
     if db is not None:
         result["mariadb"] = database_facts(layout, db)
