@@ -5,7 +5,6 @@
 
     segura_lab.py prepare SCENARIO        lab up? image built + tagged, wheels, age key, run file
     segura_lab.py prepare-vm SCENARIO     the same without the container image (the VM scenario)
-    segura_lab.py prepare-bullseye SCENARIO   the same on the Debian 11 image, wheels for its Python 3.9
     segura_lab.py node CONTAINER ROLE     cluster identity (primary|contingency) + reference data
     segura_lab.py fingerprint CONTAINER   reference fingerprint (files + databases) as JSON on stdout
     segura_lab.py remember CONTAINER SCENARIO   save that fingerprint as <run folder>/fingerprint-before.json
@@ -33,9 +32,6 @@ from tests.lab import containers, core  # noqa: E402  (needs the repository on s
 
 # The tag every scenario's molecule.yml names; `prepare` points it at the image of the current recipe.
 MOLECULE_IMAGE = "localhost/segura-appliance:molecule"
-# The same for the Debian 11 image (extensions/molecule/bullseye), and that release's Python.
-MOLECULE_IMAGE_BULLSEYE = "localhost/segura-appliance-bullseye:molecule"
-BULLSEYE_PYTHON = "3.9.2"
 SEED_SIZE = 3_000_000  # bytes of reference files per appliance: small, the scenarios check behaviour
 
 
@@ -65,54 +61,24 @@ def lab_env() -> dict:
     return env
 
 
-def wheels(python: str = "") -> str:
-    """The runtime's wheels, built on the host once per requirements.txt (containers lack the host's pip CA).
-
-    ``python`` empty: for the host's own Python, at the CI pins (constraints/runtime-lock.txt). Else binary
-    wheels for that CPython version (Debian 11's 3.9.2), newest within the ranges; the requirements whose
-    environment marker is false for it are left out first (pip evaluates markers for its own Python).
-    """
-    folder = os.path.join(REPO, ".build", "molecule", "wheels" + ("-py" + python if python else ""))
+def wheels() -> str:
+    """The runtime's wheels, built on the host once per requirements.txt (containers lack the host's pip CA)."""
+    folder = os.path.join(REPO, ".build", "molecule", "wheels")
     requirements = os.path.join(REPO, "requirements.txt")
-    lock = os.path.join(REPO, "constraints", "runtime-lock.txt")
     stamp = os.path.join(folder, ".requirements")
     with open(requirements, encoding="utf-8") as handle:
         wanted = handle.read()
-    if not python:
-        with open(lock, encoding="utf-8") as handle:
-            wanted += handle.read()
     if os.path.exists(stamp) and open(stamp, encoding="utf-8").read() == wanted:
         return folder
     core.ensure_dir(folder)
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
-    if python:
-        selected = os.path.join(folder, ".requirements-py%s.txt" % python)
-        with open(selected, "w", encoding="utf-8") as handle:
-            handle.write("\n".join(_requirements_for(requirements, python)) + "\n")
-        argv = pip + ["download", "-q", "--only-binary=:all:", "--python-version", python, "--implementation", "cp",
-                      "--platform", "manylinux2014_x86_64", "-r", selected, "-d", folder]
-    else:
-        argv = pip + ["wheel", "-q", "-r", requirements, "-c", lock, "-w", folder]
-    built = subprocess.run(argv, timeout=600, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "-r",
+                            requirements, "-w", folder], timeout=600, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           check=False)
     if built.returncode != 0:
-        raise core.LabError("pip %s -r requirements.txt failed: %s" % (argv[4], built.stderr.decode()[-2000:]))
+        raise core.LabError("pip wheel -r requirements.txt failed: %s" % built.stderr.decode()[-2000:])
     with open(stamp, "w", encoding="utf-8") as handle:
         handle.write(wanted)
     return folder
-
-
-def _requirements_for(requirements: str, python: str) -> list:
-    """The requirement lines of ``requirements`` whose environment marker holds for CPython ``python``."""
-    from packaging.requirements import Requirement  # pylint: disable=import-outside-toplevel
-
-    environment = {"python_version": ".".join(python.split(".")[:2]), "python_full_version": python}
-    chosen = []
-    with open(requirements, encoding="utf-8") as handle:
-        for line in handle:
-            line = line.split("#", 1)[0].strip()
-            if line and (Requirement(line).marker is None or Requirement(line).marker.evaluate(environment)):
-                chosen.append(line)
-    return chosen
 
 
 def age_identity(scenario: str) -> dict:
@@ -126,14 +92,13 @@ def age_identity(scenario: str) -> dict:
     return {"identity_file": identity, "recipient": recipient}
 
 
-def prepare(scenario: str, image: bool = True, suite: str = containers.SUITE) -> dict:
+def prepare(scenario: str, image: bool = True) -> dict:
     lab = lab_env()
-    bullseye = suite == "bullseye"
-    info = {"scenario": scenario, "repo": REPO, "lab": lab, "wheels_dir": wheels(BULLSEYE_PYTHON if bullseye else ""),
+    info = {"scenario": scenario, "repo": REPO, "lab": lab, "wheels_dir": wheels(),
             "share_folder": "molecule-%s-%s" % (scenario, uuid.uuid4().hex[:8])}
     if image:
-        built = containers.ApplianceContainers(core.resolve_state_dir()).build(suite)
-        containers.podman(["tag", built["image"], MOLECULE_IMAGE_BULLSEYE if bullseye else MOLECULE_IMAGE])
+        built = containers.ApplianceContainers(core.resolve_state_dir()).build()
+        containers.podman(["tag", built["image"], MOLECULE_IMAGE])
         info.update(image=built["image"], image_built=built["built"])
     info.update(age_identity(scenario))
     core.write_json(run_file(scenario), info)
@@ -217,7 +182,7 @@ def vm_up(scenario: str) -> dict:
     return env
 
 
-ARITY = {"prepare": 1, "prepare-vm": 1, "prepare-bullseye": 1, "node": 2, "fingerprint": 1, "remember": 2, "cleanup": 1, "vm-up": 1, "vm-down": 1}
+ARITY = {"prepare": 1, "prepare-vm": 1, "node": 2, "fingerprint": 1, "remember": 2, "cleanup": 1, "vm-up": 1, "vm-down": 1}
 
 
 def main(argv) -> int:
@@ -230,8 +195,6 @@ def main(argv) -> int:
             result = prepare(argv[1])
         elif command == "prepare-vm":
             result = prepare(argv[1], image=False)
-        elif command == "prepare-bullseye":
-            result = prepare(argv[1], suite="bullseye")
         elif command == "node":
             result = node(argv[1], argv[2])
         elif command == "fingerprint":
