@@ -8,12 +8,22 @@ import pytest
 
 
 def forms(secret):
-    """The ways a secret can appear besides verbatim: JSON- and repr-escaped, base64 (8+ characters)."""
+    """The ways a secret can appear besides verbatim: JSON- and repr-escaped, base64.
+
+    Every form at every length: a short secret is a secret too (none is shorter than the secret itself, and a
+    base64 form is longer, so a form does not match by chance where the secret would not).
+    """
     found = {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1], repr(secret)[1:-1]}
     raw = secret.encode("utf-8")
     for encode in (base64.b64encode, base64.urlsafe_b64encode):
         found.add(encode(raw).decode().rstrip("="))
-    return {form for form in found if len(form) >= 8} or {secret}
+    return {form for form in found if form}
+
+
+def find_leaks(haystacks, secrets):
+    """[(where, label)] for every secret (``{label: secret}``) found in any form in ``haystacks`` ([(where, text)])."""
+    return [(where, label) for where, text in haystacks for label, secret in secrets.items()
+            if any(form in text for form in forms(secret))]
 
 
 def assert_no_secret(text, secret, where):

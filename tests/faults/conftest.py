@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from datetime import timedelta
 
@@ -37,6 +36,7 @@ from tests.integration.conftest import (  # noqa: F401 pylint: disable=unused-im
     snapshot_args,
     source_mariadb,
 )
+from tests.exec_trace import traced
 from tests.integration.playbook import PYTHON, VENV_BIN, ansible_env
 from tests.lab import core
 
@@ -384,11 +384,12 @@ def tree_listing(root):
 # playbooks with many tasks (bad input is tried in groups) and with everything they print kept
 
 
-def run_tasks(tasks, verbosity=0, check=False, keep_dir=None, extra_env=None, timeout=540):
+def run_tasks(tasks, verbosity=0, check=False, keep_dir=None, extra_env=None, timeout=540, trace_file=None):
     """Run several tasks (each: {"name", module: args}) in one play, each with ignore_errors.
 
     Returns (results in task order, CompletedProcess). Arguments travel in a 0600 playbook file.
-    With ``keep_dir`` the work folder (tmp dirs included) is kept there for inspection.
+    With ``keep_dir`` the work folder (tmp dirs included) is kept there for inspection; with ``trace_file``
+    every command line the run starts is recorded there (tests/exec_trace.py).
     """
     workdir = keep_dir or tempfile.mkdtemp(prefix="segura-faults-")
     os.makedirs(workdir, exist_ok=True)
@@ -412,6 +413,8 @@ def run_tasks(tasks, verbosity=0, check=False, keep_dir=None, extra_env=None, ti
             argv.append("--check")
         if verbosity:
             argv.append("-" + "v" * verbosity)
+        if trace_file:
+            argv = traced(argv, trace_file)
         env = ansible_env(workdir, extra_env)
         completed = subprocess.run(argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True, timeout=timeout, check=False)
@@ -423,32 +426,3 @@ def run_tasks(tasks, verbosity=0, check=False, keep_dir=None, extra_env=None, ti
     finally:
         if keep_dir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-class ProcessWatcher:
-    """Samples `ps -eo args` every 50 ms in a thread (bounded: at most ``limit`` samples)."""
-
-    def __init__(self, interval=0.05, limit=6000):
-        self.interval = interval
-        self.limit = limit
-        self.samples = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        for _sample in range(self.limit):
-            if self._stop.is_set():
-                return
-            result = subprocess.run(["ps", "-eo", "args"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                    text=True, timeout=10, check=False)
-            self.samples.append(result.stdout)
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(timeout=15)
-        return False

@@ -18,6 +18,8 @@ import subprocess
 import tempfile
 from typing import NamedTuple, Optional
 
+from tests.exec_trace import traced
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VENV_BIN = os.path.join(REPO, ".venv", "bin")
 PYTHON = os.path.join(VENV_BIN, "python")
@@ -109,11 +111,12 @@ def run_task(module: str, args: dict, check: bool = False, verbosity: int = 0,
 
 
 def run_playbook(path: str, inventory: dict, extra_vars: Optional[dict] = None, verbosity: int = 0,
-                 extra_env: Optional[dict] = None) -> TaskResult:
+                 extra_env: Optional[dict] = None, trace_file: Optional[str] = None) -> TaskResult:
     """Run a playbook (a path, or a name like `segura.backup.backup`) with an inventory given as a dict.
 
     Inventory and extra vars go into 0600 JSON files (they may hold passwords). `result` is empty:
-    read what the playbook left on the target instead.
+    read what the playbook left on the target instead. With ``trace_file``, every command line the run
+    starts is recorded there (tests/exec_trace.py).
     """
     workdir = tempfile.mkdtemp(prefix="segura-playbook-")
     try:
@@ -126,6 +129,8 @@ def run_playbook(path: str, inventory: dict, extra_vars: Optional[dict] = None, 
             argv += ["-e", "@" + vars_file]
         if verbosity:
             argv.append("-" + "v" * verbosity)
+        if trace_file:
+            argv = traced(argv, trace_file)
         completed = _run(argv, workdir, extra_env)
         return TaskResult(completed.returncode, {}, completed.stdout, completed.stderr)
     finally:

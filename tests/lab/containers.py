@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Segura appliance look-alikes in podman containers, built without any registry.
 
-    python -m tests.lab.containers build  [--state DIR]                 build (or reuse) the images
+    python -m tests.lab.containers build  [--state DIR] [--suite S]     build (or reuse) the images (bookworm|bullseye)
     python -m tests.lab.containers up     [--state DIR] [--count N] [--seed-size 20MB --seed 1]
     python -m tests.lab.containers down   [--state DIR]                 remove exactly the containers `up` made
     python -m tests.lab.containers status [--state DIR]                 exit 3 when not all are running
@@ -48,6 +48,8 @@ CONTAINERS_CONF = os.path.join(HERE, "containers.conf")
 IMAGE_RECIPE_DIR = os.path.join(HERE, "appliance_image")
 
 SUITE = "bookworm"
+# The Debian releases Segura appliances run (12 and 11); images of another suite carry it in their name.
+SUITES = ("bookworm", "bullseye")
 BASE_INCLUDE = "python3,systemd,systemd-sysv,dbus,iproute2,procps,ca-certificates,netbase"
 # Bump when the way the base image is made changes (the debootstrap arguments are hashed too).
 BASE_RECIPE_VERSION = "1"
@@ -143,8 +145,8 @@ def _sha256(parts: List[bytes]) -> str:
     return digest.hexdigest()
 
 
-def base_recipe_hash() -> str:
-    return _sha256([BASE_RECIPE_VERSION.encode(), b"minbase", SUITE.encode(), BASE_INCLUDE.encode()])
+def base_recipe_hash(suite: str = SUITE) -> str:
+    return _sha256([BASE_RECIPE_VERSION.encode(), b"minbase", suite.encode(), BASE_INCLUDE.encode()])
 
 
 def appliance_recipe_hash(base_ref: str) -> str:
@@ -155,27 +157,36 @@ def appliance_recipe_hash(base_ref: str) -> str:
     return _sha256(parts)
 
 
-def base_image_ref() -> str:
-    return "%s:%s" % (BASE_REPO, base_recipe_hash()[:16])
+def _repo(repo: str, suite: str) -> str:
+    if suite not in SUITES:
+        raise core.LabError("unknown Debian suite %r (one of %s)" % (suite, ", ".join(SUITES)))
+    return repo if suite == SUITE else "%s-%s" % (repo, suite)
 
 
-def appliance_image_ref() -> str:
-    return "%s:%s" % (APPLIANCE_REPO, appliance_recipe_hash(base_image_ref())[:16])
+def base_image_ref(suite: str = SUITE) -> str:
+    return "%s:%s" % (_repo(BASE_REPO, suite), base_recipe_hash(suite)[:16])
 
 
-def build_base(work_dir: str) -> dict:
-    """debootstrap a minimal bookworm and import it, unless the image for this recipe exists."""
-    ref = base_image_ref()
+def appliance_image_ref(suite: str = SUITE) -> str:
+    return "%s:%s" % (_repo(APPLIANCE_REPO, suite), appliance_recipe_hash(base_image_ref(suite))[:16])
+
+
+def build_base(work_dir: str, suite: str = SUITE) -> dict:
+    """debootstrap a minimal Debian `suite` and import it, unless the image for this recipe exists.
+
+    Any suite comes from the mirror the machine's apt uses for bookworm (a Debian mirror carries them all).
+    """
+    ref = base_image_ref(suite)
     if image_exists(ref):
         return {"image": ref, "built": False, "seconds": 0.0}
     started = time.monotonic()
     debootstrap = core.require_binary("debootstrap", "debootstrap")
     rootfs = tempfile.mkdtemp(prefix="rootfs-", dir=work_dir)
-    log_path = os.path.join(work_dir, "debootstrap.log")
+    log_path = os.path.join(work_dir, "debootstrap-%s.log" % suite)
     try:
         with open(log_path, "wb") as log:
             result = subprocess.run(
-                [debootstrap, "--variant=minbase", "--include=" + BASE_INCLUDE, SUITE, rootfs, apt_mirror()],
+                [debootstrap, "--variant=minbase", "--include=" + BASE_INCLUDE, suite, rootfs, apt_mirror()],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, timeout=DEBOOTSTRAP_TIMEOUT, check=False)
         if result.returncode != 0:
             raise core.LabError("debootstrap failed (exit %d); log %s:\n%s" % (
@@ -185,7 +196,7 @@ def build_base(work_dir: str) -> dict:
         try:
             imported = subprocess.run(
                 [core.require_binary("podman", "podman"), "import", "--change", 'CMD ["/lib/systemd/systemd"]',
-                 "--change", "LABEL %s=%s" % (LABEL_RECIPE, base_recipe_hash()), "-", ref],
+                 "--change", "LABEL %s=%s" % (LABEL_RECIPE, base_recipe_hash(suite)), "-", ref],
                 stdin=tar.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=podman_env(), timeout=600,
                 check=False)
         finally:
@@ -199,14 +210,14 @@ def build_base(work_dir: str) -> dict:
     return {"image": ref, "built": True, "seconds": round(time.monotonic() - started, 1)}
 
 
-def build_appliance(work_dir: str) -> dict:
+def build_appliance(work_dir: str, suite: str = SUITE) -> dict:
     """podman build the appliance image on the base, unless the image for this recipe exists."""
-    base = build_base(work_dir)
-    ref = appliance_image_ref()
+    base = build_base(work_dir, suite)
+    ref = appliance_image_ref(suite)
     if image_exists(ref):
         return {"image": ref, "built": False, "seconds": 0.0, "base": base}
     started = time.monotonic()
-    log_path = os.path.join(work_dir, "build.log")
+    log_path = os.path.join(work_dir, "build.log" if suite == SUITE else "build-%s.log" % suite)
     with open(log_path, "wb") as log:
         # --network=host: RUN steps reach the mirror the way the host does (no NAT involved).
         result = subprocess.run(
@@ -239,11 +250,11 @@ class ApplianceContainers:
 
     # --- building blocks ------------------------------------------------------------------
 
-    def build(self) -> dict:
+    def build(self, suite: str = SUITE) -> dict:
         core.ensure_dir(self.base)
         # One build at a time per machine: the image store is shared by every lab and checkout.
         with core.state_lock(BUILD_LOCK_DIR, timeout=BUILD_TIMEOUT):
-            return build_appliance(self.base)
+            return build_appliance(self.base, suite)
 
     def ensure_key(self) -> str:
         """The lab's SSH key pair (ed25519, private half 0600); made once per state folder."""
@@ -492,10 +503,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--count", type=int, default=DEFAULT_COUNT, help="appliances to start (up)")
     parser.add_argument("--seed-size", type=reference.parse_size, help="seed reference data of this size (up)")
     parser.add_argument("--seed", type=int, default=1, help="reference seed number (with --seed-size)")
+    parser.add_argument("--suite", choices=SUITES, default=SUITE, help="Debian release of the image (build)")
     options = parser.parse_args(argv)
     lab = ApplianceContainers(core.resolve_state_dir(options.state))
     return core.run_command(options.command, {
-        "build": lab.build,
+        "build": lambda: lab.build(options.suite),
         "up": lambda: lab.up(options.count, options.seed_size, options.seed),
         "down": lambda: {"removed": lab.down()},
         "status": lab.status,

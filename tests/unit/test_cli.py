@@ -382,7 +382,7 @@ def test_a_stopped_job_reports_event_19_and_exits_failed(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_event", lambda level, text: events.append((level, text)))
     monkeypatch.setattr(cli, "load_config", lambda path: {})
 
-    def stopped_midway(params, notify):
+    def stopped_midway(params, notify, progress=None):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the handler raises before this ends
         raise AssertionError("SIGTERM did not stop the job")

@@ -1,10 +1,11 @@
 """The tests' own secret checks: they find a secret in its escaped forms and never print it."""
 
+import base64
 import json
 
 import pytest
 
-from tests.secret_checks import assert_has_secret, assert_no_secret
+from tests.secret_checks import assert_has_secret, assert_no_secret, find_leaks
 
 SECRET = "Pa\\ss & w!rd $'\"% ,x"
 
@@ -25,3 +26,12 @@ def test_a_missing_expected_secret_fails_without_showing_it():
         assert_has_secret("password=other", SECRET, "the credentials file")
     assert SECRET not in str(failed.value) and "the credentials file" in str(failed.value)
     assert_has_secret("password=" + SECRET + "\n", SECRET, "the credentials file")
+
+
+@pytest.mark.parametrize("encode", [str, json.dumps, lambda s: base64.b64encode(s.encode()).decode()])
+def test_a_short_secret_is_found_in_every_form(encode):
+    short = 'k"7\\q'  # five characters: the scan once ignored forms shorter than eight
+    with pytest.raises(pytest.fail.Exception):
+        assert_no_secret("x " + encode(short) + " y", short, "the log")
+    assert find_leaks([("log", "x " + encode(short) + " y"), ("clean", "nothing here")], {"short": short}) == [
+        ("log", "short")]

@@ -5,6 +5,7 @@
 
     segura_lab.py prepare SCENARIO        lab up? image built + tagged, wheels, age key, run file
     segura_lab.py prepare-vm SCENARIO     the same without the container image (the VM scenario)
+    segura_lab.py prepare-bullseye SCENARIO   the same on the Debian 11 image, wheels for its Python 3.9
     segura_lab.py node CONTAINER ROLE     cluster identity (primary|contingency) + reference data
     segura_lab.py fingerprint CONTAINER   reference fingerprint (files + databases) as JSON on stdout
     segura_lab.py remember CONTAINER SCENARIO   save that fingerprint as <run folder>/fingerprint-before.json
@@ -29,9 +30,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 sys.path.insert(0, REPO)
 
 from tests.lab import containers, core  # noqa: E402  (needs the repository on sys.path)
+from tests.lab import wheels as lab_wheels  # noqa: E402
 
 # The tag every scenario's molecule.yml names; `prepare` points it at the image of the current recipe.
 MOLECULE_IMAGE = "localhost/segura-appliance:molecule"
+# The same for the Debian 11 image (extensions/molecule/bullseye), and that release's Python.
+MOLECULE_IMAGE_BULLSEYE = "localhost/segura-appliance-bullseye:molecule"
+BULLSEYE_PYTHON = "3.9.2"
 SEED_SIZE = 3_000_000  # bytes of reference files per appliance: small, the scenarios check behaviour
 
 
@@ -61,21 +66,33 @@ def lab_env() -> dict:
     return env
 
 
-def wheels() -> str:
-    """The runtime's wheels, built on the host once per requirements.txt (containers lack the host's pip CA)."""
-    folder = os.path.join(REPO, ".build", "molecule", "wheels")
+def wheels(python: str = "") -> str:
+    """The runtime's wheels, built on the host once per requirements.txt (containers lack the host's pip CA).
+
+    ``python`` empty: for the host's own Python, at the CI pins (constraints/runtime-lock.txt). Else binary
+    wheels for that CPython version (Debian 11's 3.9.2), newest within the ranges, environment markers
+    evaluated for it (tests/lab/wheels.py).
+    """
+    folder = os.path.join(REPO, ".build", "molecule", "wheels" + ("-py" + python if python else ""))
     requirements = os.path.join(REPO, "requirements.txt")
+    lock = os.path.join(REPO, "constraints", "runtime-lock.txt")
     stamp = os.path.join(folder, ".requirements")
     with open(requirements, encoding="utf-8") as handle:
         wanted = handle.read()
+    if not python:
+        with open(lock, encoding="utf-8") as handle:
+            wanted += handle.read()
     if os.path.exists(stamp) and open(stamp, encoding="utf-8").read() == wanted:
         return folder
     core.ensure_dir(folder)
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "-r",
-                            requirements, "-w", folder], timeout=600, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           check=False)
-    if built.returncode != 0:
-        raise core.LabError("pip wheel -r requirements.txt failed: %s" % built.stderr.decode()[-2000:])
+    if python:
+        lab_wheels.download(lab_wheels.requirement_lines(requirements), python, folder)
+    else:
+        built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "-r",
+                                requirements, "-c", lock, "-w", folder], timeout=600, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, check=False)
+        if built.returncode != 0:
+            raise core.LabError("pip wheel -r requirements.txt failed: %s" % built.stderr.decode()[-2000:])
     with open(stamp, "w", encoding="utf-8") as handle:
         handle.write(wanted)
     return folder
@@ -92,13 +109,14 @@ def age_identity(scenario: str) -> dict:
     return {"identity_file": identity, "recipient": recipient}
 
 
-def prepare(scenario: str, image: bool = True) -> dict:
+def prepare(scenario: str, image: bool = True, suite: str = containers.SUITE) -> dict:
     lab = lab_env()
-    info = {"scenario": scenario, "repo": REPO, "lab": lab, "wheels_dir": wheels(),
+    bullseye = suite == "bullseye"
+    info = {"scenario": scenario, "repo": REPO, "lab": lab, "wheels_dir": wheels(BULLSEYE_PYTHON if bullseye else ""),
             "share_folder": "molecule-%s-%s" % (scenario, uuid.uuid4().hex[:8])}
     if image:
-        built = containers.ApplianceContainers(core.resolve_state_dir()).build()
-        containers.podman(["tag", built["image"], MOLECULE_IMAGE])
+        built = containers.ApplianceContainers(core.resolve_state_dir()).build(suite)
+        containers.podman(["tag", built["image"], MOLECULE_IMAGE_BULLSEYE if bullseye else MOLECULE_IMAGE])
         info.update(image=built["image"], image_built=built["built"])
     info.update(age_identity(scenario))
     core.write_json(run_file(scenario), info)
@@ -182,7 +200,7 @@ def vm_up(scenario: str) -> dict:
     return env
 
 
-ARITY = {"prepare": 1, "prepare-vm": 1, "node": 2, "fingerprint": 1, "remember": 2, "cleanup": 1, "vm-up": 1, "vm-down": 1}
+ARITY = {"prepare": 1, "prepare-vm": 1, "prepare-bullseye": 1, "node": 2, "fingerprint": 1, "remember": 2, "cleanup": 1, "vm-up": 1, "vm-down": 1}
 
 
 def main(argv) -> int:
@@ -195,6 +213,8 @@ def main(argv) -> int:
             result = prepare(argv[1])
         elif command == "prepare-vm":
             result = prepare(argv[1], image=False)
+        elif command == "prepare-bullseye":
+            result = prepare(argv[1], suite="bullseye")
         elif command == "node":
             result = node(argv[1], argv[2])
         elif command == "fingerprint":

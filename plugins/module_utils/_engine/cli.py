@@ -22,6 +22,11 @@ went (Segura's events: 18 "Backup performed", 19 "Error on backup"). Exit status
 or skipped (not the primary); 1 published with warnings (e.g. session recordings partial: the
 snapshot is there, someone should look; the JSON line says ``"status": "warning"``); 2 failed
 (nothing new published; a bad configuration too).
+
+Progress (progress.py) goes to stderr, never stdout: run by hand from a terminal, a bar (phase, bytes,
+rate, ETA against the previous snapshot's size); under systemd (JOURNAL_STREAM or INVOCATION_ID set), a
+line per phase and one every 30 s in between; otherwise nothing. ``--progress`` and
+``--progress-interval`` choose otherwise (the cron entry asks for lines).
 """
 
 from __future__ import annotations
@@ -32,12 +37,14 @@ import os
 import stat
 import sys
 import syslog
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
+from ansible_collections.segura.backup.plugins.module_utils._engine import progress
 from ansible_collections.segura.backup.plugins.module_utils._engine.cancel import RunStopped, stop_cleanly_on_signals
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError, ConfigError
 from ansible_collections.segura.backup.plugins.module_utils._engine.job import EVENT_ERROR, run_backup
 from ansible_collections.segura.backup.plugins.module_utils._engine.specs import backup_job_spec, validate
+from ansible_collections.segura.backup.plugins.module_utils._engine.text import describe_bytes
 
 SYSLOG_IDENT = "segura-backup"
 EXIT_OK, EXIT_WARNINGS, EXIT_FAILED = 0, 1, 2
@@ -90,41 +97,78 @@ def _emit(document: Dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def _interval(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError("must be more than 0 and at most 3600 seconds")
+    return value
+
+
+def _final(document: Dict[str, Any]) -> str:
+    """The progress report's last words: how the run ended (no message text: the JSON line has it)."""
+    snap = document.get("snapshot") or {}
+    text = document.get("status", "ok")
+    if snap.get("id"):
+        text += ": snapshot %s, %s" % (snap["id"], describe_bytes(int(snap.get("size") or 0)))
+    if snap.get("warnings"):
+        text += ", %d warning(s)" % len(snap["warnings"])
+    if "verify" in document:
+        text += ", verified (%s)" % document["verify"]["mode"]
+    if "prune" in document:
+        text += ", %d pruned" % len(document["prune"]["removed"])
+    if document.get("error"):
+        text += " (%s; see the result line)" % document["error"]
+    return text
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="segura-backup", description="Scheduled backup of this Segura appliance.")
     parser.add_argument("--config", required=True, help="JSON config file (mode 0600)")
     parser.add_argument("--no-syslog", action="store_true", help="do not send the syslog event")
+    parser.add_argument("--progress", choices=progress.MODES, default="auto",
+                        help="progress on stderr: a bar, lines, or none (auto: a bar on a terminal, lines "
+                             "under systemd, else none)")
+    parser.add_argument("--progress-interval", type=_interval, default=None, metavar="SECONDS",
+                        help="seconds between two progress updates (default: 0.25 for the bar, 30 for lines)")
     options = parser.parse_args(argv)
     notify = (lambda level, text: None) if options.no_syslog else _event
+    reporter = progress.reporter(options.progress, sys.stderr, options.progress_interval)
+    document: Dict[str, Any] = {"status": "failed"}  # until the run says otherwise
+    try:
+        code, document = _run_job(options.config, notify, reporter)
+    finally:  # the progress report's last line comes before the result line
+        reporter.close(_final(document))
+    _emit(document)
+    return code
+
+
+def _run_job(path: str, notify: Any, reporter: progress.Progress) -> Tuple[int, Dict[str, Any]]:
+    """(exit status, the result document) of one run with the config file at ``path``."""
     try:
         try:
-            params = load_config(options.config)
+            params = load_config(path)
         except ConfigError as exc:  # run_backup reports its own failures; this one happens before it
             notify("error", "event=%d Error on backup: configuration: %s" % (EVENT_ERROR, exc))
             raise
         with stop_cleanly_on_signals():  # systemctl stop, a shutdown: release the lock, remove the partial
-            summary = run_backup(params, notify=notify)
+            summary = run_backup(params, notify=notify, progress=reporter)
     except ConfigError as exc:
-        _emit({"status": "failed", "error": type(exc).__name__, "message": str(exc)})
-        return EXIT_CONFIG
+        return EXIT_CONFIG, {"status": "failed", "error": type(exc).__name__, "message": str(exc)}
     except RunStopped as exc:  # raised around run_backup, which could not report it itself
         notify("error", "event=%d Error on backup: %s" % (EVENT_ERROR, exc))
         done = getattr(exc, "summary", None)  # a snapshot taken before the stop came
-        _emit(dict(done or {}, status="failed", error=type(exc).__name__, message=str(exc)))
-        return EXIT_FAILED
+        return EXIT_FAILED, dict(done or {}, status="failed", error=type(exc).__name__, message=str(exc))
     except BackupError as exc:
         done = getattr(exc, "summary", None)  # a snapshot taken before verify or prune failed
-        _emit(dict(done or {}, status="failed", error=type(exc).__name__, message=str(exc)))
-        return EXIT_FAILED
+        return EXIT_FAILED, dict(done or {}, status="failed", error=type(exc).__name__, message=str(exc))
     except Exception as exc:  # an unexpected failure must still be reported as a failed backup (the traceback follows)
+        reporter.close("failed")
         _emit({"status": "failed", "error": type(exc).__name__, "message": "unexpected: %s" % exc})
         notify("error", "event=%d Error on backup: unexpected %s: %s" % (EVENT_ERROR, type(exc).__name__, exc))
         raise
     if (summary.get("snapshot") or {}).get("warnings"):
-        _emit(dict(summary, status="warning"))
-        return EXIT_WARNINGS
-    _emit(summary)
-    return EXIT_OK
+        return EXIT_WARNINGS, dict(summary, status="warning")
+    return EXIT_OK, summary
 
 
 if __name__ == "__main__":

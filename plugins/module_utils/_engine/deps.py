@@ -10,6 +10,7 @@ module as one clear message (which package, how to install it) instead of a trac
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Iterable, List
 
 # import name -> pip distribution name
@@ -24,6 +25,20 @@ PACKAGES = {
 #: what every module that reads or writes archives on any target needs
 CORE = ("zstandard", "cryptography")
 
+#: nfs-rs (the userspace NFS client) has builds for Python 3.11 and later only (requirements.txt)
+NFS_RS_PYTHON = (3, 11)
+NFS_ALTERNATIVE = ("mount the export with the segura.backup.mount role (the kernel's NFS client) and use a "
+                   "'path' target on the mount point")
+
+
+def nfs_unavailable() -> str:
+    """Why an NFS target cannot be used here, naming the alternative (kernel mount + path target)."""
+    running = (sys.version_info[0], sys.version_info[1])
+    if running < NFS_RS_PYTHON:
+        return "NFS targets through nfs-rs need Python %d.%d or later and this is Python %d.%d (Debian 11); %s" % (
+            NFS_RS_PYTHON[0], NFS_RS_PYTHON[1], running[0], running[1], NFS_ALTERNATIVE)
+    return "the Python library 'nfs-rs' is required for NFS targets (or %s)" % NFS_ALTERNATIVE
+
 
 def missing(modules: Iterable[str]) -> List[str]:
     """pip names of the packages among ``modules`` that cannot be imported."""
@@ -32,7 +47,7 @@ def missing(modules: Iterable[str]) -> List[str]:
         try:
             importlib.import_module(name)
         except ImportError:
-            absent.append(PACKAGES.get(name, name))
+            absent.append("nfs-rs: %s" % nfs_unavailable() if name == "nfs_rs" else PACKAGES.get(name, name))
     return absent
 
 

@@ -31,6 +31,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.options impo
     build_encryption,
     build_layout,
 )
+from ansible_collections.segura.backup.plugins.module_utils._engine.progress import CountedReads, Progress
 from ansible_collections.segura.backup.plugins.module_utils._engine.pruning import prune
 from ansible_collections.segura.backup.plugins.module_utils._engine.signing import Signers, TrustPolicy, load_signing_key
 from ansible_collections.segura.backup.plugins.module_utils._engine.snapshot import SnapshotRequest, preflight, take_snapshot
@@ -150,12 +151,15 @@ class BackupJob:
         return {"policy": self.policy.describe(), "removed": removed, "errors": errors, "dry_run": dry_run}
 
 
-def run_backup(params: Dict[str, Any], check_mode: bool = False, notify: Optional[Notify] = None) -> Dict[str, Any]:
+def run_backup(params: Dict[str, Any], check_mode: bool = False, notify: Optional[Notify] = None,
+               progress: Optional[Progress] = None) -> Dict[str, Any]:
     """One run; returns the summary (status ok, skipped or checked). Failures raise BackupError, whose
-    ``summary`` attribute (when set) holds what the run did before it failed (e.g. the snapshot taken)."""
+    ``summary`` attribute (when set) holds what the run did before it failed (e.g. the snapshot taken).
+    ``progress`` hears of each phase and the bytes moved (the CLI's bar or journal lines; the module
+    gives none: its output is its JSON)."""
     notify = notify or (lambda level, text: None)
     try:
-        summary = _run(BackupJob(params), check_mode)
+        summary = _run(BackupJob(params), check_mode, progress or Progress())
     except ConfigError as exc:
         notify("error", "event=%d Error on backup: configuration: %s" % (EVENT_ERROR, exc))
         raise
@@ -175,7 +179,7 @@ def run_backup(params: Dict[str, Any], check_mode: bool = False, notify: Optiona
     return summary
 
 
-def _run(job: BackupJob, check_mode: bool) -> Dict[str, Any]:
+def _run(job: BackupJob, check_mode: bool, progress: Progress) -> Dict[str, Any]:
     appliance = job.params["appliance"]
     summary: Dict[str, Any] = {"appliance": job.request.appliance, "status": "ok"}
     summary["cluster"] = role = cluster_role(job.request.layout, appliance.get("health_url"),
@@ -197,12 +201,15 @@ def _run(job: BackupJob, check_mode: bool) -> Dict[str, Any]:
             if job.policy is not None:
                 summary["prune"] = job.prune_appliance(target, dry_run=True)
             return summary
-        snap = take_snapshot(target, job.request)
+        snap = take_snapshot(target, job.request, progress)
         summary["snapshot"] = {key: snap[key] for key in SNAPSHOT_SUMMARY_KEYS}
         try:
             if job.verify_mode != "none":
-                summary["verify"] = job.verify_new(target, snap["id"])
+                progress.phase("verify", total=snap["size"])  # quick and deep both read the object back
+                summary["verify"] = job.verify_new(CountedReads(target, progress) if progress.active else target,
+                                                   snap["id"])
             if job.policy is not None:
+                progress.phase("prune")
                 summary["prune"] = job.prune_appliance(target)
         except (BackupError, Cancelled) as exc:  # a stop signal too: the snapshot taken is still reported
             exc.summary = dict(summary, status="failed")  # type: ignore[union-attr]

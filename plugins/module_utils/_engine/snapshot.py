@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -49,6 +48,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.constants im
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, ConfigError, LockBusy, TargetError, TargetFull, TargetNotFound
 from ansible_collections.segura.backup.plugins.module_utils._engine.holders import takeover_message
 from ansible_collections.segura.backup.plugins.module_utils._engine.locking import ApplianceLock, refuse_case_variant
+from ansible_collections.segura.backup.plugins.module_utils._engine.progress import Progress
 from ansible_collections.segura.backup.plugins.module_utils._engine.pruning import heal_after_takeover
 from ansible_collections.segura.backup.plugins.module_utils._engine.sessions import ON_PROBLEM, SessionSyncResult, sync_sessions
 from ansible_collections.segura.backup.plugins.module_utils._engine.signing import DEFAULT_KEY_FILE, load_signing_key
@@ -128,16 +128,22 @@ class _Counts:
 
 class _LockRefreshingSink:
     """Passes writes on to the upload; stops at the next chunk once the lock's timer found it lost
-    (the timer keeps the lock alive: a stalled write cannot let it expire)."""
+    (the timer keeps the lock alive: a stalled write cannot let it expire). Counts the bytes written,
+    which the progress report reads (an addition here; the report's own thread does the rest)."""
 
     def __init__(self, upload: catalog.AtomicUpload, lock: ApplianceLock):
         self._upload = upload
         self._lock = lock
+        self.written = 0
 
     def write(self, data) -> int:
         written = self._upload.write(data)
         self._lock.check()
+        self.written += written
         return written
+
+    def count(self) -> int:
+        return self.written
 
     def flush(self) -> None:
         self._upload.flush()
@@ -168,7 +174,7 @@ def _check_free_space(target: Target, request: SnapshotRequest, facts: Dict[str,
 def preflight(target: Target, request: SnapshotRequest) -> Dict[str, Any]:
     """Check mode: everything a snapshot needs, changing nothing that stays.
 
-    Reachability and credentials (a listing), writability (a probe file written and removed), the
+    Reachability and credentials (a listing), writability (asked of the server, nothing written), the
     lock, free space against an estimate, the database (facts query) and the component paths.
     Returns {"ok": bool, "checks": {...}, "problems": [...]}; raises only for bad configuration.
     """
@@ -187,7 +193,7 @@ def preflight(target: Target, request: SnapshotRequest) -> Dict[str, Any]:
 
     reachable = check("target_reachable", lambda: _list_base(target))
     if reachable and reachable.get("exists", True):
-        check("target_writable", lambda: _write_probe(target))
+        check("target_writable", lambda: _ask_writable(target))
         check("lock_free", lambda: _lock_state(target, request.appliance))
     elif reachable:
         # A first run creates the base path; probing it here would create it, which check mode must not.
@@ -214,12 +220,11 @@ def _list_base(target: Target) -> Dict[str, Any]:
                 "note": "%s does not exist yet; the first snapshot creates it" % target.describe()}
 
 
-def _write_probe(target: Target) -> Dict[str, Any]:
-    """Write and remove a small file at the root: proves create, write and delete rights."""
-    probe = ".segura-backup-write-test-%s" % secrets.token_hex(4)
-    target.write_bytes(probe, b"segura.backup write test\n", exclusive=True)
-    target.remove(probe)
-    return {"ok": True}
+def _ask_writable(target: Target) -> Dict[str, Any]:
+    """Whether we may create and remove files at the root, asked without writing (check mode writes nothing)."""
+    if target.check_writable(""):
+        return {"ok": True, "asked": "server"}
+    return {"ok": True, "probed": False, "note": "this target cannot tell without a write; the first run will"}
 
 
 def _lock_state(target: Target, appliance: str) -> Dict[str, Any]:
@@ -258,10 +263,12 @@ def _check_components(request: SnapshotRequest) -> Dict[str, Any]:
     return {"ok": True, "entries": count}
 
 
-def take_snapshot(target: Target, request: SnapshotRequest,
-                  progress: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
-    """Take one snapshot and publish it on ``target``; return what was done (see the module's RETURN)."""
+def take_snapshot(target: Target, request: SnapshotRequest, progress: Optional[Progress] = None) -> Dict[str, Any]:
+    """Take one snapshot and publish it on ``target``; return what was done (see the module's RETURN).
+    ``progress`` hears of each phase and of the bytes written (progress.py; none: nothing is shown)."""
     started = time.monotonic()
+    progress = progress or Progress()
+    progress.phase("prepare")
     refuse_case_variant(target, request.appliance)  # before makedirs: no folder for a name that collides
     target.makedirs(catalog.snapshots_dir(request.appliance))
     with ApplianceLock(target, request.appliance, ttl=request.lock_ttl) as lock:
@@ -275,10 +282,13 @@ def take_snapshot(target: Target, request: SnapshotRequest,
 
         sessions = None
         if "sessions" in request.components:
+            progress.phase("sessions", total=estimate_snapshot_size(facts)["sessions_bytes"])
+
             def on_file(event: Dict[str, Any]) -> None:
                 lock.check()
-                if progress is not None:
-                    progress(dict(event, phase="sessions"))
+                progress.advance(int(event["size"]))
+                if event["action"] == "uploaded":
+                    progress.uploaded(int(event["size"]))
 
             sessions = sync_sessions(target, request.appliance, request.layout, progress=on_file)
             if sessions.problems and request.sessions_on_problem == "fail":
@@ -307,15 +317,21 @@ def take_snapshot(target: Target, request: SnapshotRequest,
         counts = _Counts()
         db_info: Optional[Dict[str, Any]] = None
         database: Optional[Dict[str, Any]] = None
+        # The totals the progress report shows: the previous snapshot's (one listing, one sidecar).
+        before = _previous_sizes(target, request.appliance) if progress.active else {}
         with catalog.AtomicUpload(target, catalog.object_path(request.appliance, name)) as upload:
-            writer = ArchiveWriter(_LockRefreshingSink(upload, lock), request.encryption,
+            sink = _LockRefreshingSink(upload, lock)
+            writer = ArchiveWriter(sink, request.encryption,
                                    zstd_level=request.zstd_level, zstd_threads=request.zstd_threads,
                                    chunk_size=request.chunk_size)
             try:
                 writer.add_json("snapshot.json", header)
-                if choice is not None:
-                    db_info, database = _archive_database(writer, request, choice, warnings)
-                _archive_files(writer, request, counts)
+                if choice is not None:  # counted as read from the server (what reaches the target lags behind zstd)
+                    db_total = before.get("db") or estimate_snapshot_size(facts)["database_bytes"]
+                    db_info, database = _archive_database(writer, request, choice, warnings,
+                                                          lambda reader: progress.counted("databases", reader, db_total))
+                _archive_files(writer, request, counts,
+                               lambda phase: progress.phase(phase, total=before.get("object"), count=sink.count))
                 extra: Dict[str, Any] = {"facts": facts, "components": list(request.components),
                                          "sessions": sessions.referenced if sessions else []}
                 if sessions is not None:
@@ -350,6 +366,7 @@ def take_snapshot(target: Target, request: SnapshotRequest,
                           **(_sessions_status(sessions) if sessions else {})),
             duration=round(time.monotonic() - started, 3),
         )
+        progress.phase("publish")
         # Still ours, right before publishing (before the sessions list and the sidecar): a run whose lock
         # was broken or taken over stops here with LockLost, and nothing of it looks complete.
         lock.confirm("nothing was published")
@@ -419,14 +436,15 @@ def _sessions_status(sessions: SessionSyncResult) -> Dict[str, Any]:
 _SIDECAR_DB_KEYS = ("method", "server_version", "tool_version", "position")
 
 
-def _archive_database(writer: ArchiveWriter, request: SnapshotRequest, choice: MethodChoice,
-                      warnings: List[str]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """The database into the archive: (stream info for ``db``, the manifest's ``database`` record)."""
+def _archive_database(writer: ArchiveWriter, request: SnapshotRequest, choice: MethodChoice, warnings: List[str],
+                      counted: Callable[[Any], Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """The database into the archive: (stream info for ``db``, the manifest's ``database`` record).
+    ``counted`` wraps the server's stream for the progress report."""
     db = request.database()
     if choice.method == PHYSICAL:
         backup = PhysicalBackup(db, choice)
         with backup:
-            stream = writer.add_stream(PHYSICAL_PREFIX, backup.stdout)
+            stream = writer.add_stream(PHYSICAL_PREFIX, counted(backup.stdout))
         # The whole instance: the layout's databases are those a restore checks.
         record = dict(choice.as_dict(), members=PHYSICAL_PREFIX + ".*", position=backup.position, losses=[],
                       facts=None, databases=list(request.layout.databases), whole_instance=True)
@@ -437,7 +455,7 @@ def _archive_database(writer: ArchiveWriter, request: SnapshotRequest, choice: M
         held = session.hold_point(warnings)
         with DatabaseDump(db, request.layout.databases, extra_args=extra_args) as dump:
             source = PointWatcher(dump.stdout, session.release) if held else dump.stdout
-            stream = writer.add_stream(DB_PREFIX, source)
+            stream = writer.add_stream(DB_PREFIX, counted(source))
         source_facts = session.collect(warnings) if held else None
         tables, float_columns = session.tables, session.float_columns
     if not held:  # what the dump cannot carry is reported all the same
@@ -459,18 +477,39 @@ def _archive_database(writer: ArchiveWriter, request: SnapshotRequest, choice: M
     return stream.as_dict(), record
 
 
+def _previous_sizes(target: Target, appliance: str) -> Dict[str, int]:
+    """{"object": its size, "db": its database stream's bytes} of the newest complete snapshot of
+    ``appliance``, as far as known: what this one may reach (for the progress report only)."""
+    for record in catalog.list_snapshots(target, appliance, read_sidecars=False).snapshots:
+        if record.complete and record.size:
+            try:
+                sidecar = catalog.load_sidecar(target, record).sidecar
+            except TargetError:  # the report goes without this total
+                sidecar = None
+            db = (sidecar.db if sidecar is not None else None) or {}
+            return {"object": record.size, "db": int(db.get("bytes") or 0)}
+    return {}
+
+
 def _encryption_mode(encryption: Encryption) -> str:
     return {"recipients": "x25519"}.get(encryption.mode, encryption.mode)
 
 
-def _archive_files(writer: ArchiveWriter, request: SnapshotRequest, counts: _Counts) -> None:
-    """Config and secrets into the archive; any unreadable or vanished file fails the snapshot."""
+def _archive_files(writer: ArchiveWriter, request: SnapshotRequest, counts: _Counts,
+                   begin: Callable[[str], None]) -> None:
+    """Config and secrets into the archive; any unreadable or vanished file fails the snapshot.
+    ``begin`` tells the progress report that config, then secrets, are being written."""
     wanted = [c for c in request.components if c in ("config", "secrets")]
     if not wanted:
         return
     problems: List[Problem] = []
     add = {"file": writer.add_file, "dir": writer.add_dir, "symlink": writer.add_symlink}
+    # The secrets folder is walked last, its own entry first: from there on the phase is secrets.
+    secrets_root = "files/" + request.layout.secrets_dir if "secrets" in wanted else None
+    begin(wanted[0])
     for entry in collect_files(request.layout, wanted, problems):
+        if entry.archive_name == secrets_root and wanted[0] != "secrets":
+            begin("secrets")
         # A file that changes or vanishes while read raises here and fails the snapshot at once:
         # the tar stream is cut mid-member, so nothing more could be added anyway.
         add[entry.kind](entry.archive_name, entry.abs_path)

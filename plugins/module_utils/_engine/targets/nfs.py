@@ -16,6 +16,7 @@ import time
 import uuid
 from typing import Any, Dict, List, Optional, Tuple, Type
 
+from ansible_collections.segura.backup.plugins.module_utils._engine import deps
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import (
     BackupError,
     ConfigError,
@@ -248,7 +249,7 @@ class NfsTarget(Target):
         dir_mode: int = 0o750,
     ):
         if not HAS_NFS_RS:
-            raise ConfigError("the Python library 'nfs-rs' is required for NFS targets")
+            raise ConfigError(deps.nfs_unavailable())
         if not server or not export:
             raise ConfigError("an NFS target needs a server and an export")
         if str(version) not in ("3", "4.1"):

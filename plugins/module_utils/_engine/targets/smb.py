@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import collections
 import datetime
+import functools
+import importlib.metadata
 import inspect
 import itertools
 import os
@@ -56,6 +58,25 @@ try:
     HAS_SMBPROTOCOL = True
 except ImportError:  # reported by SmbTarget() so modules can fail with a clear message
     HAS_SMBPROTOCOL = False
+
+# The smbprotocol releases the fast paths below were tested with (requirements.txt's floor 1.16.1 and the
+# CI pin 1.17.0): outside this range, or when a capability check fails, the generic smbprotocol calls are used.
+SMBPROTOCOL_FAST_PATHS = ((1, 16, 1), (2, 0, 0))
+
+
+@functools.lru_cache(maxsize=1)
+def _smbprotocol_version() -> Tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in importlib.metadata.version("smbprotocol").split(".")[:3])
+    except (importlib.metadata.PackageNotFoundError, ValueError):  # absent, or not plain numbers (1.18.0rc1)
+        return ()
+
+
+def fast_paths_allowed() -> bool:
+    """Whether the installed smbprotocol is one the hand-built SMB2 frames were tested with."""
+    low, high = SMBPROTOCOL_FAST_PATHS
+    return HAS_SMBPROTOCOL and low <= _smbprotocol_version() < high
+
 
 # Bytes per WRITE request and how many may be in flight; bounded further by max_write_size and by
 # the credits the server grants (Samba grants 64 x 64 KiB at first, more as the session is used).
@@ -173,6 +194,8 @@ class _Seal:
             self.cipher, self._nonce_size = aead.AESCCM(self._session.encryption_key), 11
         else:
             raise _NotCovered("cipher %r" % (cipher_id,))
+        if not hasattr(self.cipher, "encrypt_into"):  # cryptography < 44 (the newest for Python 3.9.0/3.9.1 is 43)
+            raise _NotCovered("cryptography without AEAD encrypt_into")
         self._sealed = bytearray(size + 16)
 
     def wrap(self, message: memoryview) -> List[memoryview]:
@@ -228,7 +251,7 @@ class _FastWrites:
         connection = getattr(raw_open, "connection", None)
         transport = getattr(connection, "transport", None)
         file_id = getattr(raw_open, "file_id", None)
-        return (HAS_SMBPROTOCOL and connection is not None and hasattr(connection, "sequence_lock")
+        return (fast_paths_allowed() and connection is not None and hasattr(connection, "sequence_lock")
                 and hasattr(connection, "outstanding_requests") and hasattr(transport, "_sock")
                 and hasattr(transport, "_sock_lock") and hasattr(raw_open, "_write_response")
                 and isinstance(file_id, bytes) and len(file_id) == 16
@@ -571,6 +594,8 @@ class _CompoundPuts:
 
     @staticmethod
     def usable() -> bool:
+        if not fast_paths_allowed():
+            return False
         try:
             return ("related" in inspect.signature(Connection.send_compound).parameters
                     and "resolve_symlinks" in inspect.signature(Connection.receive).parameters
