@@ -55,6 +55,10 @@ options:
       mode:
         description:
           - V(quick) compares the stored object with its sidecar; V(deep) decrypts and checks every member.
+          - V(deep) runs where this module runs (the appliance) and needs the private age identity there. The
+            P(segura.backup.backup#role) role keeps the key on the controller instead - V(quick) here, then
+            M(segura.backup.verify) with O(segura.backup.verify#module:mode=deep) delegated to localhost, then the
+            prune - and runs a deep verify here only for a V(path) target with C(backup_verify_on_appliance).
         type: str
         choices: [quick, deep, none]
         default: quick
@@ -157,7 +161,7 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: Back up, deep-verify and keep a week of dailies and a month of weeklies
+- name: Back up, verify quick and keep a week of dailies and a month of weeklies
   segura.backup.backup_job:
     target:
       type: smb
@@ -168,13 +172,30 @@ EXAMPLES = r"""
     encryption:
       recipients: ["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"]
     verify:
-      mode: deep
-      decryption:
-        identity_file: /etc/segura-backup/restore-key.txt
+      mode: quick
     prune:
       keep_daily: 7
       keep_weekly: 4
   register: run
+
+# A deep verify decrypts: the backup role runs it on the controller, where the private key is, before
+# its prune (a separate segura.backup.prune task), so a bad new snapshot never costs an old one.
+- name: Deep-verify the new snapshot on the controller
+  segura.backup.verify:
+    target:
+      type: smb
+      server: backup.example.com
+      share: segura
+      username: svc-segura-backup
+      password: "{{ vault_smb_password }}"
+    appliance: "{{ run.job.appliance }}"
+    select: ids
+    ids: ["{{ run.job.snapshot.id }}"]
+    mode: deep
+    decryption:
+      identity_file: /etc/segura-backup/age-key.txt
+  delegate_to: localhost
+  when: run.job.status == 'ok'
 """
 
 RETURN = r"""

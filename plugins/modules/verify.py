@@ -131,6 +131,7 @@ EXAMPLES = r"""
     mode: deep
     decryption:
       identity_file: /etc/segura-backup/restore-key.txt
+  delegate_to: localhost  # the private key stays on the controller (see the notes)
 
 - name: Deep check of one snapshot, session recordings hashed too, without failing the play
   segura.backup.verify:
