@@ -29,7 +29,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.text import 
 #: The steps of one run, in order (a run goes through those its components and settings ask for).
 PHASES = ("prepare", "sessions", "databases", "config", "secrets", "publish", "verify", "prune")
 #: What the byte count of a phase is (default: bytes of the snapshot object written to the target).
-_COUNTED = {"sessions": "checked", "verify": "read back"}
+_COUNTED = {"sessions": "checked", "databases": "read", "verify": "read back"}
 MODES = ("auto", "bar", "lines", "none")
 BAR_INTERVAL = 0.25  # seconds between two frames of the bar: at most 4 a second
 LINE_INTERVAL = 30.0  # seconds between two journal lines within a phase
@@ -149,6 +149,7 @@ class _Shown(Progress):
     never stalls the backup (the engine only appends to a queue and sets an event)."""
 
     active = True
+    close_wait = 5.0  # seconds close() waits for a write in flight before it gives up on the stream
 
     def __init__(self, stream: Any, interval: float) -> None:
         super().__init__()
@@ -158,6 +159,7 @@ class _Shown(Progress):
         self._changes: Deque[Tuple[str, Tuple[str, int, float], float]] = deque()  # (new, ended, when)
         self._wake = threading.Event()
         self._stopping = False
+        self._gave_up = False  # close() stopped waiting for a blocked write: write nothing more
         self._thread = threading.Thread(target=self._loop, name="segura-backup-progress", daemon=True)
         self._thread.start()
 
@@ -169,7 +171,7 @@ class _Shown(Progress):
         while True:
             self._wake.wait(self.wait_time())
             self._wake.clear()
-            while self._changes:
+            while self._changes and not self._gave_up:
                 self.announce(*self._changes.popleft())
             if self._stopping:
                 return
@@ -200,8 +202,10 @@ class _Shown(Progress):
             return
         self._stopping = True
         self._wake.set()
-        self._thread.join(timeout=5)
-        if not self._thread.is_alive():  # else its write is blocked: do not block the run's end too
+        self._thread.join(timeout=self.close_wait)
+        if self._thread.is_alive():  # its write is blocked: do not block the run's end too
+            self._gave_up = True
+        else:
             self.last(final, time.monotonic())
 
 
