@@ -436,6 +436,7 @@ def test_backup_verify_prune_restore_drill_on_lab_shares(kind, reference_applian
     summary = _stats_artifact(first)["backup_summary"]["ref-appliance"]
     # the reference appliance's galera.cnf asks for Galera, but the lab's MariaDB runs without it: a lone node
     assert summary["status"] == "ok" and summary["cluster_role"] == "standalone"
+    assert "Galera" not in _output(first)  # the demo's run: no false alarm about a cluster
     second, _seconds = _local_run(tmp_path, "backup.yml", inventory)
     assert second.rc == 0, _output(second)
     second_summary = _stats_artifact(second)["backup_summary"]["ref-appliance"]
