@@ -70,7 +70,8 @@ requirements:
   - python >= 3.9
   - mariadb client (C(mariadb) or C(mysql)) on the appliance, for the database facts
 notes:
-  - The P(segura.backup.backup#role) role uses RV(appliance.cluster.is_primary) to back up the primary only.
+  - The P(segura.backup.backup#role) role (through M(segura.backup.backup_job)) tells the cluster role the same
+    way, to back up the primary only.
   - Remote space for backups should be at least 150% of RV(appliance.var.bytes_used) (Segura's sizing advice).
 seealso:
   - module: segura.backup.snapshot

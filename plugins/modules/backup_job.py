@@ -153,7 +153,8 @@ requirements:
   - cryptography
   - smbprotocol (for SMB targets)
   - nfs-rs (for NFS targets)
-  - mariadb-dump (MariaDB client) on the appliance
+  - the MariaDB client tools on the appliance - mariadb-backup of the server's version for the physical method
+    (chosen when it can run here - same version, server on this host), else mariadb-dump (logical)
 seealso:
   - module: segura.backup.snapshot
   - module: segura.backup.verify

@@ -67,7 +67,8 @@ requirements:
   - cryptography
   - smbprotocol (for SMB targets)
   - nfs-rs (for NFS targets)
-  - mariadb-dump (MariaDB client) on the appliance
+  - the MariaDB client tools on the appliance - mariadb-backup of the server's version for the physical method
+    (chosen when it can run here - same version, server on this host), else mariadb-dump (logical)
 notes:
   - The P(segura.backup.runtime#role) role installs the Python requirements into a dedicated virtualenv.
   - Run it on the primary member of a cluster; the P(segura.backup.backup#role) role skips the others.
