@@ -316,6 +316,26 @@ def test_every_role_variable_the_examples_set_is_read_somewhere():
     assert not problems, "\n".join(problems)
 
 
+def test_the_example_inventory_loads_with_its_vault(tmp_path):
+    """docs/examples: the inventory parses, its vault opens with the example's password, and every vault_*
+    variable its group_vars use is defined there."""
+    examples = os.path.join(ROOT, "docs", "examples")
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"),
+               ANSIBLE_HOME=str(tmp_path / "home"))
+    result = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible-inventory"), "--list",
+                             "-i", os.path.join(examples, "inventory"),
+                             "--vault-password-file", os.path.join(examples, "demo-vault-password.txt")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr.decode()
+    hostvars = yaml.safe_load(result.stdout)["_meta"]["hostvars"]
+    assert len(hostvars) >= 2
+    used = set(re.findall(r"\b(vault_\w+)", "".join(
+        _read(path) for path in glob.glob(os.path.join(examples, "inventory", "group_vars", "*", "main.yml")))))
+    assert used, "the example no longer uses a vaulted variable"
+    for host, values in hostvars.items():
+        assert used <= set(values), "%s lacks %s" % (host, sorted(used - set(values)))
+
+
 @pytest.mark.parametrize("text, expected", [
     ("see `roles/schedule/templates/segura-backup.service.j2`", ["roles/schedule/templates/segura-backup.service.j2"]),
     ("see roles/schedule/templates/service.j2 and docs/awx.md", []),
