@@ -62,10 +62,16 @@ def test_floors_pin_the_floor_of_every_range_and_the_lock_lies_inside():
 
 
 def python39():
-    candidates = [os.environ.get("SEGURA_PYTHON39"), shutil.which("python3.9")]
+    """A working Python 3.9 (a pyenv shim on PATH may exist and still fail, so each one is asked)."""
+    candidates = [os.environ.get("SEGURA_PYTHON39")]
     candidates += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.9*/bin/python3.9")), reverse=True)
+    candidates.append(shutil.which("python3.9"))
     for candidate in candidates:
-        if candidate and os.access(candidate, os.X_OK):
+        if not candidate or not os.access(candidate, os.X_OK):
+            continue
+        probe = subprocess.run([candidate, "-c", "import sys; print(sys.version_info[:2] == (3, 9))"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=60, check=False)
+        if probe.stdout.strip() == "True":
             return candidate
     return None
 
