@@ -83,3 +83,27 @@ def test_folders_the_lab_makes_are_passable_under_umask_077(base):
         os.umask(old)
     for folder in (os.path.join(base, "a"), os.path.join(base, "a", "b"), made):
         assert os.stat(folder).st_mode & 0o777 == 0o755
+
+
+def test_the_lab_prepares_shares_backup_can_write_from_a_clone_in_a_0700_home(base, account):
+    """SambaService's own preparation (config, folders, passdb; no smbd started, no port taken) for a state
+    folder below a 0700 home: the config's share paths are ones user backup can write into."""
+    if not shutil.which("smbpasswd") or os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root, samba-common-bin and setpriv (the lab's own needs)")
+    home = os.path.join(base, "home")
+    os.mkdir(home, 0o700)
+    os.chmod(home, 0o700)
+    service = samba.SambaService(os.path.join(home, "clone", ".lab"))
+    try:
+        service._prepare(44555)  # pylint: disable=protected-access
+        with open(service.conf, encoding="utf-8") as handle:
+            conf = handle.read()
+        for share, folder in service.share_dirs.items():
+            assert "path = %s" % folder in conf, share
+            assert not folder.startswith(home), folder
+            probe = os.path.join(folder, "probe")
+            result = subprocess.run(["setpriv", "--reuid", samba.SMB_USER, "--regid", samba.SMB_USER,
+                                     "--init-groups", "touch", probe], check=False)
+            assert result.returncode == 0, "user backup cannot write into %s" % folder
+    finally:
+        shutil.rmtree(os.path.dirname(service.share_dirs[samba.SIGNED_SHARE]), ignore_errors=True)
