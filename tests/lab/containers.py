@@ -76,7 +76,8 @@ GALERA_PRIMARY = ("# Segura lab appliance %s: primary, not in a Galera cluster (
                   "[galera]\nwsrep_on=OFF\n")
 GALERA_CONTINGENCY = ("# Segura lab appliance %s: contingency member of a Galera cluster (written by\n"
                       "# tests/lab/containers.py). The lab runs no Galera: mariadb.conf.d/99-segura-lab.cnf\n"
-                      "# turns wsrep off for mariadbd; this file is what the cluster role reads.\n"
+                      "# turns wsrep off for mariadbd, so the cluster role reads this file only without a\n"
+                      "# database connection; the fleet tells the nodes apart by the health endpoint.\n"
                       "[galera]\nwsrep_on=ON\nwsrep_provider=/usr/lib/galera/libgalera_smm.so\n"
                       "wsrep_cluster_name=\"segura-lab\"\nwsrep_node_name=\"%s\"\n")
 
