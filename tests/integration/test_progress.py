@@ -33,12 +33,14 @@ FRAME = re.compile(r"^\[(\w+)\]  (?:\[[#-]{16}\] +(\d+)%  )?(?:([\d.]+) (B|KiB|M
 
 
 @pytest.fixture
-def job_config(reference_appliance, lab_target_factory, lab, tmp_path):
+def job_config(request, reference_appliance, lab_target_factory, lab, tmp_path):
+    """The job's config file (database method logical, or the test's indirect parameter)."""
     target = lab_target_factory("smb_signed")
     config = {"target": target.options,
               "encryption": {"mode": "passphrase", "passphrase": SECRET},
               "appliance": {"name": reference_appliance["name"], "root": reference_appliance["root"]},
-              "database": {"defaults_file": reference_appliance["defaults_file"], "method": "logical"},
+              "database": {"defaults_file": reference_appliance["defaults_file"],
+                           "method": getattr(request, "param", "logical")},
               "components": ["database", "config", "secrets", "sessions"],
               "prune": {"keep_last": 5}}
     path = str(tmp_path / "job.json")
@@ -183,12 +185,11 @@ def _lines_with_times(proc):
     return got, reader
 
 
-@pytest.mark.parametrize("interval", [0.3, None])
-def test_journal_lines_are_whole_and_bounded(job_config, interval, tmp_path):
-    extra = ["--progress-interval", str(interval)] if interval else []
+def _journal_run(config_path, extra, tmp_path):
+    """The job with stderr to a pipe and JOURNAL_STREAM set: (its lines with their times, stdout, seconds)."""
     started = time.monotonic()
     with open(str(tmp_path / "stdout"), "w+", encoding="utf-8") as out:
-        proc = subprocess.Popen(_argv(job_config["path"], *extra), stdin=subprocess.DEVNULL, stdout=out,
+        proc = subprocess.Popen(_argv(config_path, *extra), stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.PIPE, text=True, env=_env(JOURNAL_STREAM="8:424242"), cwd=ROOT)
         got, reader = _lines_with_times(proc)
         try:
@@ -201,6 +202,13 @@ def test_journal_lines_are_whole_and_bounded(job_config, interval, tmp_path):
         out.seek(0)
         stdout = out.read()
     assert proc.returncode == 0, (stdout, got)
+    return got, stdout, seconds
+
+
+@pytest.mark.parametrize("interval", [0.3, None])
+def test_journal_lines_are_whole_and_bounded(job_config, interval, tmp_path):
+    extra = ["--progress-interval", str(interval)] if interval else []
+    got, stdout, seconds = _journal_run(job_config["path"], extra, tmp_path)
     result = json.loads(stdout)
     lines = [line for _when, line in got]
     assert lines and all(line.startswith("progress: ") for line in lines), lines
@@ -219,6 +227,9 @@ def test_journal_lines_are_whole_and_bounded(job_config, interval, tmp_path):
     else:
         assert not ticks, lines  # a run shorter than 30 s: the phase lines only
     assert result["snapshot"]["id"] in lines[-1] and lines[-1].startswith("progress: prune took "), lines[-1]
+    # The databases phase counted exactly the dump's bytes (what the sidecar records as db bytes).
+    ended = [line for line in lines if "; databases took " in line]
+    assert len(ended) == 1 and "(%s)" % describe_bytes(result["snapshot"]["counts"]["db_bytes"]) in ended[0], lines
     for secret in job_config["secrets"]:
         assert secret not in "\n".join(lines) + stdout
 
@@ -251,3 +262,14 @@ def test_the_module_prints_only_its_json_under_systemd(job_config, tmp_path):
     assert not any(key.startswith("progress") for key in document)
     for secret in job_config["secrets"]:
         assert secret not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("job_config", ["physical"], indirect=True)
+def test_the_physical_stream_is_counted_too(job_config, tmp_path):
+    """mariadb-backup's stream, not the dump: the databases phase counts it, whole, against the server's size."""
+    got, stdout, _seconds = _journal_run(job_config["path"], ["--progress-interval", "0.2"], tmp_path)
+    result = json.loads(stdout)
+    assert result["snapshot"]["database"]["method"] == "physical", result["snapshot"]["database"]
+    lines = [line for _when, line in got]
+    ended = [line for line in lines if "; databases took " in line]
+    assert len(ended) == 1 and "(%s)" % describe_bytes(result["snapshot"]["counts"]["db_bytes"]) in ended[0], lines
