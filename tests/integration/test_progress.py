@@ -273,3 +273,26 @@ def test_the_physical_stream_is_counted_too(job_config, tmp_path):
     lines = [line for _when, line in got]
     ended = [line for line in lines if "; databases took " in line]
     assert len(ended) == 1 and "(%s)" % describe_bytes(result["snapshot"]["counts"]["db_bytes"]) in ended[0], lines
+
+
+def test_the_backup_role_says_what_its_long_task_does(reference_appliance, lab_target_factory, lab):
+    """playbooks/backup.yml: before the job (one long module call) each appliance's line names its components
+    and where they go, without credentials; the long task's name says that it waits for the whole job."""
+    from tests.integration.playbook import PYTHON, REPO, run_playbook
+
+    target = lab_target_factory("smb_signed")
+    host = {"ansible_connection": "local", "ansible_python_interpreter": PYTHON,
+            "backup_appliance": {"name": reference_appliance["name"], "root": reference_appliance["root"]},
+            "backup_database": {"defaults_file": reference_appliance["defaults_file"], "method": "logical"},
+            "backup_encryption": {"mode": "passphrase", "passphrase": SECRET},
+            "backup_components": ["database", "config", "secrets", "sessions"],
+            "backup_target": target.options}
+    run = run_playbook(os.path.join(REPO, "playbooks", "backup.yml"), {"segura_appliances": {"hosts": {"lab": host}}})
+    assert run.rc == 0, run.output
+    where = "//%s/%s/%s" % (target.options["server"], target.options["share"], target.options["path"])
+    assert ("%s: snapshot of database, config, secrets, sessions to %s, then verify (quick) and no prune."
+            % (reference_appliance["name"], where)) in run.stdout.replace("\n", " "), run.stdout
+    assert ("TASK [segura.backup.backup : Snapshot, verify and prune in one job, waiting until it ends - "
+            "database, config, secrets, sessions to the smb target]") in run.stdout, run.stdout
+    for secret in (SECRET, lab["smb_password"]):
+        assert secret not in run.output
