@@ -48,8 +48,9 @@ attributes:
   check_mode:
     support: full
     details:
-      - In check mode the module runs a real preflight and changes nothing that stays - it lists the
-        target, writes and removes a probe file, reads the lock, queries the database and walks the
+      - In check mode the module runs a real preflight and writes nothing - it lists the target, asks
+        the server whether the account may create and remove files there (an SMB open for those rights,
+        an NFS ACCESS call, C(access(2)) on a path), reads the lock, queries the database and walks the
         component paths, and compares free space with an estimate.
   diff_mode:
     support: none

@@ -139,19 +139,32 @@ class LabTarget:
     def appliance_dir(self, appliance=APPLIANCE_NAME):
         return os.path.join(self.server_dir, appliance)
 
-    def listing(self):
-        """{relative path: (size, mtime_ns, sha256)} of every file behind the server, dirs as None."""
+    def listing(self, folder_times=False):
+        """{relative path: (size, mtime_ns, sha256)} of every file behind the server, dirs as None.
+
+        With ``folder_times`` (what check mode is held to) every folder is (mode, mtime_ns), and the base folder
+        itself is the entry "." (None when it does not exist): a file written and removed again, or a folder
+        made, changes a folder's mtime even when no file is left behind.
+        """
         result = {}
+        if folder_times:
+            result["."] = self._folder_state(self.server_dir) if os.path.isdir(self.server_dir) else None
         if not os.path.isdir(self.server_dir):
             return result
         for folder, dirs, files in os.walk(self.server_dir):
             for name in dirs:
-                result[os.path.relpath(os.path.join(folder, name), self.server_dir) + "/"] = None
+                path = os.path.join(folder, name)
+                result[os.path.relpath(path, self.server_dir) + "/"] = self._folder_state(path) if folder_times else None
             for name in files:
                 path = os.path.join(folder, name)
                 info = os.stat(path)
                 result[os.path.relpath(path, self.server_dir)] = (info.st_size, info.st_mtime_ns, sha256_file(path))
         return result
+
+    @staticmethod
+    def _folder_state(path):
+        info = os.stat(path)
+        return (info.st_mode, info.st_mtime_ns)
 
     def snapshot_files(self, appliance=APPLIANCE_NAME):
         folder = os.path.join(self.appliance_dir(appliance), "snapshots")

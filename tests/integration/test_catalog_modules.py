@@ -102,7 +102,7 @@ def _rewrite(populated, relpath, change):
 
 
 def test_list_verify_and_prune(populated):
-    everything = populated.target.listing()
+    everything = populated.target.listing(folder_times=True)
 
     # backup_info: every appliance, newest first, with the staleness query of the module's EXAMPLES
     info = populated.run("backup_info", query=STALE_QUERY)
@@ -128,7 +128,7 @@ def test_list_verify_and_prune(populated):
     checked = populated.run("verify", check=True, select="all")
     assert checked.rc == 0 and checked.result["changed"] is False and checked.result["verified_count"] == 6
     assert all(s["ok"] and not s["recorded"] for s in checked.result["snapshots"])
-    assert populated.target.listing() == everything
+    assert populated.target.listing(folder_times=True) == everything
 
     quick = populated.run("verify", select="all")
     assert quick.rc == 0 and quick.result["changed"] is True and quick.result["failed_count"] == 0, quick.output
@@ -146,10 +146,10 @@ def test_list_verify_and_prune(populated):
     assert verifications[populated.old_ids[0]]["mode"] == "quick"
 
     # prune in check mode with --diff: the plan, and nothing touched
-    before = populated.target.listing()
+    before = populated.target.listing(folder_times=True)
     plan = populated.run("prune", check=True, diff=True, appliance=APPLIANCE_NAME, keep_daily=2)
     assert plan.rc == 0 and plan.result["changed"] is True, plan.output
-    assert populated.target.listing() == before
+    assert populated.target.listing(folder_times=True) == before
     planned = plan.result["appliances"][0]
     assert [k["id"] for k in planned["kept"]] == [populated.real_id, populated.old_ids[0]]
     assert planned["kept"][0]["reasons"] == ["newest complete", "daily snapshot"]

@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 
+import pytest
 
 from tests.integration.conftest import APPLIANCE_NAME, sha256_file, snapshot_args
 from tests.integration.playbook import PYTHON, REPO, run_playbook, run_task
@@ -181,7 +182,7 @@ def test_check_mode_changes_nothing_and_reports_preflight_ok(lab_target, referen
     args = snapshot_args(reference_appliance, lab_target, _recipients(age_identity), components=ALL_COMPONENTS)
     first = run_task(MODULE, args)
     assert first.rc == 0, first.output
-    before = lab_target.listing()
+    before = lab_target.listing(folder_times=True)
 
     check = run_task(MODULE, args, check=True)
     assert check.rc == 0, check.output
@@ -191,17 +192,36 @@ def test_check_mode_changes_nothing_and_reports_preflight_ok(lab_target, referen
             "components"} <= set(preflight["checks"])
     assert all(entry["ok"] for entry in preflight["checks"].values())
     assert "snapshot" not in check.result
-    assert lab_target.listing() == before
+    assert lab_target.listing(folder_times=True) == before
+
+
+@pytest.mark.parametrize("kind", ["smb_signed", "smb_encrypted"])  # the tests run as root: only Samba's account is refused
+def test_check_mode_finds_a_folder_it_may_not_write_without_writing(kind, lab_target_factory, reference_appliance,
+                                                                    age_identity):
+    """The preflight asks the server (an SMB open for the rights to add and delete entries) instead of writing a
+    probe file: a folder the account may not write is reported, and no folder's mtime moves."""
+    target = lab_target_factory(kind)
+    os.makedirs(target.server_dir)
+    os.chmod(target.server_dir, 0o555)  # owned by root: Samba's user 'backup' may list, not write
+    try:
+        before = target.listing(folder_times=True)
+        check = run_task(MODULE, snapshot_args(reference_appliance, target, _recipients(age_identity)), check=True)
+        assert check.rc != 0
+        writable = check.result["preflight"]["checks"]["target_writable"]
+        assert writable["ok"] is False and "permission denied" in writable["error"], writable
+        assert target.listing(folder_times=True) == before
+    finally:
+        os.chmod(target.server_dir, 0o755)
 
 
 def test_check_mode_on_a_target_path_never_used_before(lab_target, reference_appliance, age_identity):
     """A first run's preflight: the sub-path does not exist yet (a real run creates it)."""
     args = snapshot_args(reference_appliance, lab_target, _recipients(age_identity))
-    before = lab_target.listing()
+    before = lab_target.listing(folder_times=True)
     check = run_task(MODULE, args, check=True)
     assert check.rc == 0, check.output
     assert check.result["preflight"]["ok"] is True
-    assert lab_target.listing() == before
+    assert lab_target.listing(folder_times=True) == before
 
 
 def test_sessions_are_synced_incrementally(lab_target, appliance_copy, age_identity):

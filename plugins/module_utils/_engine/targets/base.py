@@ -166,6 +166,14 @@ class Target(abc.ABC):
     def free_space(self) -> Optional[int]:
         """Bytes available to us below the root, or None if the protocol cannot tell."""
 
+    def check_writable(self, relpath: str) -> bool:
+        """Ask the server, writing nothing, whether we may create and remove entries in folder ``relpath``.
+
+        True when it said yes; False when the protocol cannot tell without a write. A refusal raises TargetError.
+        Check mode asks this instead of writing a probe file, which would change the folder (its mtime).
+        """
+        return False
+
     def close(self) -> None:
         """Release connections. Safe to call twice."""
 

@@ -11,6 +11,7 @@ operations are built on LINK, which the server refuses atomically when the desti
 
 from __future__ import annotations
 
+import os
 import posixpath
 import time
 import uuid
@@ -407,6 +408,13 @@ class NfsTarget(Target):
         where = self._url(relpath)
         handle = self._call_idempotent(where, self._live.open, self._inside(relpath), "rb")
         return _NfsReader(self, handle, where, self._batch)
+
+    def check_writable(self, relpath: str) -> bool:
+        # NFS ACCESS (MODIFY, EXTEND, DELETE): the server's answer for our credentials, nothing written.
+        where = self._url(relpath)
+        if not self._call_idempotent(where, self._live.access, self._inside(relpath) or ".", os.W_OK | os.X_OK):
+            raise TargetError("the NFS server %s refused write access to %s" % (self.server, where))
+        return True
 
     def stat(self, relpath: str) -> Entry:
         inside = self._inside(relpath)

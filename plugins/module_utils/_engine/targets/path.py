@@ -166,6 +166,12 @@ class PathTarget(Target):
         except OSError as exc:
             raise map_os_error(exc, local) from None
 
+    def check_writable(self, relpath: str) -> bool:
+        local = self._local(relpath)
+        if not os.access(local, os.W_OK | os.X_OK):
+            raise TargetError("permission denied on %s: this user may not create files there" % local)
+        return True
+
     def stat(self, relpath: str) -> Entry:
         local = self._local(relpath)
         try:

@@ -52,7 +52,7 @@ try:
     from smbprotocol.exceptions import SMBAuthenticationError, SMBException, SMBOSError, SMBResponseException
     from smbprotocol.file_info import FileAttributes
     from smbprotocol.header import NtStatus, SMB2HeaderRequest
-    from smbprotocol.open import CreateDisposition, CreateOptions, FilePipePrinterAccessMask, ShareAccess, SMB2WriteRequest
+    from smbprotocol.open import CreateDisposition, CreateOptions, DirectoryAccessMask, FilePipePrinterAccessMask, ShareAccess, SMB2WriteRequest
 
     _SHARE_ALL = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
     HAS_SMBPROTOCOL = True
@@ -1010,6 +1010,19 @@ class SmbTarget(Target):
         except BaseException as exc:
             raise self.map_error(exc, where) from None
         return _SmbReader(self, handle, where)
+
+    def check_writable(self, relpath: str) -> bool:
+        # Opening the folder for exactly the rights to add and delete entries is checked by the server against
+        # the share and the file system, and writes nothing; a refusal is STATUS_ACCESS_DENIED.
+        where = self._url(relpath)
+        rights = (DirectoryAccessMask.FILE_ADD_FILE | DirectoryAccessMask.FILE_ADD_SUBDIRECTORY
+                  | DirectoryAccessMask.FILE_DELETE_CHILD | DirectoryAccessMask.FILE_LIST_DIRECTORY)
+        try:
+            with smbclient.open_file(self._unc(relpath), mode="rb", buffering=0, file_type="dir", desired_access=rights,
+                                     share_access="rwd", **self._kwargs()):
+                return True
+        except BaseException as exc:
+            raise self.map_error(exc, where) from None
 
     def stat(self, relpath: str) -> Entry:
         where = self._url(relpath)
