@@ -159,6 +159,13 @@ def test_the_ee_python_packages_are_the_runtime_ones_without_test_tools(introspe
             "%s is outside requirements.txt's %s" % (requirement, runtime[name])
 
 
+def test_the_ee_pins_are_the_versions_ci_runs_on_python_311():
+    ee_reqs = _requirements(os.path.join(ROOT, "meta", "ee-requirements.txt"))
+    lock = {name: requirement for name, requirement in _requirements(os.path.join(ROOT, "constraints", "runtime-lock.txt")).items()
+            if requirement.marker is None or requirement.marker.evaluate({"python_version": "3.11", "python_full_version": "3.11.2"})}
+    assert {name: str(req.specifier) for name, req in ee_reqs.items()} == {name: str(req.specifier) for name, req in lock.items()}
+
+
 def _pip():
     """A pip to resolve with: this interpreter's, or the system Python's (a venv may have none)."""
     if subprocess.run([sys.executable, "-m", "pip", "--version"], stdout=subprocess.DEVNULL,
