@@ -4,6 +4,7 @@ expects: modules found in plugins/ by their version_added, roles and playbooks a
 
 import glob
 import os
+import re
 import subprocess
 import sys
 
@@ -35,6 +36,18 @@ def test_fragments_and_changelog_yaml_pass_lint():
     assert (lint.returncode, lint.stdout) == (0, ""), lint.stdout
     strict = _tool("lint-changelog-yaml", "--strict", os.path.join("changelogs", "changelog.yaml"))
     assert (strict.returncode, strict.stdout) == (0, ""), strict.stdout
+
+
+def test_fragments_write_rst_literals_not_ansible_markup():
+    """antsibull-changelog copies fragments into CHANGELOG.rst as RST: C(x) would stay C(x) there."""
+    markup = re.compile(r"\b(?:C|O|RV|M|V|E|I|U|L|P)\([^)]*\)")
+    found = {}
+    for path in sorted(glob.glob(os.path.join(ROOT, "changelogs", "fragments", "*.y*ml"))):
+        with open(path, encoding="utf-8") as handle:
+            hits = markup.findall(handle.read())
+        if hits:
+            found[os.path.basename(path)] = hits
+    assert found == {}, "write ``x`` (RST), not C(x)/O(x)/RV(x), in changelog fragments: %s" % found
 
 
 def test_changelog_rst_is_what_generation_gives(generated):
