@@ -38,6 +38,8 @@ PATH_TOKEN = re.compile(r"(?<![\w./$~-])(\.?[A-Za-z0-9_][\w.+-]*(?:/[\w.+-]*)+)"
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
 BARE_FILE = re.compile(r"`([\w.-]+\.(?:txt|toml|cfg|ini))`|(?<![\w./-])([\w.-]+\.(?:rst|md))\b")
+# A source file named without its folder (`test_kill_matrix.py`, "service.j2"): some file of the project has that name.
+BARE_SOURCE = re.compile(r"(?<![\w./<$-])([A-Za-z_][\w-]*\.(?:py|sh|j2|yml|yaml))\b(?!/)")
 
 
 def _markdown_docs():
@@ -84,6 +86,18 @@ def _bases(doc_path):
     return bases
 
 
+_NAMES = []
+
+
+def _project_file_names():
+    """Base names of the project's files (generated folders left out), read once."""
+    if not _NAMES:
+        for folder, dirs, files in os.walk(ROOT):
+            dirs[:] = [name for name in dirs if name not in (".git", ".venv", ".build", ".lab", "__pycache__")]
+            _NAMES.extend(files)
+    return set(_NAMES)
+
+
 def _exists(path):
     """The path exists, or names a definition in a Python file: `appliance/tablefacts.FactsSession`."""
     if os.path.exists(path):
@@ -106,6 +120,9 @@ def _missing_paths(doc_path, text):
         candidates = [base for base in _bases(doc_path) if first and os.path.isdir(os.path.join(base, first))]
         if candidates and not any(_exists(os.path.join(base, token)) for base in candidates):
             missing.append(token)
+    for match in BARE_SOURCE.finditer(text):
+        if match.group(1) not in _project_file_names():
+            missing.append(match.group(1))
     for match in BARE_FILE.finditer(text):
         name = match.group(1) or match.group(2)
         if name not in GENERATED and not any(os.path.exists(os.path.join(base, name)) for base in _bases(doc_path)):
@@ -345,6 +362,8 @@ def test_the_example_inventory_loads_with_its_vault(tmp_path):
     ("results go to benchmarks/results/<date>.md and db/dump.sql.*", []),
     ("[the guide](docs/nope.md)", ["docs/nope.md"]),
     ("a change from DESIGN.md's first idea; see `requirements.txt`", ["DESIGN.md"]),
+    ("test_kill_matrix.py drives kill_driver.py; the unit is service.j2", []),
+    ("see test_no_such_suite.py", ["test_no_such_suite.py"]),
 ])
 def test_the_path_finder(text, expected):
     """The finder itself: real paths pass, a missing one is named, words with a slash are left alone."""
