@@ -32,7 +32,6 @@ GENERATED = (
     ".lab/",  # the lab's state (tests/lab)
     ".build/",  # collections symlink, sanity copies, built tarball, molecule state
     ".venv/",  # the project's virtualenv (scripts/setup.sh)
-    "CHANGELOG.rst",  # written from changelogs/ by antsibull-changelog at release time
 )
 PATH_TOKEN = re.compile(r"(?<![\w./$~-])(\.?[A-Za-z0-9_][\w.+-]*(?:/[\w.+-]*)+)")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
