@@ -332,6 +332,25 @@ def test_every_role_variable_the_examples_set_is_read_somewhere():
     assert not problems, "\n".join(problems)
 
 
+def test_each_role_documents_its_defaults_as_they_are():
+    """roles/*/meta/argument_specs.yml (what ansible-doc shows) names every default of defaults/main.yml, with
+    the same value where the default is a plain value (a templated one is described in words)."""
+    problems = []
+    for role in sorted(glob.glob(os.path.join(ROOT, "roles", "*"))):
+        defaults_file = os.path.join(role, "defaults", "main.yml")
+        defaults = yaml.safe_load(_read(defaults_file)) if os.path.exists(defaults_file) else {}
+        spec = yaml.safe_load(_read(os.path.join(role, "meta", "argument_specs.yml")))["argument_specs"]["main"]
+        options = spec.get("options", {})
+        for name, value in (defaults or {}).items():
+            templated = isinstance(value, str) and "{{" in value
+            if name not in options:
+                problems.append("%s: %s has a default but no entry in argument_specs" % (os.path.basename(role), name))
+            elif not templated and "default" in options[name] and options[name]["default"] != value:
+                problems.append("%s: %s defaults to %r, argument_specs says %r"
+                                % (os.path.basename(role), name, value, options[name]["default"]))
+    assert not problems, "\n".join(problems)
+
+
 def test_the_example_inventory_loads_with_its_vault(tmp_path):
     """docs/examples: the inventory parses, its vault opens with the example's password, and every vault_*
     variable its group_vars use is defined there."""
