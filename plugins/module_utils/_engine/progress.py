@@ -111,11 +111,11 @@ class Progress:
 
     def rates(self, now: float) -> Tuple[Optional[float], Optional[str]]:
         """(bytes a second since the counter began, the ETA against the total); None until it settled."""
-        spent = now - self.counter_started
+        spent, total, done = now - self.counter_started, self.total, self.done  # read once: the engine moves on
         if spent < self.settle:
             return None, None
-        average = self.done / spent
-        eta = clock(max(self.total - self.done, 0) / average) if self.total and average > 0 else None
+        average = done / spent
+        eta = clock(max(total - done, 0) / average) if total and average > 0 else None
         return average, eta
 
     def figures(self, now: float) -> str:
@@ -134,7 +134,8 @@ class Progress:
 
     def percent(self) -> int:
         """Of the known total; 99 at most until the phase ends (a total is a guess)."""
-        return min(99, self.done * 100 // self.total) if self.total else 0
+        total = self.total
+        return min(99, self.done * 100 // total) if total else 0
 
 
 def _ended(previous: Tuple[str, int, float], now: float) -> str:
@@ -171,11 +172,15 @@ class _Shown(Progress):
         while True:
             self._wake.wait(self.wait_time())
             self._wake.clear()
-            while self._changes and not self._gave_up:
-                self.announce(*self._changes.popleft())
+            try:
+                while self._changes and not self._gave_up:
+                    self.announce(*self._changes.popleft())
+                if not self._stopping:
+                    self.tick(time.monotonic())
+            except Exception:  # pylint: disable=broad-exception-caught  # a frame read mid-change: skip it
+                pass
             if self._stopping:
                 return
-            self.tick(time.monotonic())
 
     def wait_time(self) -> float:
         return self.interval
@@ -224,17 +229,18 @@ class BarProgress(_Shown):
     def tick(self, now: float) -> None:
         if not self.name:
             return
-        self.samples.append((now, self.done))
+        done, total = self.done, self.total  # read once: the engine moves on meanwhile
+        self.samples.append((now, done))
         first_time, first_done = self.samples[0]
         _average, eta = self.rates(now)
         parts = ["[%s]" % self.name]
-        if self.total:
-            filled = self.percent() * 16 // 100
-            parts.append("[%s%s] %3d%%" % ("#" * filled, "-" * (16 - filled), self.percent()))
-        if self.done or self.total:
-            parts.append(describe_bytes(self.done) + (" / ~" + describe_bytes(self.total) if self.total else ""))
+        if total:
+            percent = min(99, done * 100 // total)
+            parts.append("[%s%s] %3d%%" % ("#" * (percent * 16 // 100), "-" * (16 - percent * 16 // 100), percent))
+        if done or total:
+            parts.append(describe_bytes(done) + (" / ~" + describe_bytes(total) if total else ""))
         if now - first_time > 0.2:  # the recent rate (the last 12 frames), not the average
-            parts.append("%s/s" % describe_bytes(int((self.done - first_done) / (now - first_time))))
+            parts.append("%s/s" % describe_bytes(int((done - first_done) / (now - first_time))))
         if eta:
             parts.append("ETA " + eta)
         if self.name == "sessions":
