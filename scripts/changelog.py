@@ -6,8 +6,8 @@ copy (galaxy.yml, changelogs/, meta/, plugins/ - modules are found there), so ch
 stay as they are: fragments added later go into the same unreleased version, and the real release consumes them.
 Once the version is in changelog.yaml it is plain `antsibull-changelog generate`.
 
-    python scripts/changelog.py           rewrite CHANGELOG.rst
-    python scripts/changelog.py --check   exit 1, with a diff, when CHANGELOG.rst is not what generation gives
+    .venv/bin/python scripts/changelog.py           rewrite CHANGELOG.rst
+    .venv/bin/python scripts/changelog.py --check   exit 1, with a diff, when CHANGELOG.rst is not what generation gives
 """
 
 import argparse
@@ -22,7 +22,7 @@ import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COPIED = ("galaxy.yml", "changelogs", "meta", "plugins")
-FIX = "python scripts/changelog.py"
+FIX = ".venv/bin/python scripts/changelog.py"
 
 
 def _load(path):
