@@ -30,6 +30,15 @@ LEFT_OUT = [
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
 
+IMPORT_ALL = """import importlib, os, sys
+sys.path.insert(0, ".build/collections")
+names = sorted("ansible_collections.segura.backup." + os.path.join(root, name[:-3]).replace("/", ".")
+               for root, _dirs, files in os.walk("plugins") for name in files if name.endswith(".py"))
+for name in names:
+    importlib.import_module(name[:-len(".__init__")] if name.endswith(".__init__") else name)
+print("imported", len(names))
+"""
+
 
 @pytest.fixture(scope="module")
 def bullseye_image():
@@ -55,6 +64,8 @@ def test_engine_unit_tests_pass_on_debian_11_python_at_the_floors(bullseye_image
         "/tmp/venv/bin/python -c 'import sys, importlib.metadata as m; print(sys.version.split()[0]); "
         "[print(n, m.version(n)) for n in (\"smbprotocol\", \"pyspnego\", \"cryptography\", \"zstandard\", \"jmespath\")]'",
         "cd %s" % ROOT,
+        # every module, module_utils and doc fragment imports (runtime annotations, 3.10+ syntax, stdlib names)
+        "/tmp/venv/bin/python - <<'PY'\n%sPY" % IMPORT_ALL,
         "exec /tmp/venv/bin/python -m pytest -q -p no:cacheprovider tests/unit %s" % " ".join(LEFT_OUT),
     ])
     result = containers.podman([
@@ -64,7 +75,8 @@ def test_engine_unit_tests_pass_on_debian_11_python_at_the_floors(bullseye_image
         bullseye_image, "sh", "-c", script], timeout=1200, check=False)
     out = (result.stdout + result.stderr).decode("utf-8", "replace")
     assert result.returncode == 0, out[-4000:]
-    head = out.splitlines()[:6]
+    head = out.splitlines()[:7]
     assert head[0] == PYTHON, head
     assert dict(line.split() for line in head[1:6]) == dict(pin.split("==") for pin in pins), head
+    assert head[6].startswith("imported ") and int(head[6].split()[1]) > 50, head
     assert " passed" in out and " failed" not in out
