@@ -320,6 +320,9 @@ def test_scheduled_job_makes_the_same_snapshot_as_the_playbook(set_up, fleet):
     assert sidecar_a["components"] == sidecar_b["components"]
     journal = fleet.exec(fleet.primary, "journalctl -t segura-backup --no-pager -o cat").stdout.decode()
     assert "event=18 Backup performed: %s snapshot %s" % (fleet.primary["name"], sidecar_b["id"]) in journal
+    # Under systemd the job writes its progress to the journal, a line as each phase begins (progress.py).
+    for phase in ("databases", "config", "secrets", "publish", "verify"):
+        assert "progress: %s begins" % phase in journal, journal[-3000:]
 
 
 def test_scheduled_job_on_the_contingency_skips(set_up, fleet):

@@ -64,7 +64,12 @@ def test_floors_pin_the_floor_of_every_range_and_the_lock_lies_inside():
 def python39():
     """A working Python 3.9 (a pyenv shim on PATH may exist and still fail, so each one is asked)."""
     candidates = [os.environ.get("SEGURA_PYTHON39")]
-    candidates += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.9*/bin/python3.9")), reverse=True)
+    # pyenv's versions: below $PYENV_ROOT, ~/.pyenv, or beside the pyenv command on PATH (CI runs with another HOME)
+    pyenv = shutil.which("pyenv")
+    roots = [os.environ.get("PYENV_ROOT"), os.path.expanduser("~/.pyenv"),
+             os.path.dirname(os.path.dirname(os.path.realpath(pyenv))) if pyenv else None]
+    for root in dict.fromkeys(root for root in roots if root):
+        candidates += sorted(glob.glob(os.path.join(root, "versions", "3.9*", "bin", "python3.9")), reverse=True)
     candidates.append(shutil.which("python3.9"))
     for candidate in candidates:
         if not candidate or not os.access(candidate, os.X_OK):
