@@ -151,6 +151,52 @@ def test_smb_refresh_waits_for_a_reader_to_close_the_lock(lab_target_factory):
     assert not os.path.exists(_lock_file(target))
 
 
+@pytest.mark.parametrize("share_access", ["rwd", "r"])
+def test_smb_prune_of_a_snapshot_a_reader_holds_open(lab_target_factory, share_access):
+    """A restore or a person's client reads an old snapshot while prune removes it. A reader sharing delete (ours
+    do): the removal succeeds, the reader reads to the end, the object is gone once it closes. A reader refusing
+    delete sharing: the prune fails for this appliance naming the sharing violation; the sidecar went first, so
+    what is left is an object without its sidecar (never a sidecar promising a missing object), which the next
+    prune removes as a stale partial (it is as old as the snapshot)."""
+    import smbclient
+
+    target = lab_target_factory("smb_signed")
+    now = datetime.now(UTC)
+    payload = os.urandom(256 * 1024)
+    with open_target(target.options) as client:
+        ids = [put(client, now - timedelta(days=day), appliance=APPLIANCE_NAME, payload=payload) for day in range(3)]
+        records = catalog.list_snapshots(client, APPLIANCE_NAME).snapshots
+    for record in records:  # files as old as their snapshots, as on a real share
+        for relpath in record.files:
+            stamp = record.created.timestamp()
+            os.utime(os.path.join(target.server_dir, relpath), (stamp, stamp))
+    oldest = records[-1]
+    assert oldest.id == ids[-1]
+    with open_target(target.options) as reader_client:
+        unc = reader_client._unc(catalog.object_path(APPLIANCE_NAME, oldest.object))  # pylint: disable=protected-access
+        reader = smbclient.open_file(unc, mode="rb", share_access=share_access,
+                                     **reader_client._kwargs())  # pylint: disable=protected-access
+        try:
+            first = reader.read(1000)
+            with open_target(target.options) as client:
+                (outcome,) = prune(client, retention.Policy(keep_last=1), appliance=APPLIANCE_NAME, now=now)
+            rest = reader.read()
+        finally:
+            reader.close()
+    with open_target(target.options) as client:
+        left = catalog.list_snapshots(client, APPLIANCE_NAME).snapshots
+        if share_access == "rwd":
+            assert outcome.error is None and first + rest == payload
+            assert [r.id for r in left] == [ids[0]]
+        else:
+            assert outcome.error is not None and "STATUS_SHARING_VIOLATION" in outcome.error, outcome.error
+            assert {r.id: r.status for r in left} == {ids[0]: catalog.STATUS_COMPLETE, oldest.id: catalog.STATUS_PARTIAL}
+            (again,) = prune(client, retention.Policy(keep_last=1), appliance=APPLIANCE_NAME, now=now)
+            assert again.error is None, again.error
+            assert [r.id for r in catalog.list_snapshots(client, APPLIANCE_NAME).snapshots] == [ids[0]]
+    assert not os.path.exists(_lock_file(target))
+
+
 # --------------------------------------------------------------------------------------------------
 # the timer: a stalled run keeps its lock
 
