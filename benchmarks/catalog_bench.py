@@ -8,7 +8,8 @@ Then times, median of 3 runs each:
   - backup_info's listing: catalog.list_snapshots(read_sidecars=True), one sidecar read per snapshot;
   - the listing by presence alone: catalog.list_snapshots(read_sidecars=False);
   - a prune plan (check mode): pruning.prune(dry_run=True) with keep_daily=7, keep_weekly=4, keep_monthly=12.
-Prints a markdown table. The lab must be up for SMB (`python -m tests.lab up`), else SMB is skipped.
+Prints a markdown table. The lab must be up (`python -m tests.lab status`): when it is not, or its SMB
+share does not answer, the benchmark fails (exit 2) instead of leaving SMB out.
 
 Run: .venv/bin/python -m benchmarks.catalog_bench [--appliances 20] [--per-appliance 500]
 """
@@ -88,12 +89,21 @@ def measure(label, make_target, expected):
 
 
 def lab_env():
+    """The running lab's endpoints; exits (status 2) with the reason when Samba is not up."""
+    status = subprocess.run([sys.executable, "-m", "tests.lab", "status", "--service", "samba"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60, check=False)
+    if status.returncode != 0:
+        sys.stderr.write("catalog_bench: the lab's Samba is not running, so the SMB half cannot be measured; start "
+                         "it (.venv/bin/python -m tests.lab up --service samba) or run benchmarks/run.py --only "
+                         "catalog, which starts it.\n%s\n" % status.stdout.strip()[-1000:])
+        sys.exit(2)
     try:
         out = subprocess.run([sys.executable, "-m", "tests.lab", "env"], cwd=REPO, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True, timeout=60, check=True).stdout
+                             stderr=subprocess.PIPE, text=True, timeout=60, check=True).stdout
         return json.loads(out)
-    except (subprocess.SubprocessError, ValueError):
-        return None
+    except (subprocess.SubprocessError, ValueError) as error:
+        sys.stderr.write("catalog_bench: could not read the lab's endpoints (python -m tests.lab env): %s\n" % error)
+        sys.exit(2)
 
 
 def main():
@@ -103,6 +113,7 @@ def main():
     args = parser.parse_args()
     expected = args.appliances * args.per_appliance
     rows = []
+    lab = lab_env()  # a lab that is down fails here, before any work: SMB is never left out
 
     local = tempfile.mkdtemp(prefix="segura-bench-")
     try:
@@ -114,24 +125,20 @@ def main():
     finally:
         shutil.rmtree(local, ignore_errors=True)
 
-    lab = lab_env()
-    if lab is None:
-        print("lab is not up: SMB skipped", file=sys.stderr)
-    else:
-        subdir = "bench-%s" % uuid.uuid4().hex[:12]
-        behind = os.path.join(lab["smb_dir_encrypted"], subdir)
-        os.makedirs(behind)
-        try:
-            started = time.perf_counter()
-            with PathTarget(behind, file_mode=0o644, dir_mode=0o755) as target:  # smbd's account must read them
-                populate(target, args.appliances, args.per_appliance)
-            print("smb: created %d snapshots in %.1f s" % (expected, time.perf_counter() - started), file=sys.stderr)
-            options = {"type": "smb", "server": lab["smb_server"], "port": int(lab["smb_port"]),
-                       "share": lab["smb_share_encrypted"], "path": subdir, "username": lab["smb_username"],
-                       "password": lab["smb_password"], "encrypt": True, "timeout": 30}
-            rows += measure("smb (encrypted)", lambda: open_target(options), expected)
-        finally:
-            shutil.rmtree(behind, ignore_errors=True)
+    subdir = "bench-%s" % uuid.uuid4().hex[:12]
+    behind = os.path.join(lab["smb_dir_encrypted"], subdir)
+    os.makedirs(behind)
+    try:
+        started = time.perf_counter()
+        with PathTarget(behind, file_mode=0o644, dir_mode=0o755) as target:  # smbd's account must read them
+            populate(target, args.appliances, args.per_appliance)
+        print("smb: created %d snapshots in %.1f s" % (expected, time.perf_counter() - started), file=sys.stderr)
+        options = {"type": "smb", "server": lab["smb_server"], "port": int(lab["smb_port"]),
+                   "share": lab["smb_share_encrypted"], "path": subdir, "username": lab["smb_username"],
+                   "password": lab["smb_password"], "encrypt": True, "timeout": 30}
+        rows += measure("smb (encrypted)", lambda: open_target(options), expected)
+    finally:
+        shutil.rmtree(behind, ignore_errors=True)
 
     print("| target | operation | snapshots | median of 3 (s) | sidecars read |")
     print("|---|---|---:|---:|---:|")

@@ -1,11 +1,12 @@
-"""Where the SMB writer's time goes: cProfile of one push per share, fast path and generic path.
+"""Where the SMB writer's time goes: cProfile of one push per share.
 
     .venv/bin/python benchmarks/profile_smb.py [--mib 256]
 
 Pushes a file of incompressible bytes to the lab's signed and encrypted shares through
-SmbTarget.open_write (benchmarks/worker.py under cProfile), once with the writer's fast path and
-once through smbprotocol's Open.write() (generic_writes), and writes the top functions by own time
-to benchmarks/results/<date>-smb-profile.txt. The lab must be up (python -m tests.lab up).
+SmbTarget.open_write (benchmarks/worker.py under cProfile), as the code runs today (no switch, no
+monkeypatch), and writes the top functions by own time to benchmarks/results/<date>-smb-profile.txt.
+The writer before its fast path is timed by benchmarks/run.py --only smb_push, from that commit's code.
+The lab must be up (python -m tests.lab up).
 """
 
 import argparse
@@ -37,10 +38,10 @@ def main():
             for _block in range(args.mib):
                 handle.write(os.urandom(1024 * 1024))
         for share in ("signed", "encrypted"):
-            for generic in (False, True):
+            for label in ("SmbTarget.open_write",):
                 name = "profile-%s" % uuid.uuid4().hex[:8]
                 profile = os.path.join(workdir, name + ".prof")
-                job = {"op": "push", "file": source, "name": name, "profile": profile, "generic_writes": generic,
+                job = {"op": "push", "file": source, "name": name, "profile": profile,
                        "target": {"type": "smb", "server": env["smb_server"], "port": int(env["smb_port"]),
                                   "share": env["smb_share_" + share], "username": env["smb_username"],
                                   "password": env["smb_password"], "encrypt": share == "encrypted"}}
@@ -51,7 +52,6 @@ def main():
                 os.remove(os.path.join(env["smb_dir_" + share], name))
                 with open(profile + ".txt") as handle:
                     text = handle.read()
-                label = "generic path (smbprotocol Open.write)" if generic else "fast path"
                 report += ["", "=" * 100, "%s share, %s: %.2f s wall, %.0f MB/s (profiler overhead included)"
                            % (share, label, wall, args.mib * 1.048576 / wall), "=" * 100,
                            text.replace(workdir, "<tmp>")]

@@ -9,6 +9,10 @@ collection (plugins/module_utils, in a child process: benchmarks/worker.py), N t
 process tree timed with os.wait4: wall time, CPU time (user+sys of the tree), max RSS of the
 largest process (ru_maxrss) and the peak summed RSS of the tree (sampled every 0.1 s).
 Medians are reported. Results: benchmarks/results/<date>-<size>-<machine>.{json,md}.
+Outside the timed part every side's result is checked: pushed files have the source's size, the
+incremental sides hold every recording, and both restored sides (files and databases, fingerprinted
+with tests/lab/reference.py) equal the source; a difference fails the run (non-zero exit). The SMB
+writer "before the fast path" is the code of the commit before it (git archive), not a switch.
 
 The lab (Samba, nfs-ganesha) is started if it is not running and stopped again at the end if
 nobody else uses it. Reference appliances get private MariaDB servers on free ports (the lab's
@@ -140,7 +144,27 @@ def measured(argv, stdin=b"", env=None):
             "tree_rss_mib": peak[0] / 1024.0, "stdout": stdout}
 
 
+SIGNING = {}  # the run's OpenSSH ed25519 key and an allowed-signers file pinning it for APPLIANCE
+
+
+def signing_files(workdir):
+    """Snapshots are signed and restores trust only the pinned key, as in a deployment."""
+    key = os.path.join(workdir, "signing-key")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f", key], check=True,
+                   stdout=subprocess.DEVNULL, timeout=60)
+    with open(key + ".pub") as handle:
+        public = " ".join(handle.read().split()[:2])
+    signers = os.path.join(workdir, "allowed-signers")
+    with open(signers, "w") as handle:
+        handle.write("%s %s\n" % (APPLIANCE, public))
+    SIGNING.update(key=key, signers=signers)
+
+
 def worker(job):
+    if job["op"] == "snapshot":
+        job = dict(job, signing_key=SIGNING.get("key"))
+    elif job["op"] == "restore":
+        job = dict(job, signers_file=SIGNING.get("signers"))
     result = measured([PYTHON, WORKER], stdin=json.dumps(job).encode())
     result["result"] = json.loads(result.pop("stdout"))
     return result
@@ -299,7 +323,7 @@ S="$SMBCLIENT"
 $S -c "mkdir $DIR" >/dev/null
 mariadb-dump --defaults-file="$DEFAULTS" --single-transaction --quick --routines --triggers --events --hex-blob \
     --databases mt4 senhasegura | zstd -q -T0 -3 | age -r "$RECIPIENT" | $S -c "put - $DIR/db.sql.zst.age" >/dev/null
-tar -C "$ROOT" -cf - etc/senhasegura var/senhasegura/orbinibkp.conf srv/cache/coba \
+tar -C "$ROOT" -cf - etc/mysql/conf.d/galera.cnf etc/senhasegura var/senhasegura/orbinibkp.conf srv/cache/coba \
     | zstd -q -T0 -3 | age -r "$RECIPIENT" | $S -c "put - $DIR/files.tar.zst.age" >/dev/null
 $S -c "prompt OFF; recurse ON; lcd $ROOT/var/senhasegura/arz; mkdir $DIR/sessions; cd $DIR/sessions; mput *" >/dev/null
 """
@@ -311,10 +335,10 @@ def baseline_snapshot(lab, appliance, recipient, folder):
                                      "ROOT": appliance["root"]})
 
 
-def our_snapshot(lab, appliance, recipient, folder, components=tuple(ALL_COMPONENTS), with_db=True):
+def our_snapshot(lab, appliance, recipient, folder, components=tuple(ALL_COMPONENTS), with_db=True, db_method=None):
     return worker({"op": "snapshot", "target": lab.smb("encrypted", folder), "appliance": APPLIANCE,
                    "root": appliance["root"], "defaults_file": appliance["defaults_file"] if with_db else None,
-                   "recipient": recipient, "components": components})
+                   "recipient": recipient, "components": components, "db_method": db_method})
 
 
 def bench_e2e(lab, cfg, repeat, data):
@@ -370,9 +394,47 @@ def payload(lab, mib):
     return path
 
 
+# The SMB writer as it was before the fast path (4f56efb added _FastWrites): its parent commit's code,
+# unpacked from git into a private folder and imported from there (no switch in today's code, no monkeypatch).
+BEFORE_FAST_PATH = "4f56efb^"
+OLD_PUSH_SCRIPT = r"""
+import json, sys, time
+job = json.loads(sys.stdin.read())
+sys.path.insert(0, job["collections"])
+from ansible_collections.segura.backup.plugins.module_utils.targets import open_target
+with open_target(job["target"]) as target, open(job["file"], "rb") as source:
+    started = time.perf_counter()
+    with target.open_write(job["name"]) as sink:
+        while True:
+            block = source.read(1024 * 1024)
+            if not block:
+                break
+            sink.write(block)
+print(json.dumps({"seconds": time.perf_counter() - started, "code": job["commit"]}))
+"""
+
+
+def old_collection(lab, commit):
+    """<workdir>/old-<sha>/ansible_collections/segura/backup holding plugins/ of ``commit`` (git archive)."""
+    sha = subprocess.run(["git", "rev-parse", "--verify", commit + "^{commit}"], cwd=REPO, stdout=subprocess.PIPE,
+                         check=True, text=True, timeout=60).stdout.strip()
+    top = os.path.join(lab.workdir, "old-" + sha[:12])
+    home = os.path.join(top, "ansible_collections", "segura", "backup")
+    if not os.path.isdir(home):
+        os.makedirs(home)
+        archive = subprocess.run(["git", "archive", sha, "plugins"], cwd=REPO, stdout=subprocess.PIPE, check=True,
+                                 timeout=120).stdout
+        subprocess.run(["tar", "-x", "-C", home], input=archive, check=True, timeout=120)
+    return top, sha
+
+
 def bench_smb_push(lab, cfg, repeat, data):
+    """Every side is one whole child process (wall and wait4 rusage): smbclient, a small Python process
+    pushing through today's SmbTarget (benchmarks/worker.py), and one pushing through the SmbTarget of the
+    commit before the fast path. Each process starts, connects, pushes and disconnects."""
     source = payload(lab, cfg["push_mib"])
     size = os.path.getsize(source)
+    old_top, old_sha = old_collection(lab, BEFORE_FAST_PATH)
     results = []
     for share in ("signed", "encrypted"):
         folder = "bench-push-%s" % uuid.uuid4().hex[:8]
@@ -380,41 +442,61 @@ def bench_smb_push(lab, cfg, repeat, data):
         shutil.chown(lab.behind_share(share, folder), "backup", "backup")
 
         def baseline(index, share=share, folder=folder):
-            return shell('$SMBCLIENT -c "put $SOURCE $DIR/smbclient-$INDEX" >/dev/null',
-                         {"SMBCLIENT": lab.smbclient_args(share), "SOURCE": source, "DIR": folder, "INDEX": index})
+            name = "smbclient-%d" % index
+            done = shell('$SMBCLIENT -c "put $SOURCE $DIR/$NAME" >/dev/null',
+                         {"SMBCLIENT": lab.smbclient_args(share), "SOURCE": source, "DIR": folder, "NAME": name})
+            check_pushed(lab, share, folder, name, size)
+            return done
 
-        def ours(generic):
-            def once(index, share=share, folder=folder):
-                return worker({"op": "push", "target": lab.smb(share, folder), "file": source,
-                               "name": "ours-%s-%d" % (generic, index), "generic_writes": generic})
-            return once
+        def ours(index, share=share, folder=folder):
+            name = "ours-%d" % index
+            done = worker({"op": "push", "target": lab.smb(share, folder), "file": source, "name": name})
+            check_pushed(lab, share, folder, name, size)
+            return done
+
+        def before(index, share=share, folder=folder):
+            name = "before-%d" % index
+            job = {"target": lab.smb(share, folder), "file": source, "name": name, "collections": old_top,
+                   "commit": old_sha}
+            done = measured([PYTHON, "-c", OLD_PUSH_SCRIPT], stdin=json.dumps(job).encode())
+            done["result"] = json.loads(done.pop("stdout"))
+            check_pushed(lab, share, folder, name, size)
+            return done
 
         try:
-            runs = interleaved(repeat, {"smbclient put": baseline, "SmbTarget": ours(False),
-                                        "SmbTarget generic": ours(True)})
+            runs = interleaved(repeat, {"smbclient put": baseline, "SmbTarget": ours, "SmbTarget before": before})
         finally:
             shutil.rmtree(lab.behind_share(share, folder), ignore_errors=True)
         results.append(push_result("b. raw SMB push of %d MiB, %s share" % (cfg["push_mib"], share),
-                                   "smbclient put (%s)" % ("-e" if share == "encrypted" else "signed"),
-                                   "SmbTarget.open_write, 1 MiB writes", runs["smbclient put"], runs["SmbTarget"], size))
+                                   "smbclient put (%s), whole process" % ("-e" if share == "encrypted" else "signed"),
+                                   "SmbTarget.open_write, 1 MiB writes, whole Python process (benchmarks/worker.py)",
+                                   runs["smbclient put"], runs["SmbTarget"], size))
         results.append(push_result("b. (before the fast path) raw SMB push of %d MiB, %s share" % (cfg["push_mib"], share),
-                                   "smbclient put", "SmbTarget through smbprotocol's Open.write()",
-                                   runs["smbclient put"], runs["SmbTarget generic"], size))
+                                   "smbclient put, whole process",
+                                   "SmbTarget.open_write of commit %s (%s, the parent of the fast path's commit, "
+                                   "from git archive), whole Python process" % (old_sha[:10], BEFORE_FAST_PATH),
+                                   runs["smbclient put"], runs["SmbTarget before"], size))
     return results
 
 
+def check_pushed(lab, share, folder, name, size):
+    """Outside the timed part: the pushed file is on the share, whole."""
+    found = os.path.getsize(lab.behind_share(share, folder + "/" + name))
+    if found != size:
+        raise RuntimeError("push check: %s/%s holds %d bytes, expected %d" % (folder, name, found, size))
+
+
 def push_result(title, baseline_label, ours_label, base_runs, our_runs, size):
+    # Both sides are whole processes (start, connect, transfer, exit): wall time and wait4 rusage on each
+    # side. No "transfer only" figure: smbclient has no in-process clock to compare an in-process one with.
     base, ours = summary(base_runs), summary(our_runs)
     base["mb_s"] = size / 1e6 / base["wall_s"]
     ours["mb_s"] = size / 1e6 / ours["wall_s"]
-    # Worker wall time includes interpreter start and connect; the in-process figure is the transfer.
-    if our_runs and "result" in our_runs[0]:
-        ours["transfer_mb_s"] = size / 1e6 / statistics.median(r["result"]["seconds"] for r in our_runs)
     return {"title": title, "baseline_label": baseline_label, "ours_label": ours_label, "baseline": base, "ours": ours,
-            "ratios": {"throughput (ours/baseline)": ours["mb_s"] / base["mb_s"],
-                       "throughput, transfer only (ours in-process/baseline)":
-                           ours.get("transfer_mb_s", ours["mb_s"]) / base["mb_s"],
-                       "cpu (ours/baseline)": ours["cpu_s"] / base["cpu_s"]}}
+            "checked": "after every push (not timed): the file on the share has the source's size; both sides are "
+                       "whole processes (wall and wait4 rusage of the child), so no in-process 'transfer only' figure",
+            "ratios": {"throughput, whole process (ours/baseline)": ours["mb_s"] / base["mb_s"],
+                       "cpu, whole process (ours/baseline)": ours["cpu_s"] / base["cpu_s"]}}
 
 
 def bench_nfs_push(lab, cfg, repeat, data):
@@ -485,10 +567,22 @@ def make_recordings(arz, first, count, size, day):
             handle.write(os.urandom(size))
 
 
-BASELINE_FILES_AND_SESSIONS = r"""
-tar -C "$ROOT" -cf - etc/senhasegura var/senhasegura/orbinibkp.conf srv/cache/coba \
+# The admin's nightly job, incremental as one would write it with the tools of the host (no kernel CIFS
+# mount here: LAB.md, kernel mounts only inside a VM; rsync needs a mounted or rsync-daemon target, which an
+# SMB share is not): the configuration as one encrypted tar, and only the recordings newer than the stamp
+# of the last successful run (find -newer), linked into a staging tree and sent with one smbclient mput
+# (recurse makes the day folders). The first run has no stamp and sends every recording.
+BASELINE_INCREMENTAL = r"""
+tar -C "$ROOT" -cf - etc/mysql/conf.d/galera.cnf etc/senhasegura var/senhasegura/orbinibkp.conf srv/cache/coba \
     | zstd -q -T0 -3 | age -r "$RECIPIENT" | $SMBCLIENT -c "put - $DIR/files-$(date +%s%N).tar.zst.age" >/dev/null
-$SMBCLIENT -c "prompt OFF; recurse ON; lcd $ROOT/var/senhasegura/arz; cd $DIR/sessions; mput *" >/dev/null
+touch "$STAMP.next"
+rm -rf "$STAGING" && mkdir -p "$STAGING"
+cd "$ROOT/var/senhasegura/arz"
+if [ -e "$STAMP" ]; then NEWER=(-newer "$STAMP"); else NEWER=(); fi
+find . -type f "${NEWER[@]}" -print0 | xargs -0 -r cp -l --parents -t "$STAGING"
+$SMBCLIENT -c "prompt OFF; recurse ON; lcd $STAGING; cd $DIR/sessions; mput *" >/dev/null
+mv "$STAMP.next" "$STAMP"
+rm -rf "$STAGING"
 """
 
 
@@ -502,46 +596,62 @@ def bench_incremental(lab, cfg, repeat, data):
     shutil.copy2(os.path.join(source, "var/senhasegura/orbinibkp.conf"), os.path.join(root, "var/senhasegura"))
     arz = os.path.join(root, "var/senhasegura/arz")
     make_recordings(arz, 0, count, size, 101)
+    # Files written from here on must be newer than a stamp taken now (coarse file system clocks).
+    old = time.time() - 10
+    for folder, _dirs, names in os.walk(arz):
+        for name in names:
+            os.utime(os.path.join(folder, name), (old, old))
     new = max(1, count // 100)
     appliance = {"root": root, "defaults_file": None}
     _key, recipient = age_key(lab.workdir)
     components = ["config", "secrets", "sessions"]
 
-    def pair(run):
+    def pair(run, sessions_of):
         def once(index):
             folder = "bench-incr-%s" % uuid.uuid4().hex[:8]
             try:
-                first = run(folder)
+                first = run(folder, index)
                 make_recordings(arz, count, new, size, 201)
                 try:
-                    second = run(folder)
+                    second = run(folder, index)
                 finally:
                     for day in range(201, 211):
                         shutil.rmtree(os.path.join(arz, "2025", "%04d" % day), ignore_errors=True)
+                # Outside the timed part: every recording, old and new, is on the share.
+                found = tree_bytes(lab.behind_share("encrypted", sessions_of(folder)))
+                if found != (count + new) * size:
+                    raise RuntimeError("incremental check: %s holds %d bytes of recordings, expected %d"
+                                       % (sessions_of(folder), found, (count + new) * size))
             finally:
                 shutil.rmtree(lab.behind_share("encrypted", folder), ignore_errors=True)
             return {"wall": second["wall"], "cpu": second["cpu"], "maxrss_mib": second["maxrss_mib"],
                     "tree_rss_mib": second["tree_rss_mib"], "first_wall": first["wall"], "first_cpu": first["cpu"]}
         return once
 
-    def ours(folder):
+    def ours(folder, index):
         return our_snapshot(lab, appliance, recipient, folder, components=components, with_db=False)
 
-    def by_hand(folder):
-        # smbclient has no "only newer" upload: the admin's nightly job sends every recording again.
+    def by_hand(folder, index):
         sessions = lab.behind_share("encrypted", folder + "/sessions")
+        stamp = os.path.join(lab.workdir, "incremental-stamp-%s" % folder)
         if not os.path.isdir(sessions):
             os.makedirs(sessions)
             for path in (os.path.dirname(sessions), sessions):
                 shutil.chown(path, "backup", "backup")
-        return shell(BASELINE_FILES_AND_SESSIONS, {"SMBCLIENT": lab.smbclient_args("encrypted"), "DIR": folder,
-                                                   "RECIPIENT": recipient, "ROOT": root})
+        return shell(BASELINE_INCREMENTAL, {"SMBCLIENT": lab.smbclient_args("encrypted"), "DIR": folder,
+                                            "RECIPIENT": recipient, "ROOT": root, "STAMP": stamp,
+                                            "STAGING": os.path.join(lab.workdir, "incremental-staging")})
 
-    runs = interleaved(repeat, {"baseline": pair(by_hand), "segura.backup": pair(ours)})
+    runs = interleaved(repeat, {"baseline": pair(by_hand, lambda folder: folder + "/sessions/2025"),
+                                "segura.backup": pair(ours, lambda folder: folder + "/" + APPLIANCE + "/sessions/2025")})
     result = {"title": "e. incremental: second snapshot after 1 %% new recordings (%d files of %d KiB, then +%d)"
                        % (count, size // 1024, new),
-              "baseline_label": "tar|zstd|age|put + smbclient mput of every recording (no incremental upload)",
-              "ours_label": "snapshot.take_snapshot (config, secrets, sessions)", "ratios": {}}
+              "baseline_label": "tar|zstd|age|smbclient put + smbclient mput of the recordings newer than the last "
+                                "run's stamp (find -newer, linked into a staging tree)",
+              "ours_label": "snapshot.take_snapshot (config, secrets, sessions)",
+              "checked": "after each pair (not timed): the share holds every recording, old and new, on both sides; "
+                         "no kernel CIFS mount on this host (LAB.md), so the by-hand side is smbclient with find -newer",
+              "ratios": {}}
     for label, key in (("baseline", "baseline"), ("segura.backup", "ours")):
         side = summary(runs[label])
         side["first_wall_s"] = median_of(runs[label], "first_wall")
@@ -563,12 +673,44 @@ def bench_catalog(lab, cfg, repeat, data):
 
 
 # ------------------------------------------------------------------ g. restore
+# The by-hand restore brings the recordings' modes back (0750 folders, 0640 files on an appliance) with a
+# chmod, since smbclient mget creates them 0755/0644; without it the restored tree differs from the source.
 BASELINE_RESTORE = r"""
 $SMBCLIENT -E -c "get $DIR/db.sql.zst.age -" | age -d -i "$KEY" | zstd -q -d | mariadb --defaults-file="$DEFAULTS"
 $SMBCLIENT -E -c "get $DIR/files.tar.zst.age -" | age -d -i "$KEY" | zstd -q -d | tar -C "$ROOT" -xf -
 mkdir -p "$ROOT/var/senhasegura/arz"
 $SMBCLIENT -c "prompt OFF; recurse ON; lcd $ROOT/var/senhasegura/arz; cd $DIR/sessions; mget *" >/dev/null
+chmod -R u=rwX,g=rX,o= "$ROOT/var/senhasegura/arz"
 """
+
+
+class RestoreMismatch(RuntimeError):
+    """A restored side differs from the source (the benchmark fails)."""
+
+
+def restored_as_source(source, root, server, label):
+    """Fingerprint a restored root and database server; raise RestoreMismatch naming what differs."""
+    found = reference.fingerprint(root, {"defaults_file": server.defaults_file})
+    problems = []
+    for path in sorted(set(source["files"]) | set(found["files"])):
+        if source["files"].get(path) != found["files"].get(path):
+            problems.append("file %s: source %s, restored %s" % (path, source["files"].get(path),
+                                                                 found["files"].get(path)))
+    for database in sorted(set(source["databases"]) | set(found["databases"])):
+        want, got = source["databases"].get(database), found["databases"].get(database)
+        if want == got:
+            continue
+        if not want or not got:
+            problems.append("database %s: source %s, restored %s" % (database, bool(want), bool(got)))
+            continue
+        for part in sorted(set(want) | set(got)):
+            for name in sorted(set(want.get(part, {})) | set(got.get(part, {}))):
+                if want.get(part, {}).get(name) != got.get(part, {}).get(name):
+                    problems.append("database %s %s %s differs" % (database, part, name))
+    if problems:
+        raise RestoreMismatch("%s restored something else than the source (%d differences): %s"
+                              % (label, len(problems), "; ".join(problems[:8])))
+    log("  %s: restored files (%d) and databases match the source" % (label, len(found["files"])))
 
 
 def bench_restore(lab, cfg, repeat, data):
@@ -576,7 +718,9 @@ def bench_restore(lab, cfg, repeat, data):
     key, recipient = age_key(lab.workdir)
     fresh = lab.mariadb("restore")
     ours_folder, base_folder = "bench-restore-ours-%s" % uuid.uuid4().hex[:8], "bench-restore-base-%s" % uuid.uuid4().hex[:8]
-    made_ours = our_snapshot(lab, appliance, recipient, ours_folder)
+    # Logical, like the by-hand dump: both sides load SQL into the same running fresh server (the physical
+    # method, the automatic choice where mariadb-backup fits, is compared in h. dbmethods).
+    made_ours = our_snapshot(lab, appliance, recipient, ours_folder, db_method="logical")
     made_base = baseline_snapshot(lab, appliance, recipient, base_folder)
     log("  source snapshots: ours %.1f s, baseline %.1f s" % (made_ours["wall"], made_base["wall"]))
 
@@ -589,19 +733,26 @@ def bench_restore(lab, cfg, repeat, data):
         write_version(root)
         return root
 
+    # What both sides must bring back: the source's files and databases (tests/lab/reference.py).
+    source = reference.fingerprint(appliance["root"], {"defaults_file": appliance["defaults_file"]})
+
     def ours(index):
         root = fresh_root(index, "ours")
         try:
-            return worker({"op": "restore", "target": lab.smb("encrypted", ours_folder), "appliance": APPLIANCE,
+            done = worker({"op": "restore", "target": lab.smb("encrypted", ours_folder), "appliance": APPLIANCE,
                            "root": root, "defaults_file": fresh.defaults_file, "identity": key})
+            restored_as_source(source, root, fresh, "segura.backup #%d" % (index + 1))  # not timed
+            return done
         finally:
             shutil.rmtree(root, ignore_errors=True)
 
     def by_hand(index):
         root = fresh_root(index, "base")
         try:
-            return shell(BASELINE_RESTORE, {"SMBCLIENT": lab.smbclient_args("encrypted"), "DIR": base_folder, "KEY": key,
+            done = shell(BASELINE_RESTORE, {"SMBCLIENT": lab.smbclient_args("encrypted"), "DIR": base_folder, "KEY": key,
                                             "DEFAULTS": fresh.defaults_file, "ROOT": root})
+            restored_as_source(source, root, fresh, "baseline #%d" % (index + 1))  # not timed
+            return done
         finally:
             shutil.rmtree(root, ignore_errors=True)
 
@@ -613,8 +764,12 @@ def bench_restore(lab, cfg, repeat, data):
     base, mine = summary(runs["baseline"]), summary(runs["segura.backup"])
     mine["phases"] = runs["segura.backup"][-1]["result"].get("durations")
     return {"title": "g. restore of the %s appliance into a fresh MariaDB (SMB encrypted share)" % cfg["e2e"],
-            "baseline_label": "smbclient get - | age -d | zstd -d | mariadb; tar -x; smbclient mget",
-            "ours_label": "restore.restore (deep verify first, post-verify by re-dump)",
+            "checked": "after every timed restore (not timed): files and databases fingerprinted "
+                       "(tests/lab/reference.py) and equal to the source's, on both sides",
+            "baseline_label": "smbclient get - | age -d | zstd -d | mariadb; tar -x; smbclient mget; chmod -R "
+                              "u=rwX,g=rX,o= of the recordings (mget does not keep modes)",
+            "ours_label": "restore.restore of a signed logical snapshot (signature pinned, deep verify first, "
+                          "post-verify by re-dump)",
             "baseline": base, "ours": mine,
             "ratios": {"restore wall (ours/baseline)": mine["wall_s"] / base["wall_s"],
                        "restore/snapshot (ours)": mine["wall_s"] / made_ours["wall"],
@@ -941,6 +1096,8 @@ def markdown(report):
                 if "first_wall_s" in side:
                     lines[-1] = lines[-1].replace("| %s |" % label, "| %s (first snapshot %.2f s; row = second) |"
                                                   % (label, side["first_wall_s"]), 1)
+            if "checked" in result:
+                extra += ["", "%s: checked %s." % (result["title"], result["checked"])]
             for ratio, value in result["ratios"].items():
                 ratio_lines.append("| %s | %s | %s |" % (result["title"], ratio, fmt(value)))
     if len(lines) == 8:  # only benchmarks that bring their own table: no empty side-by-side table
@@ -988,6 +1145,7 @@ def main(argv=None):
                  "incremental": bench_incremental, "catalog": bench_catalog, "restore": bench_restore,
                  "dbmethods": bench_dbmethods, "sessions": bench_sessions}
     workdir = tempfile.mkdtemp(prefix="segura-bench-")
+    signing_files(workdir)
     if args.profile:
         PROFILE["dir"] = workdir
     try:
@@ -1019,6 +1177,9 @@ def main(argv=None):
         handle.write(text)
     print(text)
     log("wrote %s.{json,md}" % os.path.join(RESULTS, stem))
+    failed = sorted(name for name, found in report["results"].items() if isinstance(found, dict) and "error" in found)
+    if failed:
+        sys.exit("benchmarks failed (--keep-going): %s" % ", ".join(failed))
 
 
 if __name__ == "__main__":

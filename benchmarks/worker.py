@@ -3,15 +3,15 @@ are accounted exactly like the shell baseline's (os.wait4 in the runner).
 
 Reads one JSON job on stdin (stdin, because the job holds the SMB password) and prints one JSON
 result on stdout. Jobs:
-  {"op": "push", "target": {...}, "file": PATH, "name": NAME, "profile": PATH|null, "generic_writes": bool}
-      stream a local file through Target.open_write in 1 MiB writes (optionally under cProfile;
-      generic_writes: SMB without the writer's fast path, i.e. smbprotocol's Open.write())
+  {"op": "push", "target": {...}, "file": PATH, "name": NAME, "profile": PATH|null}
+      stream a local file through Target.open_write in 1 MiB writes (optionally under cProfile)
   {"op": "snapshot", "target": {...}, "appliance": NAME, "root": DIR, "defaults_file": F,
-   "recipient": "age1...", "components": [...], "db_method": "physical"|"logical"|null}
-      snapshot.take_snapshot
+   "recipient": "age1...", "components": [...], "db_method": "physical"|"logical"|null, "signing_key": F|null}
+      snapshot.take_snapshot (signed with the OpenSSH ed25519 key F, as a deployment does)
   {"op": "restore", "target": {...}, "appliance": NAME, "root": DIR, "defaults_file": F, "identity": KEYFILE,
-   "components": [...]|null, "restore_sessions": bool, "db_service": "mariadb"|"none", "db_datadir": DIR|null}
-      restore.restore of the latest snapshot
+   "components": [...]|null, "restore_sessions": bool, "db_service": "mariadb"|"none", "db_datadir": DIR|null,
+   "signers_file": F|null}
+      restore.restore of the latest snapshot (trusting the keys pinned in the allowed-signers file F)
 Run by benchmarks/run.py; not meant to be used by hand.
 """
 
@@ -30,16 +30,14 @@ sys.path[:0] = [os.path.join(REPO, ".build", "collections"), REPO]
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import ApplianceLayout  # noqa: E402
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection  # noqa: E402
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption, Encryption  # noqa: E402
+from ansible_collections.segura.backup.plugins.module_utils._engine.progress import Progress  # noqa: E402
+from ansible_collections.segura.backup.plugins.module_utils._engine.signing import SigningKey, TrustPolicy, load_signers  # noqa: E402
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target  # noqa: E402
 
 BLOCK = 1024 * 1024
 
 
 def push(job):
-    if job.get("generic_writes"):
-        # Before/after comparison: send every WRITE through smbprotocol's Open.write(), as before the fast path.
-        from ansible_collections.segura.backup.plugins.module_utils._engine.targets import smb
-        smb._FastWrites.usable = staticmethod(lambda raw_open: False)
     with open_target(job["target"]) as target, open(job["file"], "rb") as source:
         started = time.perf_counter()
         with target.open_write(job["name"]) as sink:
@@ -57,18 +55,30 @@ def snapshot(job):
     db = DatabaseConnection(defaults_file=job["defaults_file"], exclusive_defaults=True) if job.get("defaults_file") else None
     request = SnapshotRequest(appliance=job["appliance"], layout=ApplianceLayout(root=job["root"]),
                               encryption=Encryption.recipients_of([job["recipient"]]), db=db,
-                              components=job["components"], db_method=job.get("db_method"))
+                              components=job["components"], db_method=job.get("db_method"),
+                              signing_key=SigningKey.from_file(job["signing_key"]) if job.get("signing_key") else None)
     started = time.perf_counter()
-    sessions_done = [None]
-
-    def progress(event):
-        if event.get("phase") == "sessions":
-            sessions_done[0] = time.perf_counter() - started
-
+    progress = _SessionsClock(started)
     with open_target(job["target"]) as target:
         done = take_snapshot(target, request, progress=progress)
     return {"seconds": done["duration"], "size": done["size"], "counts": done["counts"], "object": done["object"],
-            "sessions_seconds": sessions_done[0]}
+            "sessions_seconds": progress.sessions_done}
+
+
+class _SessionsClock(Progress):
+    """The engine's silent progress report, noting when the phase after "sessions" began."""
+
+    def __init__(self, started):
+        super().__init__()
+        self.started = started
+        self.current = None
+        self.sessions_done = None
+
+    def phase(self, name, total=None, count=None):
+        if self.current == "sessions" and name != "sessions":
+            self.sessions_done = time.perf_counter() - self.started
+        self.current = name
+        super().phase(name, total=total, count=count)
 
 
 def restore(job):
@@ -79,7 +89,8 @@ def restore(job):
                              decryption=Decryption.identity_file(job["identity"]),
                              db=DatabaseConnection(defaults_file=job["defaults_file"], exclusive_defaults=True),
                              restore_sessions=job.get("restore_sessions", True), components=job.get("components"),
-                             db_service=job.get("db_service", "mariadb"), db_datadir=job.get("db_datadir"))
+                             db_service=job.get("db_service", "mariadb"), db_datadir=job.get("db_datadir"),
+                             trust=TrustPolicy(load_signers(path=job["signers_file"])) if job.get("signers_file") else None)
     started = time.perf_counter()
     with open_target(job["target"]) as target:
         done = run_restore(target, request)
