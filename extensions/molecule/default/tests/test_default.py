@@ -6,10 +6,20 @@ the snapshots, on this host's side of the lab's shares (the folders smbd and gan
 
 import json
 import os
+import sys
 
 import pytest
 
 RUN = json.load(open(os.environ["SEGURA_MOLECULE_RUN"], encoding="utf-8"))
+sys.path.insert(0, os.path.join(RUN["repo"], ".build", "collections"))
+
+# The engine itself checks the snapshots from this host's side of the shares (noqa: the path is set above).
+from ansible_collections.segura.backup.plugins.module_utils._engine import catalog  # noqa: E402
+from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption  # noqa: E402
+from ansible_collections.segura.backup.plugins.module_utils._engine.signing import Signers, TrustPolicy  # noqa: E402
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.path import PathTarget  # noqa: E402
+from ansible_collections.segura.backup.plugins.module_utils._engine.verification import verify_snapshot  # noqa: E402
+
 PRIMARY = "molecule-segura-primary"
 CALENDAR = "*-*-* 03:15:00"  # schedule_on_calendar in molecule.yml
 VENV_PYTHON = "/opt/segura-backup/venv/bin/python"
@@ -60,6 +70,22 @@ def sidecars(kind, appliance):
     return found
 
 
+def deep_verify(host, kind, appliance):
+    """Complete means restorable: signed by the key the appliance holds, decrypted with the run's age identity,
+    every member's sha256 and the database stream checked - not only an object of the sidecar's size."""
+    public = " ".join(host.file("/etc/segura-backup/signing_key.pub").content_string.split()[:2])
+    pinned = Signers.parse('%s namespaces="segura-backup" %s\n' % (appliance, public), "the appliance's key")
+    with PathTarget(os.path.join(SHARE_FOLDERS[kind], RUN["share_folder"])) as target:
+        listing = catalog.list_snapshots(target, appliance)
+        complete = [record for record in listing.snapshots if record.complete]
+        assert listing.complete and complete, listing.errors
+        for record in complete:
+            result = verify_snapshot(target, record, "deep", Decryption.identity_file(RUN["identity_file"]),
+                                     trust=TrustPolicy(pinned, False))
+            assert result.ok, (record.id, result.problems)
+    return len(complete)
+
+
 @pytest.mark.parametrize("kind", ["smb", "nfs"])
 def test_primary_has_a_complete_snapshot_and_contingency_none(host, kind):
     appliance = name_of(host)
@@ -69,6 +95,7 @@ def test_primary_has_a_complete_snapshot_and_contingency_none(host, kind):
         for sidecar, size in found:
             assert sidecar["appliance"] == appliance
             assert size == sidecar["size"], (sidecar["object"], size, sidecar["size"])
+        assert deep_verify(host, kind, appliance) == len(found)
     else:
         assert found == []
         assert not os.path.exists(os.path.join(SHARE_FOLDERS[kind], RUN["share_folder"], appliance))
