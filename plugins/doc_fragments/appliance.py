@@ -56,8 +56,9 @@ options:
       health_url:
         description:
           - Segura's health endpoint (C(https://<host>/flow/orbit/mntr)) used to tell a primary from a
-            contingency member. Without it the running MariaDB server decides (wsrep off or a cluster of one
-            is a lone primary; a member of a larger cluster is unknown), else the Galera configuration.
+            contingency member. Without it the running MariaDB server decides (wsrep off, no Galera provider,
+            or the Primary of a cluster of one is a lone primary; a member of a larger cluster, or one cut off
+            from its cluster, is unknown), else the Galera configuration.
         type: str
       validate_certs:
         description:

@@ -18,9 +18,10 @@ description:
   - The appliance version comes from C(orbit version) when the CLI is installed, else from a version file.
   - The cluster role comes from Segura's health endpoint when O(appliance.health_url) is given (200 is the
     active primary, 203 an active member that is not primary, 403 inactive, 451 licence expired,
-    503 unavailable); without it, from the running MariaDB server - a node with wsrep off, or alone in its
-    Galera cluster (wsrep on, cluster size 0 or 1), is a standalone primary; a member of a cluster of two or
-    more nodes is reported with an unknown primary status and a warning. Only when the server is not asked
+    503 unavailable); without it, from the running MariaDB server - a node with wsrep off, with wsrep on but
+    no Galera provider, or the Primary of a cluster of one, is a standalone primary; a member of a cluster of
+    two or more nodes, or a node with the provider loaded that is cut off from its cluster (non-Primary or
+    Disconnected), is reported with an unknown primary status and a warning. Only when the server is not asked
     (O(gather_database=false)) or does not answer does the Galera configuration
     C(etc/mysql/conf.d/galera.cnf) decide.
   - Database sizes (data and index bytes of each database) come from C(information_schema), through the

@@ -2,6 +2,7 @@
 and galaxy.yml links to no placeholder host."""
 
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -67,3 +68,17 @@ def test_galaxy_links_point_at_no_placeholder_host():
             continue
         host = (urlparse(galaxy[field]).hostname or "").lower()
         assert host and host not in PLACEHOLDER_HOSTS and not host.endswith(PLACEHOLDER_SUFFIXES), (field, galaxy[field])
+
+
+def test_no_link_in_the_tarball_points_at_a_placeholder_host(tarball):
+    """What users install (roles' templates, module docs, playbooks) links to no made-up host either; the
+    schedule role's unit once carried Documentation=https://example.invalid/..."""
+    found = []
+    for name, data in tarball.items():
+        if data is None or name.startswith(("tests/", "docs/examples/")):
+            continue
+        for url in re.findall(r"https?://[^\s\"'<>)\]]+", data.decode("utf-8", "replace")):
+            host = (urlparse(url).hostname or "").lower()
+            if host in PLACEHOLDER_HOSTS or host.endswith(PLACEHOLDER_SUFFIXES):
+                found.append((name, url))
+    assert found == [], found

@@ -325,6 +325,11 @@ def test_cluster_role_from_galera_config(tmp_path, galera, role, primary):
     ({}, "standalone", 0),  # a build without Galera: no wsrep rows at all
     ({"wsrep_on": "OFF", "wsrep_cluster_size": "0", "wsrep_cluster_status": "Disconnected"}, "standalone", 0),
     ({"wsrep_on": "ON", "wsrep_cluster_size": "0", "wsrep_cluster_status": "Disconnected"}, "standalone", 0),
+    ({"wsrep_on": "ON", "wsrep_provider": "none", "wsrep_cluster_size": "0", "wsrep_cluster_status": "Disconnected"},
+     "standalone", 0),
+    # the provider loaded but no cluster: an evicted member reports what a node without a provider does
+    ({"wsrep_on": "ON", "wsrep_provider": "/usr/lib/galera/libgalera_smm.so", "wsrep_cluster_size": "0",
+      "wsrep_cluster_status": "Disconnected"}, "cluster_member", 0),
     ({"wsrep_on": "ON", "wsrep_cluster_size": "1", "wsrep_cluster_status": "Primary"}, "standalone", 1),
     ({"wsrep_on": "ON", "wsrep_cluster_size": "3", "wsrep_cluster_status": "Primary"}, "cluster_member", 3),
     ({"wsrep_on": "ON", "wsrep_cluster_size": "1", "wsrep_cluster_status": "non-Primary"}, "cluster_member", 1),

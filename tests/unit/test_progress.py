@@ -173,3 +173,26 @@ def test_counted_reads_of_a_target(tmp_path):
             assert counted.exists("object") and counted.describe() == target.describe()
     finally:
         report.close("")
+
+
+def test_config_and_secrets_share_the_object_counter():
+    """snapshot.py gives both phases ``sink.count``, a bound method (a new object at each access): the counter,
+    its start and its rate carry on from config to secrets instead of starting over."""
+    class Sink:
+        written = 0
+
+        def count(self):
+            return self.written
+
+    sink = Sink()
+    report = progress.Progress()
+    report.phase("config", count=sink.count)
+    started = report.counter_started
+    sink.written = 50
+    time.sleep(0.01)
+    report.phase("secrets", count=sink.count)
+    assert report.counter_started == started and report.phase_from == 50
+    sink.written = 80
+    assert report.snapshot()[:2] == ("secrets", 30) and report.done == 80
+    report.phase("publish")  # no counter of its own: starts over
+    assert report.counter_started > started and report.done == 0

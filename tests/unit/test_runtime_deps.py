@@ -46,7 +46,7 @@ def test_an_nfs_target_without_nfs_rs_says_what_to_do_instead(monkeypatch):
 
 
 @pytest.mark.parametrize("version, allowed", [
-    ((1, 16, 0), False), ((1, 16, 1), True), ((1, 17, 0), True), ((1, 99, 9), True), ((2, 0, 0), False), ((), False),
+    ((1, 16, 0), False), ((1, 16, 1), True), ((1, 17, 0), True), ((1, 17, 9), True), ((1, 18, 0), False), ((2, 0, 0), False), ((), False),
 ])
 def test_smb_fast_paths_only_with_a_tested_smbprotocol(monkeypatch, version, allowed):
     monkeypatch.setattr(smb, "_smbprotocol_version", lambda: version)

@@ -304,3 +304,15 @@ def test_put_files_stopped_early_leaves_nothing_running(tmp_path):
     results.close()  # the caller stops: what was in flight finishes, each file whole or absent
     assert not list(tmp_path.rglob("*.partial"))
     assert not [thread for thread in threading.enumerate() if thread.name.startswith("put_files")]
+
+
+def test_mount_type_of_real_mounts_and_what_check_writable_answers(tmp_path):
+    """access(2) decides on a local or NFS mount; on a kernel SMB mount it answers from the mount options, so
+    check_writable says it cannot tell (False) there instead of a yes the server may not honour."""
+    assert path_module._mount_type("/proc/self") == "proc"  # pylint: disable=protected-access
+    assert path_module._mount_type("/proc") == "proc"  # pylint: disable=protected-access
+    with open("/proc/self/mounts", encoding="utf-8") as handle:
+        root_type = [line.split()[2] for line in handle if line.split()[1] == "/"][-1]
+    assert path_module._mount_type("/") == root_type  # pylint: disable=protected-access
+    with PathTarget(str(tmp_path)) as target:
+        assert target.check_writable("") is True

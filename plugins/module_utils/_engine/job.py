@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Optional
 
 from ansible_collections.segura.backup.plugins.module_utils._engine import catalog, retention, verification
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.facts import appliance_version, cluster_role
+from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.writer import check_compression
 from ansible_collections.segura.backup.plugins.module_utils._engine.cancel import Cancelled
 from ansible_collections.segura.backup.plugins.module_utils._engine.clock_skew import parse_future_tolerance
@@ -179,11 +180,21 @@ def run_backup(params: Dict[str, Any], check_mode: bool = False, notify: Optiona
     return summary
 
 
+def _role_database(job: BackupJob) -> Optional[DatabaseConnection]:
+    """The server that tells the cluster role, also when the job takes no database (config only, say)."""
+    if job.request.db is not None:
+        return job.request.db
+    try:
+        return build_database(job.params["database"])
+    except BackupError:
+        return None  # galera.cnf decides, as when the server does not answer
+
+
 def _run(job: BackupJob, check_mode: bool, progress: Progress) -> Dict[str, Any]:
     appliance = job.params["appliance"]
     summary: Dict[str, Any] = {"appliance": job.request.appliance, "status": "ok"}
     summary["cluster"] = role = cluster_role(job.request.layout, appliance.get("health_url"),
-                                             bool(appliance.get("validate_certs", True)), db=job.request.db)
+                                             bool(appliance.get("validate_certs", True)), db=_role_database(job))
     try:
         summary["appliance_version"] = appliance_version(job.request.layout)["version"]
     except ApplianceError:  # reporting only: it must not stop a skip or a backup

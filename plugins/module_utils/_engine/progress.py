@@ -69,7 +69,7 @@ class Progress:
         previous = self.snapshot()
         now = time.monotonic()
         self.name, self.phase_started, self.total = name, now, total
-        if count is None or count is not self._count:
+        if count is None or count != self._count:  # ==: each access to a bound method makes a new object
             self._done, self._count, self.counter_started = 0, count, now
         self.phase_from = self.done
         self.changed(previous, now)
@@ -267,6 +267,8 @@ class LineProgress(_Shown):
         super().__init__(stream, interval)
 
     def wait_time(self) -> float:
+        if not self.name:  # nothing to say before the first phase; its beginning wakes the renderer
+            return self.interval
         return max(self.last_line + self.interval - time.monotonic(), 0.01)
 
     def line(self, text: str, now: float) -> None:

@@ -124,22 +124,25 @@ def server_cluster_role(db: DatabaseConnection) -> Dict[str, object]:
 
     wsrep off (or a build without Galera), or wsrep on outside a cluster of several nodes (no provider,
     or a cluster of one this node bootstrapped) is a lone node: the primary. A node in a cluster of two or
-    more (or cut off from its cluster) cannot tell by itself whether it is the primary.
+    more, or one with the Galera provider loaded but cut off from its cluster (evicted: size 0,
+    Disconnected, as a node without a provider also reports), cannot tell by itself whether it is the primary.
     """
-    rows = run_query(db, "SHOW GLOBAL VARIABLES LIKE 'wsrep_on';\n"
+    rows = run_query(db, "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('wsrep_on', 'wsrep_provider');\n"
                          "SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_cluster_size', 'wsrep_cluster_status');\n")
     return role_from_wsrep({row[0].lower(): row[-1] for row in rows if len(row) >= 2})
 
 
 def role_from_wsrep(values: Mapping[str, str]) -> Dict[str, object]:
-    """The role from the server's wsrep_on, wsrep_cluster_size and wsrep_cluster_status (lower-case names)."""
+    """The role from the server's wsrep_on, wsrep_provider, wsrep_cluster_size and wsrep_cluster_status
+    (lower-case names)."""
     size_text = values.get("wsrep_cluster_size", "0")
     size = int(size_text) if size_text.isdigit() else 0
     status = values.get("wsrep_cluster_status", "").lower()
+    no_provider = values.get("wsrep_provider", "none").strip().lower() in ("", "none")
     lone = {"role": "standalone", "is_primary": True, "source": "server", "cluster_size": size}
     if values.get("wsrep_on", "OFF").upper() not in ("ON", "1"):
         return dict(lone, cluster_size=0)
-    if size <= 1 and status in ("primary", "disconnected", ""):
+    if size <= 1 and (status == "primary" or (no_provider and status in ("disconnected", ""))):
         return lone
     if status != "primary":
         reason = "this node is cut off from its Galera cluster (status %s)" % values.get("wsrep_cluster_status")

@@ -122,6 +122,29 @@ class _LocalWriter(WriteHandle):
                 pass
 
 
+# Kernel SMB mounts decide access(2) on the client (uid/gid/file_mode options); the server may still refuse.
+_CLIENT_SIDE_PERMISSION_MOUNTS = ("cifs", "smb3", "smbfs")
+
+
+def _mount_type(path: str) -> str:
+    """The file system type of the mount holding ``path`` (/proc/self/mounts); "" when it cannot be told."""
+    real = os.path.realpath(path)
+    best, kind = "", ""
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                fields = line.split()
+                if len(fields) < 3:
+                    continue
+                point = fields[1].replace("\\040", " ")
+                inside = real == point or real.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= len(best):
+                    best, kind = point, fields[2]
+    except OSError:
+        return ""
+    return kind
+
+
 class PathTarget(Target):
     """A local directory. The root must already exist: an absent mount must not fill the local disk."""
 
@@ -168,6 +191,8 @@ class PathTarget(Target):
 
     def check_writable(self, relpath: str) -> bool:
         local = self._local(relpath)
+        if _mount_type(local) in _CLIENT_SIDE_PERMISSION_MOUNTS:
+            return False  # access(2) answers from the mount options there (noperm: always yes), not the server
         if not os.access(local, os.W_OK | os.X_OK):
             raise TargetError("permission denied on %s: this user may not create files there" % local)
         return True

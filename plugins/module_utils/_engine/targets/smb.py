@@ -61,7 +61,8 @@ except ImportError:  # reported by SmbTarget() so modules can fail with a clear 
 
 # The smbprotocol releases the fast paths below were tested with (requirements.txt's floor 1.16.1 and the
 # CI pin 1.17.0): outside this range, or when a capability check fails, the generic smbprotocol calls are used.
-SMBPROTOCOL_FAST_PATHS = ((1, 16, 1), (2, 0, 0))
+# The fast paths use smbprotocol internals, so a new minor release is let in only once it has been tested.
+SMBPROTOCOL_FAST_PATHS = ((1, 16, 1), (1, 18, 0))
 
 
 @functools.lru_cache(maxsize=1)
@@ -1012,11 +1013,12 @@ class SmbTarget(Target):
         return _SmbReader(self, handle, where)
 
     def check_writable(self, relpath: str) -> bool:
-        # Opening the folder for exactly the rights to add and delete entries is checked by the server against
-        # the share and the file system, and writes nothing; a refusal is STATUS_ACCESS_DENIED.
+        # Opening the folder for the rights to add files and folders is checked by the server against the share
+        # and the file system, and writes nothing; a refusal is STATUS_ACCESS_DENIED. Not FILE_DELETE_CHILD:
+        # NTFS's usual "Modify" grant lacks it, and our removals use each file's own DELETE right instead.
         where = self._url(relpath)
         rights = (DirectoryAccessMask.FILE_ADD_FILE | DirectoryAccessMask.FILE_ADD_SUBDIRECTORY
-                  | DirectoryAccessMask.FILE_DELETE_CHILD | DirectoryAccessMask.FILE_LIST_DIRECTORY)
+                  | DirectoryAccessMask.FILE_LIST_DIRECTORY)
         try:
             with smbclient.open_file(self._unc(relpath), mode="rb", buffering=0, file_type="dir", desired_access=rights,
                                      share_access="rwd", **self._kwargs()):
