@@ -13,6 +13,7 @@ Timings (setup, idempotent second run, backup, restore) are printed, never asser
 import json
 import os
 import shlex
+import socket
 import subprocess
 import tempfile
 import time
@@ -465,9 +466,16 @@ def test_backup_verify_prune_restore_drill_on_lab_shares(kind, reference_applian
 
 
 def test_backup_skips_unknown_role_when_asked(reference_appliance, lab_target_factory, age_identity, tmp_path):
+    """The role cannot be told: the health endpoint does not answer (a closed port). The lab's MariaDB runs
+    without wsrep, so without a health URL this node is a lone primary and is backed up."""
     target = lab_target_factory("path")
+    with socket.socket() as probe:  # a port nothing listens on: connection refused at once
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
     inventory = _local_inventory(reference_appliance, target.options, age_identity["recipient"],
                                  backup_when_role_unknown="skip")
+    inventory["segura_appliances"]["hosts"]["ref-appliance"]["backup_appliance"]["health_url"] = (
+        "http://127.0.0.1:%d/flow/orbit/mntr" % closed_port)
     runner, _seconds = _local_run(tmp_path, "backup.yml", inventory)
     assert runner.rc == 0, _output(runner)
     assert _stats_artifact(runner)["backup_summary"]["ref-appliance"]["status"] == "skipped"

@@ -196,3 +196,21 @@ def test_config_and_secrets_share_the_object_counter():
     assert report.snapshot()[:2] == ("secrets", 30) and report.done == 80
     report.phase("publish")  # no counter of its own: starts over
     assert report.counter_started > started and report.done == 0
+
+
+def test_phase_changes_do_not_add_frames_beyond_four_a_second():
+    """Each phase change wakes the renderer (to leave the ended phase's line at once); the bar itself still
+    draws at most one frame per interval - a short job of eight phases drew a frame per phase (CI: 13 frames
+    in 2.4 s)."""
+    stream = Recorder()
+    report = progress.BarProgress(stream)
+    started = time.monotonic()
+    for name in ("prepare", "sessions", "databases", "config", "secrets", "publish", "verify", "prune"):
+        report.phase(name)
+        report.advance(1000)
+        time.sleep(0.06)
+    report.close("ok")
+    seconds = time.monotonic() - started
+    frames = [text for _when, text in stream.writes if text.startswith("\r[")]
+    assert 1 <= len(frames) <= seconds / progress.BAR_INTERVAL + 1, (len(frames), seconds)
+    assert sum(1 for _when, text in stream.writes if " took " in text) == 8  # every phase still leaves its line

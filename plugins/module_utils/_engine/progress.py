@@ -219,6 +219,7 @@ class BarProgress(_Shown):
 
     def __init__(self, stream: Any, interval: float = BAR_INTERVAL) -> None:
         self.samples: Deque[Tuple[float, int]] = deque(maxlen=12)  # (time, done): the recent rate
+        self.last_frame = 0.0  # a phase change wakes the renderer too: frames still come one per interval
         super().__init__(stream, interval)
 
     def announce(self, name: str, ended: Tuple[str, int, float], now: float) -> None:
@@ -227,8 +228,9 @@ class BarProgress(_Shown):
             self.write("\r%s\x1b[K\n" % _ended(ended, now))
 
     def tick(self, now: float) -> None:
-        if not self.name:
+        if not self.name or now - self.last_frame < self.interval * 0.999:
             return
+        self.last_frame = now
         done, total = self.done, self.total  # read once: the engine moves on meanwhile
         self.samples.append((now, done))
         first_time, first_done = self.samples[0]
