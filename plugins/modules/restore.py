@@ -402,7 +402,8 @@ def main():
         )
         with stop_cleanly_on_signals(RESTORE_STOPPED):
             with open_target(params["target"]) as target:
-                plan = plan_restore(target, request)
+                # Not in check mode: a signed physical snapshot is extracted into staging while verified.
+                plan = plan_restore(target, request, extract=not module.check_mode)
                 summary = plan.summary()
                 if plan.record.future_dated:  # "latest" never takes one: it was asked for by id
                     module.warn("restoring it as asked by id: %s"

@@ -196,7 +196,10 @@ snapshot:
         problem_count: 1
         problems: [{"path": "/var/senhasegura/arz/2026/1127/pipe", "reason": "is a FIFO (named pipe), not a recording"}]
     encryption:
-      description: Encryption mode and the public keys of the recipients.
+      description:
+        - Encryption mode and the public keys of the recipients; for an encrypted snapshot also
+          C(prelude_sha256), the sha256 of the age header and payload nonce, which the signed sidecar
+          records so that a restore can trust each decrypted chunk as it comes (see the restore module).
       type: dict
     signature:
       description:

@@ -9,6 +9,7 @@ counts with history, FLOAT values compared as FLOAT), never by the engine under 
 Run: .venv/bin/pytest tests/integration/test_database_methods.py
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from tests.integration.playbook import run_task
 from tests.integration.test_restore import start_mariadb, write_version
 from tests.lab import reference
 
-from ansible_collections.segura.backup.plugins.module_utils._engine import catalog
+from ansible_collections.segura.backup.plugins.module_utils._engine import age, catalog
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import ApplianceLayout
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption, Encryption
@@ -158,6 +159,12 @@ def test_the_default_is_physical_and_the_records_say_how_and_where(source):
     side = sidecar_of(source, snap)["db"]
     assert side["method"] == "physical" and side["tool_version"] == database["tool_version"]
     assert side["position"] == database["position"] and side["bytes"] == snap["counts"]["db_bytes"]
+    # The signed sidecar pins the object's age header and payload nonce, computed here from the file.
+    with open(os.path.join(source["target"], snap["object"]), "rb") as handle:
+        head = handle.read(4096)
+    end = head.index(b"\n---") + 1
+    end = head.index(b"\n", end) + 1 + 16  # the MAC line, then the 16-byte payload nonce
+    assert sidecar_of(source, snap)["encryption"]["prelude_sha256"] == hashlib.sha256(head[:end]).hexdigest()
 
 
 def test_physical_restore_into_an_offline_datadir_is_exact(source):
@@ -173,12 +180,84 @@ def test_physical_restore_into_an_offline_datadir_is_exact(source):
     assert not done.failed, done.output
     restored = done.result["restore"]
     assert restored["database_method"] == "physical"
+    # Signed, with the age header pinned: extracted while pass 1 verified, no second read of the object.
+    assert done.result["plan"]["checks"]["deep"]["extracted_while_verifying"] is True
     assert restored["verification"]["database"]["strength"] == "copy"
     assert fingerprint(service.defaults_file) == source["fingerprint"]  # FLOAT bits and history included
     previous = restored["physical"]["previous_datadir"]
     assert os.path.isdir(os.path.join(previous, "mt4")) and leftovers(service.datadir) == [os.path.basename(previous)]
     assert any(previous in warning for warning in done.result.get("warnings", restored["warnings"]))
     remove_leftovers(service.datadir)
+
+
+def _restore_offline(source, snap, components=("database",)):
+    """The restore module with database.service none, the server stopped around it; (result, fingerprint before)."""
+    service = source["service"]
+    before = fingerprint(service.defaults_file)
+    args = restore_args(source, snap, service="none", datadir=service.datadir)
+    args["components"] = list(components)
+    service.down()
+    try:
+        done = run_task("segura.backup.restore", args)
+    finally:
+        service.up()
+    return done, before
+
+
+def _reencrypt(source, snap):
+    """Put in the object's place the same plaintext encrypted again to the same recipient: the same
+    size, another age header (a new file key) - what a share writer holding only the public key makes."""
+    path = os.path.join(source["target"], snap["object"])
+    with open(source["key"]["identity_file"], encoding="utf-8") as handle:
+        identity = [line.strip() for line in handle if line.startswith("AGE-SECRET-KEY-")][0]
+    with open(path, "rb") as handle, open(path + ".new", "wb") as out:
+        decrypted = age.Decryptor(handle, identities=[identity])
+        encrypted = age.Encryptor(out, recipients=[source["key"]["recipient"]])
+        for block in iter(lambda: decrypted.read(1 << 20), b""):
+            encrypted.write(block)
+        encrypted.close()
+    assert os.path.getsize(path + ".new") == os.path.getsize(path)
+    os.replace(path + ".new", path)
+
+
+def test_an_object_replaced_on_the_share_is_refused_before_anything_is_extracted(source):
+    snap = take(source, "physical")
+    _reencrypt(source, snap)
+    done, before = _restore_offline(source, snap)
+    assert done.failed, done.output
+    assert "its age header is not the one its signed sidecar records" in done.result["msg"], done.result["msg"]
+    assert leftovers(source["service"].datadir) == []
+    assert fingerprint(source["service"].defaults_file) == before
+
+
+def test_a_chunk_damaged_on_the_share_stops_the_extraction_and_leaves_nothing_behind(source):
+    snap = take(source, "physical")
+    path = os.path.join(source["target"], snap["object"])
+    with open(path, "r+b") as handle:  # one bit, past the first chunks: mbstream has been fed by then
+        handle.seek(os.path.getsize(path) * 2 // 3)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0x01]))
+    done, before = _restore_offline(source, snap)
+    assert done.failed and "age payload corrupt or tampered" in done.result["msg"], done.result["msg"]
+    assert leftovers(source["service"].datadir) == []
+    assert fingerprint(source["service"].defaults_file) == before
+
+
+def test_a_plan_refused_after_the_extraction_removes_the_staging_folder(source):
+    """The file checks come after pass 1 (the manifest is last): a refusal then must discard what was extracted."""
+    snap = take(source, "physical")
+    config = os.path.join(source["root"], "var", "senhasegura", "orbinibkp.conf")
+    os.rename(config, config + ".aside")
+    os.mkdir(config)  # a directory where the snapshot has a file: the plan refuses to replace it
+    try:
+        done, before = _restore_offline(source, snap, components=("database", "config"))
+    finally:
+        os.rmdir(config)
+        os.rename(config + ".aside", config)
+    assert done.failed and "exist with another type" in done.result["msg"], done.result["msg"]
+    assert leftovers(source["service"].datadir) == []
+    assert fingerprint(source["service"].defaults_file) == before
 
 
 def test_physical_restore_refuses_while_a_server_holds_the_datadir(source):
@@ -493,9 +572,11 @@ CUT_AT = (0.02, 0.3, 0.6, 0.95)
 
 
 @pytest.mark.parametrize("fraction", CUT_AT)
-def test_a_physical_restore_cut_in_its_second_pass_leaves_the_live_datadir_and_says_so(source, fraction):
-    """The share drops for good at four points of pass 2 of a physical restore (offline datadir): one
-    clear error, the live datadir as it was (nothing swapped), and the next run restores exactly."""
+@pytest.mark.parametrize("passes", ["streamed", "two passes"])
+def test_a_physical_restore_cut_while_it_reads_the_object_leaves_the_live_datadir_and_says_so(source, fraction, passes):
+    """The share drops for good at four points of a physical restore (offline datadir): in its only pass
+    (signed: extracted while verified) or in its second (unsigned, allowed: verified first). One clear
+    error, the live datadir as it was (nothing swapped), no staging folder, and the next run is exact."""
     service = source["service"]
     snap = take(source, "physical")
     expected = fingerprint(service.defaults_file)
@@ -503,17 +584,23 @@ def test_a_physical_restore_cut_in_its_second_pass_leaves_the_live_datadir_and_s
     before = fingerprint(service.defaults_file)
     size = os.path.getsize(os.path.join(source["target"], snap["object"]))
     request = restore_request(source, snap, db_service="none", db_datadir=service.datadir)
+    if passes == "two passes":
+        os.remove(os.path.join(source["target"], snap["sidecar"] + ".sig"))
+        request = restore_request(source, snap, db_service="none", db_datadir=service.datadir,
+                                  trust=appliance_trust(source, APPLIANCE, allow_unsigned=True))
     service.down()
     try:
         with open_target({"type": "path", "path": source["target"]}) as real:
             with pytest.raises(BackupError) as failure:
-                restore(FailingReads(real, int(size * fraction), first=2, times=99), request)
+                restore(FailingReads(real, int(size * fraction), first=1 if passes == "streamed" else 2, times=99),
+                        request)
     finally:
         service.up()
     message = str(failure.value)
-    print("cut at %.0f%%: %s" % (fraction * 100, message[:400]))
+    print("%s, cut at %.0f%%: %s" % (passes, fraction * 100, message[:400]))
     assert "simulated: connection reset" in message and "run the restore again" in message
     assert "the live datadir is as it was" in message or "after the databases were restored" in message
+    assert ("first pass" in message) == (passes == "streamed"), message
     assert fingerprint(service.defaults_file) == before, "a cut restore changed the live datadir"
     assert leftovers(service.datadir) == [], leftovers(service.datadir)
     service.down()

@@ -367,3 +367,24 @@ def test_abort_leaves_undecryptable_output(keypair):
         enc.write(b"more")
     with pytest.raises(IntegrityError):
         decrypt(sink.getvalue(), identities=[keypair[0]])
+
+
+@pytest.mark.parametrize("kwargs", [{"recipients": None}, {"passphrase": "correct horse", "work_factor": FAST}])
+def test_the_prelude_hash_is_the_same_for_writer_and_reader_and_new_for_each_file(kwargs):
+    """What a signed sidecar pins (Encryptor/Decryptor.prelude_sha256): the header and payload nonce,
+    the same on both sides, different for every file even of the same plaintext and key."""
+    identity, recipient = age.generate_identity()
+    if "recipients" in kwargs:
+        kwargs = {"recipients": [recipient]}
+    opener = {"identities": [identity]} if "recipients" in kwargs else {"passphrase": kwargs["passphrase"]}
+    hashes = []
+    for _ in range(2):
+        sink = io.BytesIO()
+        enc = age.Encryptor(sink, **kwargs)
+        enc.write(b"same plaintext")
+        enc.close()
+        dec = age.Decryptor(io.BytesIO(sink.getvalue()), **opener)
+        assert dec.read() == b"same plaintext"
+        assert dec.prelude_sha256 == enc.prelude_sha256
+        hashes.append(enc.prelude_sha256)
+    assert hashes[0] != hashes[1]

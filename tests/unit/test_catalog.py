@@ -173,6 +173,8 @@ def _sidecar_doc():
         (lambda d: d.update(appliance="../x"), "appliance name"),
         (lambda d: d["versions"].pop("tool"), "versions.'tool'"),
         (lambda d: d.update(duration="1s"), "duration"),
+        (lambda d: d["encryption"].update(prelude_sha256="ABC"), "encryption.'prelude_sha256'"),
+        (lambda d: d["encryption"].update(prelude_sha256=None), "encryption.'prelude_sha256'"),
     ],
 )
 def test_sidecar_validation_names_the_file(change, message):
@@ -182,6 +184,19 @@ def test_sidecar_validation_names_the_file(change, message):
         Sidecar.from_json(json.dumps(doc).encode(), "smb://nas/backups/pam1/snapshots/s.json")
     assert "smb://nas/backups/pam1/snapshots/s.json" in str(caught.value)
     assert message in str(caught.value)
+
+
+def test_sidecar_keeps_the_age_prelude_of_an_encrypted_object_only():
+    pinned = make_sidecar("20261127T101500Z-1a2b3c4d.tar.zst.age", b"payload",
+                          encryption={"mode": "x25519", "recipients": [RECIPIENT], "prelude_sha256": "c" * 64})
+    doc = json.loads(pinned.to_json())
+    assert doc["encryption"]["prelude_sha256"] == "c" * 64
+    assert Sidecar.from_json(pinned.to_json(), "s.json").prelude_sha256 == "c" * 64
+    assert make_sidecar("20261127T101500Z-1a2b3c4d.tar.zst.age", b"payload").prelude_sha256 is None  # before 0.3
+    plain = json.loads(make_sidecar("20261127T101500Z-1a2b3c4d.tar.zst", b"payload").to_json())
+    plain["encryption"]["prelude_sha256"] = "c" * 64
+    with pytest.raises(IntegrityError, match="prelude_sha256 is set for an unencrypted object"):
+        Sidecar.from_json(json.dumps(plain).encode(), "s.json")
 
 
 def test_sidecar_without_db_and_unknown_extra_fields():

@@ -26,7 +26,7 @@ LONG_FUNCTIONS = {
     "snapshot.py:take_snapshot",
     "catalog/sidecar.py:from_dict",
     "restore/apply.py:restore",
-    "restore/plan.py:plan_restore",
+    "restore/plan.py:_plan",
 }
 
 

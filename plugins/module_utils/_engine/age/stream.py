@@ -148,8 +148,8 @@ class _BufferedSource:
         return data
 
 
-def _parse_header(src: _BufferedSource) -> Tuple[List[_Stanza], bytes, bytes]:
-    """Read the header: (stanzas, header bytes covered by the MAC, MAC)."""
+def _parse_header(src: _BufferedSource) -> Tuple[List[_Stanza], bytes, bytes, bytes]:
+    """Read the header: (stanzas, header bytes covered by the MAC, MAC, the MAC line's bytes after "---")."""
     first = src.read_exact(len(INTRO))
     if first != INTRO:
         if first and INTRO.startswith(first):
@@ -172,7 +172,7 @@ def _parse_header(src: _BufferedSource) -> Tuple[List[_Stanza], bytes, bytes]:
                 raise IntegrityError("corrupt age header: bad MAC length")
             if not stanzas:
                 raise IntegrityError("corrupt age header: no recipient stanzas")
-            return stanzas, b"".join(raw), mac
+            return stanzas, b"".join(raw), mac, line[len(FOOTER_PREFIX):]
         if not line.startswith(STANZA_PREFIX):
             raise IntegrityError("corrupt age header: unexpected line")
         raw.append(line)
@@ -244,7 +244,11 @@ class Encryptor:
         mac = _header_mac(file_key, header)
         nonce = os.urandom(PAYLOAD_NONCE_SIZE)
         self._aead = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
-        sink.write(header + b" " + _b64encode(mac) + b"\n" + nonce)
+        prelude = header + b" " + _b64encode(mac) + b"\n" + nonce
+        #: sha256 of the header and payload nonce: pinned by a signature, it pins the file key, so every
+        #: payload chunk is authentic as soon as it decrypts (see Decryptor.prelude_sha256)
+        self.prelude_sha256 = hashlib.sha256(prelude).hexdigest()
+        sink.write(prelude)
 
     @staticmethod
     def _x25519_stanza(file_key: bytes, recipient: Recipient) -> _Stanza:
@@ -331,7 +335,7 @@ class Decryptor(ReadMixin):
         if (identities is None) == (passphrase is None):
             raise ConfigError("age decryption needs either identities or a passphrase (not both)")
         self._src = _BufferedSource(source)
-        stanzas, header, mac = _parse_header(self._src)
+        stanzas, header, mac, mac_line = _parse_header(self._src)
         if identities is not None:
             parsed = [i if isinstance(i, Identity) else Identity.parse(i, describe_entry("identity", n))
                       for n, i in enumerate(identities)]
@@ -347,6 +351,10 @@ class Decryptor(ReadMixin):
         nonce = self._src.read_exact(PAYLOAD_NONCE_SIZE)
         if len(nonce) != PAYLOAD_NONCE_SIZE:
             raise IntegrityError("age file truncated: payload nonce missing")
+        #: sha256 of the header as read and the payload nonce (Encryptor.prelude_sha256). When it equals a
+        #: value the writer signed, the file key is the writer's: a share writer who replaced the object
+        #: cannot make a single chunk decrypt, so each chunk is authentic as it comes, not only at the end.
+        self.prelude_sha256 = hashlib.sha256(header + mac_line + nonce).hexdigest()
         self._aead = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
         self._counter = 0
         self._plain = b""

@@ -169,6 +169,8 @@ class ArchiveReader:
             self._plain = plain_source
         else:
             raise IntegrityError("not a segura.backup archive (neither age-encrypted nor zstd)")
+        #: the age header's and payload nonce's sha256 (None unencrypted): see Decryptor.prelude_sha256
+        self.prelude_sha256: Optional[str] = getattr(self._plain, "prelude_sha256", None)
         # The stub asks for IO[bytes]; zstandard only calls read() on the source.
         self._zstd = zstandard.ZstdDecompressor().stream_reader(self._plain, read_size=COPY_BLOCK,  # type: ignore[arg-type]
                                                                 read_across_frames=True, closefd=False)

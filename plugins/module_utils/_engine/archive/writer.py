@@ -125,6 +125,7 @@ class ArchiveResult:
     sha256: Optional[str]
     members: int
     manifest: Dict[str, Any]
+    prelude_sha256: Optional[str] = None  # the age header's and nonce's (age.Encryptor.prelude_sha256)
 
 
 class ArchiveWriter:
@@ -361,7 +362,8 @@ class ArchiveWriter:
         self._state = "finished"
         return ArchiveResult(bytes_in=self._bytes_in, bytes_out=self._out.bytes,
                              sha256=self._out.sha256.hexdigest() if self._out.sha256 else None, members=len(self._members) + 1,
-                             manifest=manifest)
+                             manifest=manifest,
+                             prelude_sha256=self._encryptor.prelude_sha256 if self._encryptor is not None else None)
 
     def abort(self) -> None:
         """Give up: nothing more reaches the sink (an encrypted object then lacks its final chunk)."""

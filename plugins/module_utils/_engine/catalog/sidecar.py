@@ -73,7 +73,10 @@ class Sidecar:
     counts: Dict[str, int]
     bytes_in: int
     versions: Dict[str, Optional[str]]  # {"appliance": "3.32.0.12" or None, "tool": "0.1.0"}
-    encryption: Dict[str, Any]  # {"mode": "x25519" | "passphrase" | "none", "recipients": ["age1..."]}
+    # {"mode": "x25519" | "passphrase" | "none", "recipients": ["age1..."]}, and since 0.3 for an encrypted
+    # object "prelude_sha256": the sha256 of its age header and payload nonce (a signed sidecar pins
+    # the file key with it, so a restore may use each decrypted chunk before the object's sha256 is known)
+    encryption: Dict[str, Any]
     db: Optional[Dict[str, Any]]  # {"chunks", "bytes", "sha256"} or None when no database was dumped
     # {"count", "bytes"} of the recordings this snapshot references; when it took sessions also
     # "status" (complete | partial), "problem_count" and "problems" [{"path", "reason"}] (the first 100)
@@ -85,7 +88,14 @@ class Sidecar:
     def encrypted(self) -> bool:
         return self.encryption.get("mode") != "none"
 
+    @property
+    def prelude_sha256(self) -> Optional[str]:
+        return self.encryption.get("prelude_sha256")
+
     def to_dict(self) -> Dict[str, Any]:
+        encryption = {"mode": self.encryption.get("mode"), "recipients": list(self.encryption.get("recipients", []))}
+        if self.prelude_sha256 is not None:
+            encryption["prelude_sha256"] = self.prelude_sha256
         return {
             "format": self.format,
             "id": self.id,
@@ -98,7 +108,7 @@ class Sidecar:
             "counts": dict(self.counts),
             "bytes_in": self.bytes_in,
             "versions": dict(self.versions),
-            "encryption": {"mode": self.encryption.get("mode"), "recipients": list(self.encryption.get("recipients", []))},
+            "encryption": encryption,
             "db": dict(self.db) if self.db is not None else None,
             "sessions": dict(self.sessions),
             "duration": self.duration,
@@ -164,6 +174,10 @@ class Sidecar:
             raise _fail(source, "encryption.recipients must be a list of strings")
         if (mode != "none") != parsed[2]:
             raise _fail(source, "encryption.mode %r does not match object name %r" % (mode, name))
+        prelude = sha256_field(encryption, "prelude_sha256", source, "encryption.") \
+            if "prelude_sha256" in encryption else None
+        if prelude is not None and mode == "none":
+            raise _fail(source, "encryption.prelude_sha256 is set for an unencrypted object")
         db = need_field(doc, "db", (dict, type(None)), source)
         if db is not None:
             need_field(db, "chunks", int, source, "db.")
@@ -185,7 +199,8 @@ class Sidecar:
             counts=dict(counts),
             bytes_in=bytes_in,
             versions={"appliance": versions["appliance"], "tool": versions["tool"]},
-            encryption={"mode": mode, "recipients": list(recipients)},
+            encryption=dict({"mode": mode, "recipients": list(recipients)},
+                            **({"prelude_sha256": prelude} if prelude is not None else {})),
             db=dict(db) if db is not None else None,
             sessions=dict({"count": sessions["count"], "bytes": sessions["bytes"]}, **status),
             duration=float(duration),

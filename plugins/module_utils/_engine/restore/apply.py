@@ -41,7 +41,7 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
     """Restore a snapshot onto the appliance; returns what was done, per-phase durations included."""
     started = time.monotonic()
     if plan is None:
-        plan = plan_restore(target, request)
+        plan = plan_restore(target, request, extract=True)
         preflight_outside = 0.0  # the preflight ran here: already inside the total
     else:
         # The caller planned (the module does): count the preflight's pass 1 into the total (RTO).
@@ -53,7 +53,12 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
     result: Dict[str, Any] = {"snapshot": snapshot_facts(plan.record, plan.snapshot),
                               "components": list(plan.components), "warnings": list(plan.warnings),
                               "signature": plan.checks.get("signature")}
-    result["pre_commands"] = run_commands(request.pre_commands, "pre", request.command_timeout)
+    try:
+        result["pre_commands"] = run_commands(request.pre_commands, "pre", request.command_timeout)
+    except BaseException:
+        if plan.extracted is not None:
+            plan.extracted.discard()  # the staging folder: nothing live was touched
+        raise
 
     written = {"files": 0, "dirs": 0, "symlinks": 0, "metadata": 0, "unchanged": 0}
     overwritten: List[str] = []
@@ -67,21 +72,20 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
     dir_entries: List[Wanted] = []
     fed: List[str] = []  # database chunks fed, in order: all of the verified manifest's, or the restore fails
     seen = set()  # paths written or found in place: every planned one, or the restore fails
-    with open_object(target, plan.record) as handle:
-        counted = HashingReader(handle)
-        sidecar = plan.record.require_sidecar()
-        reader: Optional[ArchiveReader] = None
+    extracted = plan.extracted  # pass 1 already fed the physical backup to mbstream (streamed.py)
+    if extracted is not None:
+        loader, fed = extracted.restorer, list(extracted.fed)
+    # Pass 2 reads the object again for what pass 1 did not restore (all of it without an extraction).
+    with _SecondPass(target, plan, request, needed=extracted is None or bool(plan.wanted)) as second:
         try:
-            reader = ArchiveReader(counted, request.decryption, max_content_bytes=sidecar.bytes_in,
-                                   max_members=sidecar.counts.get("members"))
-            for info, content in reader:
+            for info, content in second.members():
                 expected = plan.members.get(info.name)
                 if info.name == SNAPSHOT_MEMBER:
                     continue
                 if expected is None:
                     raise IntegrityError("member %s is not in the manifest verified in the first pass" % info.name)
                 if DB_CHUNK.fullmatch(info.name) or PHYSICAL_CHUNK.fullmatch(info.name):
-                    if not plan.restores_database:
+                    if not plan.restores_database or extracted is not None:
                         continue
                     tick = time.monotonic()
                     spool = spool_chunk(content, expected, info.name)
@@ -127,16 +131,13 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
             if isinstance(exc, BackupError) and not getattr(loader, "swapped", False):
                 raise stopped_in_second_pass(exc, plan, db_done, written) from None
             raise
-        finally:
-            if reader is not None:
-                reader.close()
     tick = time.monotonic()
     # Directories last and deepest first: creating entries changes a directory's mtime.
     for wanted in sorted(dir_entries, key=lambda w: w.relpath.count("/"), reverse=True):
         tree.set_metadata(wanted)
     tree.fsync_dirs(sorted({posixpath.dirname(w.relpath) for w in plan.wanted} | {w.relpath for w in dir_entries}))
     files_seconds += time.monotonic() - tick
-    if counted.hexdigest() != plan.record.sha256:
+    if second.changed():
         result["warnings"].append("the object changed on the target between the two passes; every restored "
                                   "member still matched the verified manifest")
     if physical is not None:
@@ -187,6 +188,40 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
                         or written["metadata"] or sessions["restored"]),
     })
     return result
+
+
+class _SecondPass:
+    """The object read again, member by member (``needed`` False: nothing is read, no member comes)."""
+
+    def __init__(self, target: Target, plan: RestorePlan, request: RestoreRequest, needed: bool):
+        self.target, self.plan, self.request, self.needed = target, plan, request, needed
+        self._handle: Any = None
+        self._counted: Optional[HashingReader] = None
+        self._reader: Optional[ArchiveReader] = None
+
+    def __enter__(self) -> "_SecondPass":
+        if self.needed:
+            self._handle = open_object(self.target, self.plan.record).__enter__()
+        return self
+
+    def members(self):
+        if not self.needed:
+            return iter(())
+        sidecar = self.plan.record.require_sidecar()
+        self._counted = HashingReader(self._handle)
+        self._reader = ArchiveReader(self._counted, self.request.decryption, max_content_bytes=sidecar.bytes_in,
+                                     max_members=sidecar.counts.get("members"))
+        return iter(self._reader)
+
+    def changed(self) -> bool:
+        """Whether the bytes read differ from the object pass 1 verified (pass 2 read them all)."""
+        return self._counted is not None and self._counted.hexdigest() != self.plan.record.sha256
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._reader is not None:
+            self._reader.close()
+        if self._handle is not None:
+            self._handle.__exit__(exc_type, exc, tb)
 
 
 def _finish_database(loader: Any, plan: RestorePlan, fed: List[str]) -> Optional[Dict[str, Any]]:

@@ -22,7 +22,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.ta
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.format import MANIFEST_MEMBER, MAX_CHUNK_SIZE, SNAPSHOT_MEMBER, check_member_name
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.reader import ArchiveReader
-from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ArchiveError, ConfigError, IntegrityError, TargetNotFound
+from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ArchiveError, BackupError, ConfigError, IntegrityError, TargetNotFound
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.logical import DumpScanner
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.physical import PhysicalSetup, physical_preflight
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import (
@@ -37,6 +37,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.restore.requ
     select_snapshot,
 )
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.sessions import plan_sessions, session_entries
+from ansible_collections.segura.backup.plugins.module_utils._engine.restore.streamed import StreamedExtraction, why_not_streamed
 from ansible_collections.segura.backup.plugins.module_utils._engine.restore.tree import (
     DestinationTree,
     Wanted,
@@ -74,6 +75,7 @@ class RestorePlan:
     source_facts: Optional[Dict[str, Any]] = None  # db/facts.json: the source's tables at the dump's point
     physical: Optional[PhysicalSetup] = None
     warnings: List[str] = field(default_factory=list)  # what the restore does although not quite asked
+    extracted: Optional[StreamedExtraction] = None  # the physical backup, extracted while pass 1 verified
 
     @property
     def ok(self) -> bool:
@@ -184,8 +186,10 @@ class FirstPass:
     problems: List[str]
 
 
-def _first_pass(target: Target, record: catalog.SnapshotRecord, decryption: Decryption) -> FirstPass:
-    """Stream the object once: quick check (size, sha256) and deep check (every member). Nothing is written."""
+def _first_pass(target: Target, record: catalog.SnapshotRecord, decryption: Decryption,
+                extraction: Optional[StreamedExtraction] = None) -> FirstPass:
+    """Stream the object once: quick check (size, sha256) and deep check (every member). Nothing is
+    written, except by ``extraction``: the physical backup into its staging folder (streamed.py)."""
     problems: List[str] = []
     sidecar = record.require_sidecar()
     stored = target.stat(record.object_relpath).size
@@ -206,6 +210,9 @@ def _first_pass(target: Target, record: catalog.SnapshotRecord, decryption: Decr
             raise IntegrityError("%s failed deep verification, nothing was restored: %s" % (where, exc)) from None
         except ArchiveError as exc:  # wrong key or passphrase, or none given
             raise ArchiveError("cannot open %s: %s" % (where, exc)) from None
+        if extraction is not None and reader.prelude_sha256 != extraction.prelude_sha256:
+            raise IntegrityError("%s failed deep verification, nothing was restored: its age header is not the one "
+                                 "its signed sidecar records (the object was replaced or damaged)" % where)
         try:
             for info, content in reader.members(strict=False):
                 if info.size > MAX_CHUNK_SIZE and (DB_CHUNK.fullmatch(info.name) or PHYSICAL_CHUNK.fullmatch(info.name)):
@@ -217,7 +224,9 @@ def _first_pass(target: Target, record: catalog.SnapshotRecord, decryption: Decr
                     for block in iter(lambda: content.read(BLOCK), b""):
                         scanner.feed(block)
                 elif PHYSICAL_CHUNK.fullmatch(info.name):
-                    physical_chunks += 1  # read (and so checked) by the reader; extracted in pass 2
+                    physical_chunks += 1  # read (and so checked) by the reader; extracted now or in pass 2
+                    if extraction is not None:
+                        extraction.feed(info.name, content)
                 elif info.name == FACTS_MEMBER and info.size <= FACTS_LIMIT:
                     facts_raw = content.read(FACTS_LIMIT + 1)
             problems.extend(reader.problems())
@@ -261,12 +270,46 @@ def _source_facts(raw: Optional[bytes], record: Dict[str, Any], snap_id: str) ->
     return facts
 
 
-def plan_restore(target: Target, request: RestoreRequest) -> RestorePlan:
+def plan_restore(target: Target, request: RestoreRequest, extract: bool = False) -> RestorePlan:
     """Preflight: select, quick-check and deep-verify the snapshot, and compare it with the appliance.
 
-    Writes nothing. Raises for what makes a plan impossible (no snapshot, wrong key, corrupt or
-    tampered object, unsafe member); returns a plan whose ``problems`` say what else refuses it.
+    Writes nothing, unless ``extract`` (a restore, not check mode): then a physical backup whose chunks
+    can be trusted as they decrypt (streamed.py) is extracted into its staging folder while it is
+    verified, and ``plan.extracted`` holds it. Raises for what makes a plan impossible (no snapshot,
+    wrong key, corrupt or tampered object, unsafe member); returns a plan whose ``problems`` say what
+    else refuses it. A plan that raises or is refused keeps no staging folder.
     """
+    holder: List[StreamedExtraction] = []
+    try:
+        plan = _plan(target, request, holder if extract else None)
+    except BaseException as exc:
+        for extraction in holder:
+            extraction.discard()
+        if holder and isinstance(exc, BackupError):
+            raise _stopped_extracting(exc) from None
+        raise
+    if holder and holder[0].restorer is not None:
+        if plan.ok:
+            plan.extracted = holder[0]
+        else:
+            holder[0].discard()
+    return plan
+
+
+def _stopped_extracting(cause: BackupError) -> BackupError:
+    """``cause`` (same class), saying that the first pass stopped while it extracted, and the way back."""
+    way_back = ("the snapshot is intact: run the restore again" if not isinstance(cause, IntegrityError)
+                else "the object on the target is damaged or was replaced: verify it, and restore another snapshot")
+    try:
+        return type(cause)("%s. The restore stopped in its first pass, while it verified the snapshot and extracted "
+                           "its physical backup into a staging folder: the live datadir is as it was, nothing of it "
+                           "changed, and the staging folder was removed; %s" % (cause, way_back))
+    except TypeError:  # an error class that wants more than a message: keep it as it is
+        return cause
+
+
+def _plan(target: Target, request: RestoreRequest, holder: Optional[List[StreamedExtraction]]) -> RestorePlan:
+    """plan_restore's work; a streamed extraction is put in ``holder`` before it writes anything."""
     skipped: List[str] = []
     record, signature = select_snapshot(target, request, skipped)
     sidecar = record.require_sidecar()  # select_snapshot returns complete records only
@@ -295,7 +338,11 @@ def plan_restore(target: Target, request: RestoreRequest) -> RestorePlan:
     _check_version(sidecar.versions.get("appliance"), current, request, record.id)
 
     started = time.monotonic()
-    passed = _first_pass(target, record, request.decryption)
+    extraction = None
+    if holder is not None and why_not_streamed(sidecar, signature, components) is None:
+        extraction = StreamedExtraction.prepare(request, sidecar)
+        holder.extend([extraction] if extraction else [])
+    passed = _first_pass(target, record, request.decryption, extraction)
     reader = passed.reader
     fetch_seconds = time.monotonic() - started
     if passed.problems:
@@ -303,7 +350,8 @@ def plan_restore(target: Target, request: RestoreRequest) -> RestorePlan:
                              % (record.id, "; ".join(passed.problems[:10])))
     snapshot, manifest = reader.snapshot or {}, reader.manifest or {}
     checks["quick"] = {"ok": True, "size": sidecar.size, "sha256": sidecar.sha256}
-    checks["deep"] = {"ok": True, "members": reader.member_count, "seconds": round(fetch_seconds, 3)}
+    checks["deep"] = {"ok": True, "members": reader.member_count, "seconds": round(fetch_seconds, 3),
+                      "extracted_while_verifying": bool(extraction and extraction.fed)}
 
     for doc, label in ((snapshot, SNAPSHOT_MEMBER), (manifest, MANIFEST_MEMBER)):
         if doc.get("appliance") != record.appliance or doc.get("id") != record.id:
@@ -380,7 +428,14 @@ def plan_restore(target: Target, request: RestoreRequest) -> RestorePlan:
     if request.restore_sessions:
         plan.sessions = session_entries(manifest, record.appliance, request.layout.arz_dir)
         plan_sessions(target, request, plan)
-    if "database" in components and db_method == PHYSICAL:
+    if "database" in components and db_method == PHYSICAL and extraction is not None:
+        if not extraction.agrees_with(db_record, sidecar.db or {}):
+            raise IntegrityError("the manifest of snapshot %s names other database versions than its signed sidecar"
+                                 % record.id)
+        plan.physical = extraction.setup  # checked before pass 1, on the signed sidecar's word
+        checks["physical"] = dict(plan.physical.checks, datadir=plan.physical.datadir, service=plan.physical.service,
+                                  ok=True)
+    elif "database" in components and db_method == PHYSICAL:
         plan.physical = physical_preflight(request, db_record, int((manifest.get("db") or {}).get("bytes", 0)))
         checks["physical"] = dict(plan.physical.checks, datadir=plan.physical.datadir, service=plan.physical.service,
                                   ok=not plan.physical.problems)
