@@ -833,8 +833,9 @@ def bench_dbmethods(lab, cfg, repeat, data):
             rows.append("| %s | %s | %s | %s | %s |" % ((label,) + figures))
         rows += ["", "| ratio | value |", "|---|---:|"] + ["| %s | %s |" % (k, fmt(v)) for k, v in ratios.items()]
         rows += ["", "Physical restore phases (last run): %s; logical: %s. The physical side includes starting the "
-                 "server on the restored datadir (service none) and one query." % (restore["physical"]["physical"],
-                                                                                   restore["logical"]["phases"])]
+                 "server on the restored datadir (service none) and one query. Reads of the object: physical %s, "
+                 "logical %s." % (restore["physical"]["physical"], restore["logical"]["phases"],
+                                  restore["physical"]["object_reads"], restore["logical"]["object_reads"])]
         results.append({"title": title, "snapshot": snap, "restore": restore, "ratios": ratios, "table": "\n".join(rows)})
     return results
 
@@ -886,6 +887,7 @@ def _bench_method_restores(lab, appliance, key, recipient, repeat, ours):
     for method in found:
         found[method]["phases"] = runs[method][-1]["result"].get("durations")
         found[method]["physical"] = (runs[method][-1]["result"].get("physical") or {}).get("durations")
+        found[method]["object_reads"] = runs[method][-1]["result"].get("object_reads")
     return found
 
 

@@ -95,7 +95,8 @@ def restore(job):
     with open_target(job["target"]) as target:
         done = run_restore(target, request)
     return {"seconds": time.perf_counter() - started, "durations": done.get("durations"),
-            "physical": done.get("physical"), "verification": done.get("verification")}
+            "physical": done.get("physical"), "verification": done.get("verification"),
+            "object_reads": done.get("object_reads")}
 
 
 def main():

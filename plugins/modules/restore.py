@@ -20,6 +20,14 @@ description:
     checks its size and sha256 against the sidecar and every member against C(manifest.json) (which is
     the last member). Pass 2 streams it again and restores, re-checking every member against that
     manifest before it is used."
+  - "B(One read) for a physical restore of a signed, encrypted snapshot (taken by release 0.3 or later) -
+    its signed sidecar records the sha256 of the age header and payload nonce (C(encryption.prelude_sha256)),
+    which pins the file key, so every chunk is the appliance's as soon as it decrypts. Pass 1 then feeds
+    the physical backup to C(mbstream -x) in the staging folder while it verifies; the live datadir is
+    not touched before the whole object verified, and a damaged chunk, a cut read or a refused plan
+    removes the staging folder. A second pass reads the object again only for the files, if any are
+    restored. RV(plan.checks.deep.extracted_while_verifying) and RV(restore.object_reads) say which way
+    was taken; check mode never extracts."
   - The databases are restored by the method the snapshot was taken with (its RV(plan.database_method)).
   - B(Physical) (a C(mariadb-backup) stream of the whole instance) - refused before anything is touched
     unless this host's C(mariadb-backup) and C(mariadbd) are the B(same version) as the snapshot's (the
@@ -298,6 +306,12 @@ restore:
   returned: success, not in check mode
   type: dict
   contains:
+    object_reads:
+      description:
+        - How often the object was read from the target - V(1) when a signed physical snapshot was extracted
+          while it was verified and nothing else had to be restored from it, else V(2) (verify, then restore).
+      type: int
+      sample: 1
     written:
       description: Counts of files, dirs and symlinks written, entries whose metadata was fixed, and unchanged ones.
       type: dict

@@ -48,6 +48,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.constants im
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, ConfigError, LockBusy, TargetError, TargetFull, TargetNotFound
 from ansible_collections.segura.backup.plugins.module_utils._engine.holders import takeover_message
 from ansible_collections.segura.backup.plugins.module_utils._engine.locking import ApplianceLock, refuse_case_variant
+from ansible_collections.segura.backup.plugins.module_utils._engine.pipeline import WriteBehind
 from ansible_collections.segura.backup.plugins.module_utils._engine.progress import Progress
 from ansible_collections.segura.backup.plugins.module_utils._engine.pruning import heal_after_takeover
 from ansible_collections.segura.backup.plugins.module_utils._engine.sessions import ON_PROBLEM, SessionSyncResult, sync_sessions
@@ -131,7 +132,7 @@ class _LockRefreshingSink:
     (the timer keeps the lock alive: a stalled write cannot let it expire). Counts the bytes written,
     which the progress report reads (an addition here; the report's own thread does the rest)."""
 
-    def __init__(self, upload: catalog.AtomicUpload, lock: ApplianceLock):
+    def __init__(self, upload: Any, lock: ApplianceLock):
         self._upload = upload
         self._lock = lock
         self.written = 0
@@ -320,10 +321,13 @@ def take_snapshot(target: Target, request: SnapshotRequest, progress: Optional[P
         # The totals the progress report shows: the previous snapshot's (one listing, one sidecar).
         before = _previous_sizes(target, request.appliance) if progress.active else {}
         with catalog.AtomicUpload(target, catalog.object_path(request.appliance, name)) as upload:
-            sink = _LockRefreshingSink(upload, lock)
+            # The upload (the target client's crypto and socket, and its sha256 of the object) runs on a
+            # thread of its own while this one compresses and encrypts what follows (pipeline.py).
+            behind = WriteBehind(upload, name="snapshot-upload")
+            sink = _LockRefreshingSink(behind, lock)
             writer = ArchiveWriter(sink, request.encryption,
                                    zstd_level=request.zstd_level, zstd_threads=request.zstd_threads,
-                                   chunk_size=request.chunk_size)
+                                   chunk_size=request.chunk_size, hash_output=False)
             try:
                 writer.add_json("snapshot.json", header)
                 if choice is not None:  # counted as read from the server (what reaches the target lags behind zstd)
@@ -339,8 +343,10 @@ def take_snapshot(target: Target, request: SnapshotRequest, progress: Optional[P
                 if database is not None:
                     extra["db"], extra["database"] = db_info, database
                 result = writer.finish(extra)
+                behind.close()  # every byte reached the upload, or the upload's error is raised here
             except BaseException:
                 writer.abort()
+                behind.abort()
                 raise
 
         # The upload completed (no exception left the block), so its size and sha256 are set.

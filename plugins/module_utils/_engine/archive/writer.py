@@ -33,6 +33,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.archive.form
     require_zstandard,
 )
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ApplianceError, ArchiveError, ConfigError
+from ansible_collections.segura.backup.plugins.module_utils._engine.pipeline import ChunkHasher
 from ansible_collections.segura.backup.plugins.module_utils._engine.streams import ChunkReader, CountingWriter, json_chunks
 
 try:
@@ -278,14 +279,25 @@ class ArchiveWriter:
         """Cut a stream of unknown length into ``prefix.000000``, ``prefix.000001``, ... members.
 
         Only one chunk is buffered. An empty stream still gives one empty member, so
-        ``cat prefix.*`` always has something to read.
+        ``cat prefix.*`` always has something to read. The chunk's sha256 and the whole stream's are
+        taken on a thread of their own while the chunk goes through tar, zstd and age here.
         """
         self._begin(prefix + ".000000")
         if prefix in self._streams:
             raise ArchiveError("stream %s was already added" % prefix)
         buffer = bytearray(self.chunk_size)
         view = memoryview(buffer)
-        whole = hashlib.sha256()
+        hasher = ChunkHasher()
+        try:
+            total, index = self._add_chunks(prefix, reader, view, hasher)
+        finally:
+            hasher.close()
+        result = StreamInfo(chunks=index, bytes=total, sha256=hasher.hexdigest())
+        self._streams[prefix] = result
+        return result
+
+    def _add_chunks(self, prefix: str, reader, view: memoryview, hasher: ChunkHasher) -> Tuple[int, int]:
+        """add_stream's loop: (bytes, chunks) written."""
         total = 0
         index = 0
         readinto = getattr(reader, "readinto", None)
@@ -306,20 +318,18 @@ class ArchiveWriter:
             name = "%s.%06d" % (prefix, index)
             self._begin(name)
             chunk = view[:filled]
-            whole.update(chunk)
+            hasher.start(chunk)  # read, never changed, until its result() below
             info = tarfile.TarInfo(name)
             info.size = filled
             info.mode = 0o600
             info.mtime = self._now
             self._write(info, _BufferReader(chunk))
-            self._record(info, "file", hashlib.sha256(chunk).hexdigest())
+            self._record(info, "file", hasher.result())
             total += filled
             index += 1
             if filled < self.chunk_size:
                 break
-        result = StreamInfo(chunks=index, bytes=total, sha256=whole.hexdigest())
-        self._streams[prefix] = result
-        return result
+        return total, index
 
     # -- end ---------------------------------------------------------------------------------------
 

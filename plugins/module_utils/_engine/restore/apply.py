@@ -175,6 +175,8 @@ def restore(target: Target, request: RestoreRequest, plan: Optional[RestorePlan]
     durations["total"] = round(time.monotonic() - started + preflight_outside, 3)
     result.update({
         "database_method": plan.db_method if plan.restores_database else None,
+        # 1: the physical backup was extracted while it was verified and nothing else was read again
+        "object_reads": 1 if extracted is not None and not plan.wanted else 2,
         "physical": physical,
         "databases": list(plan.databases) if plan.restores_database else [],
         "database_bytes": loader.bytes if loader else 0,
@@ -200,13 +202,13 @@ class _SecondPass:
         self._reader: Optional[ArchiveReader] = None
 
     def __enter__(self) -> "_SecondPass":
-        if self.needed:
-            self._handle = open_object(self.target, self.plan.record).__enter__()
         return self
 
     def members(self):
+        """Opened here, inside the restore's error handling (a staging folder is removed if it fails)."""
         if not self.needed:
             return iter(())
+        self._handle = open_object(self.target, self.plan.record).__enter__()
         sidecar = self.plan.record.require_sidecar()
         self._counted = HashingReader(self._handle)
         self._reader = ArchiveReader(self._counted, self.request.decryption, max_content_bytes=sidecar.bytes_in,
