@@ -46,7 +46,7 @@ def hashing_seconds(size):
     chunk = os.urandom(16 * 1024 * 1024)
     whole = hashlib.sha256()
     started = time.process_time()
-    for _ in range(max(1, size // len(chunk))):
+    for _round in range(max(1, size // len(chunk))):
         whole.update(chunk)
         hashlib.sha256(chunk).digest()
     return time.process_time() - started

@@ -26,7 +26,7 @@ description:
     the physical backup to C(mbstream -x) in the staging folder while it verifies; the live datadir is
     not touched before the whole object verified, and a damaged chunk, a cut read or a refused plan
     removes the staging folder. A second pass reads the object again only for the files, if any are
-    restored. RV(plan.checks.deep.extracted_while_verifying) and RV(restore.object_reads) say which way
+    restored. C(extracted_while_verifying) in RV(plan.checks) and RV(restore.object_reads) say which way
     was taken; check mode never extracts."
   - The databases are restored by the method the snapshot was taken with (its RV(plan.database_method)).
   - B(Physical) (a C(mariadb-backup) stream of the whole instance) - refused before anything is touched
@@ -288,6 +288,8 @@ plan:
           free_space, special_bits_dropped).
         - C(signature) - V(valid) and the signer's key fingerprint; with O(trust.allow_unsigned), V(unsigned) or
           V(invalid) and the reason.
+        - C(deep) - members read and seconds; C(extracted_while_verifying) V(true) when the physical backup went
+          to its staging folder during this pass (a signed snapshot whose age header the sidecar pins).
         - C(physical) - the versions of C(mariadb-backup) and C(mariadbd) here and in the snapshot, the datadir,
           the service, free space beside the datadir and, with service V(none), whether a server holds it.
       type: dict

@@ -253,6 +253,16 @@ def snapshot_args(appliance, target, encryption, components=("database", "config
     return args
 
 
+def age_prelude_sha256(path):
+    """The sha256 of an age file's header (through its MAC line) and 16-byte payload nonce, from the file
+    itself: what a sidecar since 0.3 records as encryption.prelude_sha256."""
+    with open(path, "rb") as handle:
+        head = handle.read(64 * 1024)
+    end = head.index(b"\n---") + 1
+    end = head.index(b"\n", end) + 1 + 16
+    return hashlib.sha256(head[:end]).hexdigest()
+
+
 def trust_args(appliance, *names):
     """The ``trust`` option of verify (or restore) pinning the key below the appliance's root for ``names``."""
     return {"signers": reference.signers_text(appliance["root"], *(names or (appliance.get("name", APPLIANCE_NAME),)))}

@@ -9,7 +9,6 @@ counts with history, FLOAT values compared as FLOAT), never by the engine under 
 Run: .venv/bin/pytest tests/integration/test_database_methods.py
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ import subprocess
 
 import pytest
 
-from tests.integration.conftest import appliance_trust, trust_args
+from tests.integration.conftest import age_prelude_sha256, appliance_trust, trust_args
 from tests.integration.playbook import run_task
 from tests.integration.test_restore import start_mariadb, write_version
 from tests.lab import reference
@@ -160,11 +159,8 @@ def test_the_default_is_physical_and_the_records_say_how_and_where(source):
     assert side["method"] == "physical" and side["tool_version"] == database["tool_version"]
     assert side["position"] == database["position"] and side["bytes"] == snap["counts"]["db_bytes"]
     # The signed sidecar pins the object's age header and payload nonce, computed here from the file.
-    with open(os.path.join(source["target"], snap["object"]), "rb") as handle:
-        head = handle.read(4096)
-    end = head.index(b"\n---") + 1
-    end = head.index(b"\n", end) + 1 + 16  # the MAC line, then the 16-byte payload nonce
-    assert sidecar_of(source, snap)["encryption"]["prelude_sha256"] == hashlib.sha256(head[:end]).hexdigest()
+    prelude = age_prelude_sha256(os.path.join(source["target"], snap["object"]))
+    assert sidecar_of(source, snap)["encryption"]["prelude_sha256"] == prelude
 
 
 def test_physical_restore_into_an_offline_datadir_is_exact(source):

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from tests.integration.conftest import free_tcp_port, sha256_file, snapshot_args
+from tests.integration.conftest import age_prelude_sha256, free_tcp_port, sha256_file, snapshot_args
 from tests.integration.playbook import run_task
 from tests.lab import reference
 from tests.lab.mariadb import PORT_ENV, MariaDBService
@@ -147,7 +147,8 @@ def test_recover_passphrase_snapshot_with_pyrage_zstd_tar_and_mariadb(
     with open(stored, "rb") as handle:
         ciphertext = handle.read()
     with open(os.path.join(target.server_dir, run.result["snapshot"]["sidecar"]), encoding="utf-8") as handle:
-        assert json.load(handle)["encryption"] == {"mode": "passphrase", "recipients": []}
+        assert json.load(handle)["encryption"] == {"mode": "passphrase", "recipients": [],
+                                                   "prelude_sha256": age_prelude_sha256(stored)}
 
     # The age CLI reads passphrases only from a terminal; pyrage (the rage implementation) decrypts.
     plaintext = pyrage.passphrase.decrypt(ciphertext, PASSPHRASE)

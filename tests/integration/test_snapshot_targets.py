@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.integration.conftest import APPLIANCE_NAME, sha256_file, snapshot_args
+from tests.integration.conftest import APPLIANCE_NAME, age_prelude_sha256, sha256_file, snapshot_args
 from tests.integration.playbook import PYTHON, REPO, run_playbook, run_task
 from tests.lab import reference
 from tests.lab.samba import smbstatus_json
@@ -142,7 +142,8 @@ def test_snapshot_is_published_with_a_matching_sidecar(lab, lab_target, referenc
     assert sidecar["size"] == os.path.getsize(object_path) == snap["size"]
     assert sidecar["sha256"] == stored_sha256 == snap["sha256"]
     assert sidecar["object"] == os.path.basename(object_path)
-    assert sidecar["encryption"] == {"mode": "x25519", "recipients": [age_identity["recipient"]]}
+    assert sidecar["encryption"] == {"mode": "x25519", "recipients": [age_identity["recipient"]],
+                                     "prelude_sha256": age_prelude_sha256(object_path)}
     with open(object_path, "rb") as handle:
         assert handle.read(22) == b"age-encryption.org/v1\n"
 

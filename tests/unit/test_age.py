@@ -378,7 +378,7 @@ def test_the_prelude_hash_is_the_same_for_writer_and_reader_and_new_for_each_fil
         kwargs = {"recipients": [recipient]}
     opener = {"identities": [identity]} if "recipients" in kwargs else {"passphrase": kwargs["passphrase"]}
     hashes = []
-    for _ in range(2):
+    for _round in range(2):
         sink = io.BytesIO()
         enc = age.Encryptor(sink, **kwargs)
         enc.write(b"same plaintext")

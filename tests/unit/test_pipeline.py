@@ -46,7 +46,7 @@ def test_an_error_of_the_sink_comes_back_at_the_next_write_or_at_close():
     sink = Sink(fail_at=5)
     behind = WriteBehind(sink, depth=2)
     with pytest.raises(TargetError, match="the share went away"):
-        for _ in range(1000):
+        for _attempt in range(1000):
             behind.write(b"x")
             time.sleep(0.001)
     with pytest.raises(TargetError):
