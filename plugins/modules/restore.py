@@ -20,14 +20,17 @@ description:
     checks its size and sha256 against the sidecar and every member against C(manifest.json) (which is
     the last member). Pass 2 streams it again and restores, re-checking every member against that
     manifest before it is used."
-  - "B(One read) for a physical restore of a signed, encrypted snapshot (taken by release 0.3 or later) -
+  - "B(One read) for a physical restore of a signed snapshot encrypted to X25519 recipients, whose sidecar
+    records its age header (snapshots taken since this was added) -
     its signed sidecar records the sha256 of the age header and payload nonce (C(encryption.prelude_sha256)),
     which pins the file key, so every chunk is the appliance's as soon as it decrypts. Pass 1 then feeds
     the physical backup to C(mbstream -x) in the staging folder while it verifies; the live datadir is
     not touched before the whole object verified, and a damaged chunk, a cut read or a refused plan
     removes the staging folder. A second pass reads the object again only for the files, if any are
     restored. C(extracted_while_verifying) in RV(plan.checks) and RV(restore.object_reads) say which way
-    was taken; check mode never extracts."
+    was taken; check mode never extracts. Passphrase snapshots keep two passes (every appliance holds
+    the passphrase, so one taken over could write chunks under another's header); so does any snapshot
+    whose recipients' keys are not kept safe as what they are - keys that can also forge chunks."
   - The databases are restored by the method the snapshot was taken with (its RV(plan.database_method)).
   - B(Physical) (a C(mariadb-backup) stream of the whole instance) - refused before anything is touched
     unless this host's C(mariadb-backup) and C(mariadbd) are the B(same version) as the snapshot's (the
@@ -140,7 +143,8 @@ options:
     default: false
   pre_commands:
     description:
-      - Commands run before anything is written, for example to stop Segura's services. Each is a list
+      - Commands run before anything live is written, for example to stop Segura's services (a signed
+        physical snapshot may already be extracted into its staging folder beside the datadir). Each is a list
         of arguments, run without a shell. A failing command aborts the restore.
     type: list
     elements: list
@@ -420,18 +424,22 @@ def main():
             with open_target(params["target"]) as target:
                 # Not in check mode: a signed physical snapshot is extracted into staging while verified.
                 plan = plan_restore(target, request, extract=not module.check_mode)
-                summary = plan.summary()
-                if plan.record.future_dated:  # "latest" never takes one: it was asked for by id
-                    module.warn("restoring it as asked by id: %s"
-                                % describe_future_dated(plan.record, datetime.now(timezone.utc)))
-                if not plan.ok:
-                    module.fail_json(msg="restore refused, nothing was written: %s" % "; ".join(plan.problems),
-                                     plan=summary)
-                if module.check_mode:
-                    for warning in plan.warnings:
-                        module.warn(warning)
-                    module.exit_json(changed=plan.would_write(), plan=summary)
-                result = restore(target, request, plan=plan)
+                try:
+                    summary = plan.summary()
+                    if plan.record.future_dated:  # "latest" never takes one: it was asked for by id
+                        module.warn("restoring it as asked by id: %s"
+                                    % describe_future_dated(plan.record, datetime.now(timezone.utc)))
+                    if not plan.ok:
+                        module.fail_json(msg="restore refused, nothing was written: %s" % "; ".join(plan.problems),
+                                         plan=summary)
+                    if module.check_mode:
+                        for warning in plan.warnings:
+                            module.warn(warning)
+                        module.exit_json(changed=plan.would_write(), plan=summary)
+                    result = restore(target, request, plan=plan)
+                finally:
+                    if plan.extracted is not None:  # a stop or error before the swap: its staging folder goes
+                        plan.extracted.discard()  # (nothing once the datadir was swapped)
     except BackupError as exc:
         extra = {"plan": plan.summary()} if plan is not None else {}
         commands = getattr(exc, "results", None)

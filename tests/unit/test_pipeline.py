@@ -103,3 +103,19 @@ def test_chunk_hasher_closes_while_it_hashes_and_its_thread_ends():
     hasher.start(memoryview(bytes(64 << 20)))
     hasher.close()  # no result() taken: the error path of add_stream
     assert not hasher._thread.is_alive()
+
+
+def test_abort_while_close_waits_for_the_queue_drops_what_is_left():
+    """A stop signal lands while close() waits for the queued writes: abort must still drop them."""
+    gate = threading.Event()
+    sink = Sink(gate=gate)
+    behind = WriteBehind(sink, depth=64)
+    for index in range(40):
+        behind.write(b"%d" % index)  # the sink blocks on the first: the rest wait in the queue
+    closer = threading.Thread(target=behind.close, daemon=True)
+    closer.start()
+    time.sleep(0.2)
+    behind.abort()
+    gate.set()
+    closer.join(10)
+    assert not closer.is_alive() and len(sink.items) <= 1, len(sink.items)

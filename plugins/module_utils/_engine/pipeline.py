@@ -7,8 +7,8 @@
 
 The snapshot's one thread used to read the database tool, hash every chunk twice, feed zstd, encrypt
 with age, hash the object and run the target client's crypto and socket, one after the other. The
-heavy parts release the GIL (hashlib on large buffers, the AEADs of ``cryptography``, zstd's own
-workers, socket I/O), so they overlap when they run on threads:
+heavy parts release the GIL (hashlib on large buffers, zstd's own workers, socket I/O, and the AEADs
+in the ``cryptography`` releases that release it), so they overlap when they run on threads:
 
 - ``ChunkHasher``: the sha256 of each database chunk and of the whole stream, while the same chunk
   goes through tar, zstd and age on the caller's thread;
@@ -44,6 +44,7 @@ class WriteBehind:
         self._error: Optional[BaseException] = None
         self._dropping = False
         self._closed = False
+        self._end_sent = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -83,20 +84,23 @@ class WriteBehind:
         if not self._closed:
             self._closed = True
             self._queue.put(None)
+            self._end_sent = True
             self._thread.join()
         self._raise_error()
 
     def abort(self) -> None:
-        """Drop what is queued and stop the thread (waiting a little for a write already under way)."""
-        if self._closed:
-            return
+        """Drop what is queued and stop the thread (waiting a little for a write already under way); also
+        when ``close`` was interrupted (a stop signal while it waited for the queue to drain)."""
         self._closed = True
         self._dropping = True
-        try:
-            self._queue.put(None, timeout=ABORT_WAIT_SECONDS)
-        except queue.Full:
-            return  # the thread is stuck in a write: it is a daemon, and its writes are dropped
-        self._thread.join(ABORT_WAIT_SECONDS)
+        if not self._end_sent:
+            try:
+                self._queue.put(None, timeout=ABORT_WAIT_SECONDS)
+                self._end_sent = True
+            except queue.Full:
+                pass  # the thread is stuck in a write: it ends by itself once it sees _dropping
+        if self._thread.is_alive():
+            self._thread.join(ABORT_WAIT_SECONDS)
 
 
 class ChunkHasher:

@@ -325,9 +325,13 @@ def take_snapshot(target: Target, request: SnapshotRequest, progress: Optional[P
             # thread of its own while this one compresses and encrypts what follows (pipeline.py).
             behind = WriteBehind(upload, name="snapshot-upload")
             sink = _LockRefreshingSink(behind, lock)
-            writer = ArchiveWriter(sink, request.encryption,
-                                   zstd_level=request.zstd_level, zstd_threads=request.zstd_threads,
-                                   chunk_size=request.chunk_size, hash_output=False)
+            try:
+                writer = ArchiveWriter(sink, request.encryption,
+                                       zstd_level=request.zstd_level, zstd_threads=request.zstd_threads,
+                                       chunk_size=request.chunk_size, hash_output=False)
+            except BaseException:
+                behind.abort()
+                raise
             try:
                 writer.add_json("snapshot.json", header)
                 if choice is not None:  # counted as read from the server (what reaches the target lags behind zstd)

@@ -73,7 +73,7 @@ class Sidecar:
     counts: Dict[str, int]
     bytes_in: int
     versions: Dict[str, Optional[str]]  # {"appliance": "3.32.0.12" or None, "tool": "0.1.0"}
-    # {"mode": "x25519" | "passphrase" | "none", "recipients": ["age1..."]}, and since 0.3 for an encrypted
+    # {"mode": "x25519" | "passphrase" | "none", "recipients": ["age1..."]}, and (newer sidecars) for an encrypted
     # object "prelude_sha256": the sha256 of its age header and payload nonce (a signed sidecar pins
     # the file key with it, so a restore may use each decrypted chunk before the object's sha256 is known)
     encryption: Dict[str, Any]

@@ -383,12 +383,16 @@ class PhysicalRestore:
     def abort(self) -> None:
         """Before the swap: stop mbstream and remove the staging folder. The live datadir was not touched."""
         process = self.process
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait(timeout=30)
-        self._stop_writer()  # its writes fail now, so it drains the queue and ends
-        if not self.swapped:
-            self._remove_staging()
+        try:
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(timeout=30)
+        finally:
+            try:
+                self._stop_writer()  # its writes fail now, so it drains the queue and ends
+            finally:
+                if not self.swapped:
+                    self._remove_staging()
 
     def _remove_staging(self) -> None:
         if self.setup.staging and os.path.isdir(self.setup.staging) and not os.path.islink(self.setup.staging):

@@ -282,28 +282,30 @@ def plan_restore(target: Target, request: RestoreRequest, extract: bool = False)
     holder: List[StreamedExtraction] = []
     try:
         plan = _plan(target, request, holder if extract else None)
+        if holder and holder[0].restorer is not None:
+            if plan.ok:
+                plan.extracted = holder[0]
+            else:
+                holder[0].discard()
     except BaseException as exc:
+        extracted = any(extraction.restorer is not None for extraction in holder)
         for extraction in holder:
             extraction.discard()
-        if holder and isinstance(exc, BackupError):
-            raise _stopped_extracting(exc) from None
+        if holder and isinstance(exc, BackupError) and not isinstance(exc, ConfigError):
+            raise _stopped_extracting(exc, extracted) from None
         raise
-    if holder and holder[0].restorer is not None:
-        if plan.ok:
-            plan.extracted = holder[0]
-        else:
-            holder[0].discard()
     return plan
 
 
-def _stopped_extracting(cause: BackupError) -> BackupError:
-    """``cause`` (same class), saying that the first pass stopped while it extracted, and the way back."""
+def _stopped_extracting(cause: BackupError, extracted: bool) -> BackupError:
+    """``cause`` (same class), saying where the first pass of a streamed restore stopped, and the way back."""
     way_back = ("the snapshot is intact: run the restore again" if not isinstance(cause, IntegrityError)
                 else "the object on the target is damaged or was replaced: verify it, and restore another snapshot")
+    state = ("while it verified the snapshot and extracted its physical backup into a staging folder: the live "
+             "datadir is as it was, nothing of it changed, and the staging folder was removed" if extracted else
+             "before anything was extracted: the live datadir is as it was, nothing was written")
     try:
-        return type(cause)("%s. The restore stopped in its first pass, while it verified the snapshot and extracted "
-                           "its physical backup into a staging folder: the live datadir is as it was, nothing of it "
-                           "changed, and the staging folder was removed; %s" % (cause, way_back))
+        return type(cause)("%s. The restore stopped in its first pass, %s; %s" % (cause, state, way_back))
     except TypeError:  # an error class that wants more than a message: keep it as it is
         return cause
 
