@@ -208,7 +208,7 @@ class _SecondPass:
         """Opened here, inside the restore's error handling (a staging folder is removed if it fails)."""
         if not self.needed:
             return iter(())
-        self._handle = open_object(self.target, self.plan.record).__enter__()
+        self._handle = open_object(self.target, self.plan.record)
         sidecar = self.plan.record.require_sidecar()
         self._counted = HashingReader(self._handle)
         self._reader = ArchiveReader(self._counted, self.request.decryption, max_content_bytes=sidecar.bytes_in,
@@ -223,7 +223,7 @@ class _SecondPass:
         if self._reader is not None:
             self._reader.close()
         if self._handle is not None:
-            self._handle.__exit__(exc_type, exc, tb)
+            self._handle.close()
 
 
 def _finish_database(loader: Any, plan: RestorePlan, fed: List[str]) -> Optional[Dict[str, Any]]:
