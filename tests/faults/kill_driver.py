@@ -48,6 +48,11 @@ class Meter:
         if self.offset is not None and not self.fired and self.count >= self.offset:
             self.fired = True
             self.kill()
+        elif self.fired and not self.killed and self.victim not in ("module", "server"):
+            # The target's writes run on a thread behind the stream (WriteBehind), so the byte at the
+            # window's first offset may go out a moment before the child has exec'd under its name:
+            # the kill then lands at the next write at which the child is alive.
+            self.kill()
 
     def kill(self):
         if self.victim == "module":
