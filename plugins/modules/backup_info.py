@@ -58,6 +58,18 @@ options:
         (they are what M(segura.backup.prune) would remove). Costs one listing per day folder.
     type: bool
     default: false
+  use_index:
+    description:
+      - Read each appliance's catalog index (C(<appliance>/index.json), which M(segura.backup.snapshot),
+        M(segura.backup.verify) and M(segura.backup.prune) keep up to date) and judge every sidecar and
+        verification record it holds an unchanged copy of (same name, size and time as listed) from that
+        copy, so one read per appliance instead of one per snapshot. Files that changed or are not in it are read
+        from the target; a missing or damaged index is ignored. The result is the same either way.
+      - V(false) reads every file, as when the index is missing. RV(appliances[].index) says what was used.
+      - The index only speeds up listings. M(segura.backup.verify), M(segura.backup.restore) and
+        M(segura.backup.prune) read the real sidecar of every snapshot they act on.
+    type: bool
+    default: true
   query:
     description:
       - A JMESPath expression applied to the whole result (the keys under RV(snapshots), RV(appliances),
@@ -235,6 +247,14 @@ appliances:
     last_verification:
       description: The most recent verification stored for any of its snapshots, or null.
       type: dict
+    index:
+      description:
+        - How its catalog index was used, with O(use_index=true). C(state) is V(used), V(missing) or
+          C(ignored) followed by why; C(from_index) counts the files judged from their copies, C(read) those read from
+          the target.
+      type: dict
+      returned: when O(use_index=true)
+      sample: {"state": "used", "from_index": 498, "read": 2}
 sessions:
   description: Per appliance, the session recordings on the target.
   returned: when O(include_sessions=true)
@@ -300,10 +320,13 @@ def main():
     now = datetime.now(timezone.utc)
     try:
         with open_target(params["target"]) as target:
-            listing = catalog.list_snapshots(target, params["appliance"])
+            listing = catalog.list_snapshots(target, params["appliance"], use_index=params["use_index"])
             future = listing.flag_future_dated(now, parse_future_tolerance(params["future_tolerance"]))
             result = listing.to_dict(now)
             result["appliances"] = catalog.appliance_summaries(listing, now)
+            for summary in result["appliances"]:
+                if summary["name"] in listing.indexes:
+                    summary["index"] = listing.indexes[summary["name"]].summary()
             result["now"] = catalog.format_utc(now)
             if params["include_sessions"]:
                 result["sessions"] = {}

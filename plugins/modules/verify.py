@@ -262,6 +262,7 @@ def main():
         module.warn("incomplete listing: %s" % error)
     for record in future:
         module.warn(describe_future_dated(record, now))
+    index_warned = set()
     for result in results:
         signature = result.checks.get("signature") or {}
         if signature.get("status") in ("unsigned", "invalid"):
@@ -269,6 +270,10 @@ def main():
                         % (result.appliance, result.id, signature.get("reason")))
         if result.record_error:
             module.warn("the result of %s/%s was not stored: %s" % (result.appliance, result.id, result.record_error))
+        if result.index_error and result.appliance not in index_warned:
+            index_warned.add(result.appliance)
+            module.warn("the catalog index of %s was not updated (%s); listings read the sidecars instead"
+                        % (result.appliance, result.index_error))
     failed = [r for r in results if not r.ok]
     outcome = dict(
         changed=any(r.recorded for r in results),

@@ -86,6 +86,14 @@ def _path_of(populated, snap_id, suffix, appliance=APPLIANCE_NAME):
     return "%s/%s%s" % (catalog.snapshots_dir(appliance), record.stem, suffix)
 
 
+def _index_use(result):
+    return {a["name"]: a["index"] for a in result["appliances"]}
+
+
+def _without_ages(result):
+    return [{k: v for k, v in s.items() if k != "age_seconds"} for s in result["snapshots"]]
+
+
 def _zero_sha256(sidecar):
     doc = json.loads(sidecar)
     doc["sha256"] = "0" * 64
@@ -115,6 +123,12 @@ def test_list_verify_and_prune(populated):
     assert newest["versions"]["tool"] and newest["sha256"] and newest["age_seconds"] < 3600
     assert 4 * 86400 < ours[-1]["age_seconds"] < 5 * 86400
     assert [a["name"] for a in info.result["appliances"]] == [APPLIANCE_NAME, STALE_APPLIANCE]
+    # the snapshot module indexed its own snapshot; the four made by hand were read, as was the other appliance
+    assert _index_use(info.result) == {APPLIANCE_NAME: {"state": "used", "from_index": 1, "read": 4},
+                                       STALE_APPLIANCE: {"state": "missing", "from_index": 0, "read": 1}}
+    unindexed = populated.run("backup_info", use_index=False)
+    assert "index" not in unindexed.result["appliances"][0]
+    assert _without_ages(unindexed.result) == _without_ages(info.result)
     assert info.result["query_result"] == [{
         "appliance": STALE_APPLIANCE, "id": populated.stale_id,
         "created": _records(info.result, STALE_APPLIANCE)[0]["created"],
@@ -141,6 +155,10 @@ def test_list_verify_and_prune(populated):
     assert real["checks"]["archive"]["members"] > 3
     assert populated.identity["secret"] not in deep.output
     listed = populated.run("backup_info", appliance=APPLIANCE_NAME)
+    # verify brought the index up to date: five sidecars and five verification records, nothing read
+    assert _index_use(listed.result) == {APPLIANCE_NAME: {"state": "used", "from_index": 10, "read": 0}}
+    assert _without_ages(populated.run("backup_info", appliance=APPLIANCE_NAME, use_index=False).result) == \
+        _without_ages(listed.result)
     verifications = {s["id"]: s["verification"] for s in listed.result["snapshots"]}
     assert verifications[populated.real_id]["mode"] == "deep" and verifications[populated.real_id]["ok"]
     assert verifications[populated.old_ids[0]]["mode"] == "quick"
@@ -170,6 +188,7 @@ def test_list_verify_and_prune(populated):
     after = populated.run("backup_info", include_sessions=True)
     assert [s["id"] for s in _records(after.result)] == [populated.real_id, populated.old_ids[0]]
     assert [s["id"] for s in _records(after.result, STALE_APPLIANCE)] == [populated.stale_id]
+    assert _index_use(after.result)[APPLIANCE_NAME] == {"state": "used", "from_index": 4, "read": 0}  # after prune
     assert after.result["sessions"][APPLIANCE_NAME]["orphaned"] == []
     again = populated.run("prune", appliance=APPLIANCE_NAME, keep_daily=2)
     assert again.rc == 0 and again.result["changed"] is False and again.result["removed_count"] == 0

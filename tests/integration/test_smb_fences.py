@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target, smb
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets import open_target, smb, smb_dirs
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Upload
 
 MiB = 1024 * 1024
@@ -92,3 +92,69 @@ def test_encrypted_session_without_encrypt_into_takes_the_generic_path(lab_targe
         data = payload(2 * MiB + 3)
         assert write(target, "no-encrypt-into.bin", data) is False
         assert behind(made, "no-encrypt-into.bin") == data
+
+
+# -- listdir: the QUERY_DIRECTORY replies parsed by smb_dirs, or by smbprotocol -------------------
+
+
+def _fill_folder(made, count):
+    """``count`` files of varied names and sizes and two folders, made behind the share (seconds, not minutes)."""
+    folder = os.path.join(made.server_dir, "listing")
+    os.makedirs(os.path.join(folder, "sub-é"))
+    os.makedirs(os.path.join(folder, "sub.2"))
+    for number in range(count):
+        name = "%s-%05d%s.json" % ("snapshot" * (number % 4), number, "ü€" if number % 7 == 0 else "")
+        with open(os.path.join(folder, name), "wb") as handle:
+            handle.write(b"x" * (number * 37 % 5000))
+        os.utime(os.path.join(folder, name), ns=(0, 1_700_000_000_123_456_789 + number * 1_000_003))
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, 0o755)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o644)
+    return sorted(os.listdir(folder))
+
+
+def _listing(options, mode, monkeypatch=None, credits=None):
+    with open_target(options) as target:
+        target._list_mode = mode
+        if credits is not None:
+            monkeypatch.setattr(smb_dirs, "_MAX_CREDITS", credits)
+        entries = target.listdir("listing")
+        return sorted((e.name, e.is_dir, e.size, e.mtime) for e in entries), target._list_mode
+
+
+def test_fast_listing_equals_smbprotocols_own(share, monkeypatch):
+    """Names (non-ASCII too), folders, sizes and times to the microsecond: both parsers agree, over
+    one large reply and over many 64 KiB ones."""
+    made, target = share
+    names = _fill_folder(made, 3000)
+    generic, mode = _listing(made.options, "generic")
+    assert mode == "generic" and [entry[0] for entry in generic] == names
+    assert dict((e[0], e[1]) for e in generic)["sub-é"] is True
+    for credits in (None, 1):
+        fast, mode = _listing(made.options, None, monkeypatch, credits)
+        assert mode == ("fast" if smb.fast_paths_allowed() else "generic")
+        assert fast == generic
+
+
+def test_a_reply_the_fast_parser_refuses_falls_back_to_smbprotocol(share, monkeypatch):
+    made, target = share
+    names = _fill_folder(made, 50)
+
+    def refuse(body):
+        raise smb_dirs.MalformedListing("a reply this test made up")
+
+    monkeypatch.setattr(smb_dirs, "_entries", refuse)
+    with open_target(made.options) as fresh:
+        assert smb.fast_paths_allowed(), "the CI pins and floors are inside the tested range"
+        assert sorted(e.name for e in fresh.listdir("listing")) == names
+        assert fresh._list_mode == "generic"  # and stays so for this connection
+
+
+def test_listing_outside_the_tested_range_is_smbprotocols(share, monkeypatch):
+    made, target = share
+    names = _fill_folder(made, 20)
+    monkeypatch.setattr(smb, "_smbprotocol_version", lambda: (2, 0, 0))
+    with open_target(made.options) as fresh:
+        assert sorted(e.name for e in fresh.listdir("listing")) == names
+        assert fresh._list_mode == "generic"

@@ -333,5 +333,6 @@ def test_session_listing_is_shared_across_snapshots(target, tmp_path):
     counting.calls.clear()
     results = verify_snapshots(counting, listing.snapshots, "deep", decryption=Decryption.identities_of([SECRET]))
     assert all(r.ok for r in results), [r.problems for r in results]
+    # each day folder once for both snapshots; the snapshots folder once, to refresh the catalog index
     assert sorted(c for c in counting.calls if c[0] == "listdir") == [
-        ("listdir", "pam1/sessions/2026/1127"), ("listdir", "pam1/sessions/2026/1128")]
+        ("listdir", "pam1/sessions/2026/1127"), ("listdir", "pam1/sessions/2026/1128"), ("listdir", "pam1/snapshots")]

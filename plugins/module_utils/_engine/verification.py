@@ -50,6 +50,7 @@ class VerifyResult:
     checks: Dict[str, Any] = field(default_factory=dict)
     recorded: bool = False
     record_error: Optional[str] = None
+    index_error: Optional[str] = None  # the catalog index was not updated after the result was stored
 
     @property
     def ok(self) -> bool:
@@ -66,6 +67,8 @@ class VerifyResult:
                        "recorded": self.recorded})
         if self.record_error:
             result["record_error"] = self.record_error
+        if self.index_error:
+            result["index_error"] = self.index_error
         return result
 
 
@@ -441,6 +444,11 @@ def verify_snapshots(
             except BackupError as exc:
                 result.record_error = str(exc)
         results.append(result)
+    for appliance in sorted({result.appliance for result in results if result.recorded}):
+        indexed = catalog.refresh_index(target, appliance)
+        for result in results:
+            if result.appliance == appliance and indexed.get("error"):
+                result.index_error = indexed["error"]
     return results
 
 

@@ -15,6 +15,7 @@ Layout (see the format notes)::
     <appliance>/snapshots/<YYYYmmddTHHMMSSZ>-<id>.verify.json      the last verification result
     <appliance>/sessions/YYYY/MMDD/<file>                          session recordings
     <appliance>/lock                                               the appliance lock (locking.py)
+    <appliance>/index.json                                         copies of the sidecars, for listings (index.py)
 
 A snapshot is complete when its object and its sidecar both exist and agree on the size. Every
 write goes to a ``.partial`` name first and is renamed into place, so a crash at any point leaves
@@ -27,12 +28,14 @@ anyway, so the list reveals nothing new. It is written before the sidecar; deep 
 that it equals the manifest's session list.
 
 This package: ``names`` (object and file names, folders, times), ``sidecar`` (the sidecar document),
-``store`` (atomic uploads and every write), ``listing`` (what exists and how complete it is). The
+``store`` (atomic uploads and every write), ``listing`` (what exists and how complete it is),
+``index`` (the per-appliance cache a listing of many snapshots reads instead of every sidecar). The
 names below are the catalog's API; callers use ``catalog.<name>``.
 """
 
 from __future__ import annotations
 
+from ansible_collections.segura.backup.plugins.module_utils._engine.catalog.index import INDEX_NAME, index_path, load_index, refresh_index  # noqa: F401
 from ansible_collections.segura.backup.plugins.module_utils._engine.catalog.listing import (  # noqa: F401
     Listing,
     SnapshotRecord,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Dict, List, Optional, Tuple
 
+from ansible_collections.segura.backup.plugins.module_utils._engine.catalog.index import IndexCopies, load_index
 from ansible_collections.segura.backup.plugins.module_utils._engine.catalog.names import (
     ENCRYPTED_SUFFIX,
     OBJECT_SUFFIX,
@@ -67,6 +68,8 @@ class SnapshotRecord:
     #: dated more than the tolerance ahead of now (clock_skew.py); set by Listing.flag_future_dated
     future_dated: bool = False
     _entries: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # kind -> Entry
+    # name -> (Entry, bytes) of the sidecar and verification record as judged: what the index keeps
+    _copies: Dict[str, Tuple[Any, bytes]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def complete(self) -> bool:
@@ -145,6 +148,7 @@ class Listing:
     complete: bool = True
     errors: List[str] = field(default_factory=list)
     sidecars_read: bool = True
+    indexes: Dict[str, IndexCopies] = field(default_factory=dict)  # appliance -> its index (use_index=True)
 
     def for_appliance(self, appliance: str) -> List[SnapshotRecord]:
         return [record for record in self.snapshots if record.appliance == appliance]
@@ -209,7 +213,8 @@ def list_appliances(target: Target) -> Tuple[List[str], Optional[str]]:
     return sorted(e.name for e in entries if e.is_dir and _is_appliance_name(e.name)), None
 
 
-def list_snapshots(target: Target, appliance: Optional[str] = None, read_sidecars: bool = True) -> Listing:
+def list_snapshots(target: Target, appliance: Optional[str] = None, read_sidecars: bool = True,
+                   use_index: bool = False) -> Listing:
     """List the snapshots of one appliance, or of every appliance below the root. Newest first.
 
     One ``listdir`` of the root (only when ``appliance`` is None) and one of each appliance's
@@ -221,6 +226,10 @@ def list_snapshots(target: Target, appliance: Optional[str] = None, read_sidecar
     ``read_sidecars=False`` reads nothing but the directories: a snapshot whose object and sidecar
     both exist is taken as complete, unchecked (``checked`` False); ``load_sidecar`` checks one
     later. Prune decides on such a listing and checks only the snapshots it keeps.
+
+    ``use_index=True`` (with ``read_sidecars``) judges each file the appliance's index holds an
+    unchanged copy of from that copy (index.py): one read per appliance instead of one per snapshot.
+    Only for listings that are shown, never for a decision: prune, verify and restore read the files.
     """
     listing = Listing(snapshots=[], appliances=[], sidecars_read=read_sidecars)
     if appliance is not None:
@@ -241,9 +250,12 @@ def list_snapshots(target: Target, appliance: Optional[str] = None, read_sidecar
             listing.complete = False
             listing.errors.append(str(exc))
             continue
+        index = load_index(target, name) if read_sidecars and use_index else None
+        if index is not None:
+            listing.indexes[name] = index
         for record in records_from_entries(name, entries):
             if read_sidecars:
-                _read_details(target, listing, record)
+                _read_details(target, listing, record, index)
             listing.snapshots.append(record)
     listing.snapshots.sort(key=lambda r: (r.created, r.id, r.appliance), reverse=True)
     return listing
@@ -307,24 +319,24 @@ def _record_by_presence(appliance: str, stem: str, files: Dict[str, Any]) -> Sna
     return record
 
 
-def _read_details(target: Target, listing: Listing, record: SnapshotRecord) -> None:
+def _read_details(target: Target, listing: Listing, record: SnapshotRecord, index: Optional[IndexCopies]) -> None:
     if VERIFY_SUFFIX in record._entries:
-        relpath = "%s/%s%s" % (snapshots_dir(record.appliance), record.stem, VERIFY_SUFFIX)
-        record.verification = _read_verification(target, relpath)
+        record.verification = _read_verification(target, record, index)
     try:
-        load_sidecar(target, record)
+        load_sidecar(target, record, index)
     except TargetError as exc:
         listing.complete = False
         listing.errors.append(str(exc))
 
 
-def load_sidecar(target: Target, record: SnapshotRecord) -> SnapshotRecord:
+def load_sidecar(target: Target, record: SnapshotRecord, index: Optional[IndexCopies] = None) -> SnapshotRecord:
     """Read and check the sidecar of a record listed by presence; sets status, sidecar and sha256.
 
     complete: the sidecar is valid, describes this snapshot and the object has its size;
     damaged: it is not valid, or disagrees with the object; orphaned: the object is missing;
     partial: the sidecar vanished since the listing. Raises TargetError when the sidecar exists
     but cannot be read (the record is then marked damaged with that reason): the picture is incomplete.
+    With ``index``, an unchanged copy there is judged instead of reading the file.
     """
     entries = record._entries
     if SIDECAR_SUFFIX not in entries or record.checked:
@@ -334,8 +346,9 @@ def load_sidecar(target: Target, record: SnapshotRecord) -> SnapshotRecord:
     stem = record.stem
     sidecar_relpath = "%s/%s%s" % (directory, stem, SIDECAR_SUFFIX)
     try:
-        sidecar = Sidecar.from_json(read_small(target, sidecar_relpath),
-                                    target.describe_path(sidecar_relpath))
+        data = _small_file(target, sidecar_relpath, entries[SIDECAR_SUFFIX], index)
+        record._copies[entries[SIDECAR_SUFFIX].name] = (entries[SIDECAR_SUFFIX], data)
+        sidecar = Sidecar.from_json(data, target.describe_path(sidecar_relpath))
     except TargetNotFound:
         record.status = STATUS_PARTIAL  # removed after we listed it: no longer complete
         return record
@@ -376,9 +389,22 @@ def _damaged(record: SnapshotRecord, problem: str) -> SnapshotRecord:
     return record
 
 
-def _read_verification(target: Target, relpath: str) -> Optional[Dict[str, Any]]:
+def _small_file(target: Target, relpath: str, entry: Any, index: Optional[IndexCopies]) -> bytes:
+    data = index.bytes_for(entry) if index is not None else None
+    if data is None:
+        data = read_small(target, relpath)
+        if index is not None:
+            index.read += 1
+    return data
+
+
+def _read_verification(target: Target, record: SnapshotRecord, index: Optional[IndexCopies]) -> Optional[Dict[str, Any]]:
+    entry = record._entries[VERIFY_SUFFIX]
+    relpath = "%s/%s%s" % (snapshots_dir(record.appliance), record.stem, VERIFY_SUFFIX)
     try:
-        doc = json.loads(read_small(target, relpath).decode("utf-8"))
+        data = _small_file(target, relpath, entry, index)
+        record._copies[entry.name] = (entry, data)
+        doc = json.loads(data.decode("utf-8"))
     except TargetNotFound:
         return None
     except (TargetError, IntegrityError, UnicodeDecodeError, ValueError, RecursionError) as exc:

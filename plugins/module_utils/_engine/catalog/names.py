@@ -105,8 +105,10 @@ def parse_object_name(name: str) -> Optional[Tuple[datetime, str, bool]]:
     match = OBJECT_NAME.fullmatch(name) if isinstance(name, str) else None
     if not match:
         return None
-    try:
-        created = datetime.strptime(match.group("time"), _TIME_FORMAT).replace(tzinfo=timezone.utc)
+    stamp = match.group("time")  # the regex fixed the positions; datetime checks the ranges
+    try:  # not strptime: 10x slower, and a listing of 10,000 snapshots parses 30,000 names
+        created = datetime(int(stamp[0:4]), int(stamp[4:6]), int(stamp[6:8]), int(stamp[9:11]), int(stamp[11:13]),
+                           int(stamp[13:15]), tzinfo=timezone.utc)
     except ValueError:
         return None
     return created, match.group("id"), bool(match.group("age"))

@@ -151,6 +151,11 @@ def _write_via_partial(target: Target, relpath: str, data: Union[bytes, Iterable
         raise
 
 
+def write_replacing(target: Target, relpath: str, data: bytes) -> None:
+    """``data`` to ``relpath`` through its partial and a rename that replaces what was there."""
+    _write_via_partial(target, relpath, data, replace=True)
+
+
 def publish_sidecar(target: Target, sidecar: Sidecar, signing_key: Any = None) -> str:
     """Write the sidecar (via its own partial + rename, never replacing): the last step of a snapshot.
 

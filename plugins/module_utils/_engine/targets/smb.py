@@ -33,6 +33,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.errors impor
     TargetInUse,
     TargetNotFound,
 )
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets import smb_dirs
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import (
     UPLOAD_SUFFIX,
     Entry,
@@ -884,6 +885,7 @@ class SmbTarget(Target):
         self._password = password
         self._connections: Dict[str, Any] = {}  # private pool: never shared with other targets
         self._put_mode: Optional[str] = None  # put_files: None (first upload probes), 'compound' or 'generic'
+        self._list_mode: Optional[str] = None  # listdir: None (decided at the first), 'fast' or 'generic'
         self._connect()
 
     def __repr__(self):
@@ -1037,6 +1039,15 @@ class SmbTarget(Target):
 
     def listdir(self, relpath: str) -> List[Entry]:
         where = self._url(relpath)
+        if self._list_mode is None:
+            self._list_mode = "fast" if fast_paths_allowed() and smb_dirs.usable() else "generic"
+        if self._list_mode == "fast":
+            try:
+                return [Entry(*item) for item in smb_dirs.scan(self._unc(relpath), self._kwargs())]
+            except smb_dirs.MalformedListing:
+                self._list_mode = "generic"  # smbprotocol's own parsing from now on, starting with this folder
+            except BaseException as exc:
+                raise self.map_error(exc, where) from None
         entries = []
         try:
             # entry.smb_info only: entry.stat() would open a new connection on port 445.

@@ -1,0 +1,155 @@
+"""The catalog index (catalog/index.py) against a real local directory target: a listing judged from
+the index equals one that reads every file, whatever state the index is in."""
+
+import json
+import os
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from ansible_collections.segura.backup.plugins.module_utils._engine import catalog
+from ansible_collections.segura.backup.plugins.module_utils._engine.catalog import index as index_module
+from ansible_collections.segura.backup.plugins.module_utils._engine.catalog import list_snapshots, record_verification, refresh_index
+from ansible_collections.segura.backup.plugins.module_utils._engine.targets.path import PathTarget
+from tests.unit.test_catalog import CREATED, put_snapshot
+
+
+class CountingTarget(PathTarget):
+    """A real PathTarget that counts the files read whole (sidecars, verification records, the index)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reads = []
+
+    def read_bytes(self, relpath, *args, **kwargs):
+        self.reads.append(relpath)
+        return super().read_bytes(relpath, *args, **kwargs)
+
+
+@pytest.fixture
+def target(tmp_path):
+    with CountingTarget(str(tmp_path)) as opened:
+        yield opened
+
+
+def fill(target, count=6, appliance="pam1"):
+    names = [put_snapshot(target, CREATED - timedelta(days=day), appliance=appliance)[0] for day in range(count)]
+    record_verification(target, catalog.list_snapshots(target, appliance).snapshots[0], {"mode": "quick", "ok": True})
+    return names
+
+
+def as_shown(listing):
+    return json.dumps(listing.to_dict(datetime(2026, 12, 1, tzinfo=timezone.utc)), sort_keys=True, default=str)
+
+
+def index_file(tmp_path, appliance="pam1"):
+    return os.path.join(str(tmp_path), appliance, "index.json")
+
+
+def test_the_index_replaces_every_read_and_the_listing_is_the_same(target, tmp_path):
+    fill(target)
+    fill(target, 3, appliance="pam2")
+    assert refresh_index(target, "pam1") == {"files": 7, "read": 7, "written": True}
+    assert refresh_index(target, "pam2")["written"]
+    assert refresh_index(target, "pam1") == {"files": 7, "read": 0, "written": False}  # up to date: not rewritten
+    target.reads.clear()
+    indexed = list_snapshots(target, use_index=True)
+    assert sorted(target.reads) == ["pam1/index.json", "pam2/index.json"]  # one read per appliance, no sidecar
+    assert {name: copies.summary() for name, copies in indexed.indexes.items()} == {
+        "pam1": {"state": "used", "from_index": 7, "read": 0}, "pam2": {"state": "used", "from_index": 4, "read": 0}}
+    assert as_shown(indexed) == as_shown(list_snapshots(target))
+    assert indexed.snapshots[0].verification["ok"] is True
+
+
+def test_changed_and_new_files_are_read_from_the_target(target, tmp_path):
+    names = fill(target)
+    refresh_index(target, "pam1")
+    put_snapshot(target, CREATED + timedelta(hours=1))  # new since the index
+    record_verification(target, list_snapshots(target, "pam1").snapshots[-1], {"mode": "deep", "ok": False})
+    # a sidecar damaged in place, one byte, same size: its time changes, so its copy is not used
+    path = os.path.join(str(tmp_path), "pam1", "snapshots", catalog.sidecar_name(names[2]))
+    with open(path, "r+b") as handle:
+        handle.seek(5)
+        handle.write(b"#")
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 1000))
+    indexed = list_snapshots(target, use_index=True)
+    assert indexed.indexes["pam1"].summary() == {"state": "used", "from_index": 6, "read": 3}
+    assert as_shown(indexed) == as_shown(list_snapshots(target))
+    assert [r.status for r in indexed.snapshots].count("damaged") == 1
+
+
+def test_an_index_copy_of_another_length_is_never_used(target, tmp_path):
+    fill(target, 2)
+    refresh_index(target, "pam1")
+    with open(index_file(tmp_path)) as handle:
+        doc = json.load(handle)
+    for copy in doc["files"].values():  # same size and time recorded, text of another length
+        copy[2] = copy[2] + " "
+    with open(index_file(tmp_path), "w") as handle:
+        json.dump(doc, handle)
+    indexed = list_snapshots(target, use_index=True)
+    assert indexed.indexes["pam1"].summary() == {"state": "used", "from_index": 0, "read": 3}
+    assert as_shown(indexed) == as_shown(list_snapshots(target))
+
+
+@pytest.mark.parametrize("content, state", [
+    (b"", "ignored: damaged"),
+    (b"\xff\xfe not utf-8", "ignored: damaged"),
+    (b"[1, 2]", "ignored: damaged"),
+    (b'{"format": "segura.backup/index/0", "appliance": "pam1", "files": {}}', "ignored: damaged"),
+    (b'{"format": "segura.backup/index/1", "appliance": "pam2", "files": {}}', "ignored: damaged (it is the index of 'pam2')"),
+    (b'{"format": "segura.backup/index/1", "appliance": "pam1", "files": []}', "ignored: damaged"),
+    (b'{"format": "segura.backup/index/1", "appliance": "pam1", "files": {"x.json": [1, 2]}}', "ignored: damaged"),
+    (b'{"format": "segura.backup/index/1", "appliance": "pam1", "files": {"x.json": ["1", 2, "t"]}}', "ignored: damaged"),
+    (b"[" * 100000 + b"]" * 100000, "ignored: damaged"),
+])
+def test_a_damaged_index_is_ignored_and_the_next_refresh_repairs_it(target, tmp_path, content, state):
+    fill(target, 3)
+    with open(index_file(tmp_path), "wb") as handle:
+        handle.write(content)
+    indexed = list_snapshots(target, use_index=True)
+    assert indexed.indexes["pam1"].state.startswith(state), indexed.indexes["pam1"].state
+    assert indexed.indexes["pam1"].read == 4 and indexed.complete
+    assert as_shown(indexed) == as_shown(list_snapshots(target))
+    assert refresh_index(target, "pam1")["written"]
+    assert list_snapshots(target, use_index=True).indexes["pam1"].summary() == {"state": "used", "from_index": 4, "read": 0}
+
+
+def test_an_index_larger_than_its_limit_is_not_read(target, tmp_path, monkeypatch):
+    fill(target, 2)
+    refresh_index(target, "pam1")
+    monkeypatch.setattr(index_module, "INDEX_LIMIT", os.path.getsize(index_file(tmp_path)) - 1)
+    indexed = list_snapshots(target, use_index=True)
+    assert indexed.indexes["pam1"].state.startswith("ignored: cannot be read"), indexed.indexes["pam1"].state
+    assert as_shown(indexed) == as_shown(list_snapshots(target))
+
+
+def test_a_missing_index_reads_every_file(target):
+    fill(target, 2)
+    indexed = list_snapshots(target, use_index=True)
+    assert indexed.indexes["pam1"].summary() == {"state": "missing", "from_index": 0, "read": 3}
+
+
+def test_removed_snapshots_leave_the_index_at_the_next_refresh(target):
+    names = fill(target, 4)
+    refresh_index(target, "pam1")
+    record = [r for r in list_snapshots(target, "pam1").snapshots if r.object == names[3]][0]
+    catalog.remove_snapshot(target, record)
+    assert refresh_index(target, "pam1") == {"files": 4, "read": 0, "written": True}
+    with open(os.path.join(target.root, "pam1", "index.json")) as handle:
+        assert catalog.sidecar_name(names[3]) not in json.load(handle)["files"]
+
+
+def test_a_refresh_that_cannot_write_says_why_and_raises_nothing(target, tmp_path):
+    fill(target, 2)
+    os.makedirs(os.path.join(index_file(tmp_path), "in-the-way"))  # a folder where the index goes
+    outcome = refresh_index(target, "pam1")
+    assert outcome["written"] is False and "index.json" in outcome["error"], outcome
+    assert list_snapshots(target, use_index=True).indexes["pam1"].state.startswith("ignored: cannot be read")
+
+
+def test_true_and_false_are_not_sizes_or_times(target, tmp_path):
+    fill(target, 1)
+    with open(index_file(tmp_path), "w") as handle:
+        json.dump({"format": "segura.backup/index/1", "appliance": "pam1", "files": {"x.json": [True, 1.5, "t"]}}, handle)
+    assert list_snapshots(target, use_index=True).indexes["pam1"].state.startswith("ignored: damaged")
