@@ -60,7 +60,7 @@ options:
     default: false
   use_index:
     description:
-      - Read each appliance's catalog index (C(<appliance>/index.json), which M(segura.backup.snapshot),
+      - Read each appliance's catalog index (C(<appliance>/catalog.json), which M(segura.backup.snapshot),
         M(segura.backup.verify) and M(segura.backup.prune) keep up to date) and judge every sidecar and
         verification record it holds an unchanged copy of (same name, size and time as listed) from that
         copy, so one read per appliance instead of one per snapshot. Files that changed or are not in it are read

@@ -43,7 +43,7 @@ def as_shown(listing):
 
 
 def index_file(tmp_path, appliance="pam1"):
-    return os.path.join(str(tmp_path), appliance, "index.json")
+    return os.path.join(str(tmp_path), appliance, "catalog.json")
 
 
 def test_the_index_replaces_every_read_and_the_listing_is_the_same(target, tmp_path):
@@ -54,7 +54,7 @@ def test_the_index_replaces_every_read_and_the_listing_is_the_same(target, tmp_p
     assert refresh_index(target, "pam1") == {"files": 7, "read": 0, "written": False}  # up to date: not rewritten
     target.reads.clear()
     indexed = list_snapshots(target, use_index=True)
-    assert sorted(target.reads) == ["pam1/index.json", "pam2/index.json"]  # one read per appliance, no sidecar
+    assert sorted(target.reads) == ["pam1/catalog.json", "pam2/catalog.json"]  # one read per appliance, no sidecar
     assert {name: copies.summary() for name, copies in indexed.indexes.items()} == {
         "pam1": {"state": "used", "from_index": 7, "read": 0}, "pam2": {"state": "used", "from_index": 4, "read": 0}}
     assert as_shown(indexed) == as_shown(list_snapshots(target))
@@ -136,7 +136,7 @@ def test_removed_snapshots_leave_the_index_at_the_next_refresh(target):
     record = [r for r in list_snapshots(target, "pam1").snapshots if r.object == names[3]][0]
     catalog.remove_snapshot(target, record)
     assert refresh_index(target, "pam1") == {"files": 4, "read": 0, "written": True}
-    with open(os.path.join(target.root, "pam1", "index.json")) as handle:
+    with open(os.path.join(target.root, "pam1", "catalog.json")) as handle:
         assert catalog.sidecar_name(names[3]) not in json.load(handle)["files"]
 
 
@@ -144,7 +144,7 @@ def test_a_refresh_that_cannot_write_says_why_and_raises_nothing(target, tmp_pat
     fill(target, 2)
     os.makedirs(os.path.join(index_file(tmp_path), "in-the-way"))  # a folder where the index goes
     outcome = refresh_index(target, "pam1")
-    assert outcome["written"] is False and "index.json" in outcome["error"], outcome
+    assert outcome["written"] is False and "catalog.json" in outcome["error"], outcome
     assert list_snapshots(target, use_index=True).indexes["pam1"].state.startswith("ignored: cannot be read")
 
 

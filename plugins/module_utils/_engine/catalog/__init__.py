@@ -15,7 +15,7 @@ Layout (see the format notes)::
     <appliance>/snapshots/<YYYYmmddTHHMMSSZ>-<id>.verify.json      the last verification result
     <appliance>/sessions/YYYY/MMDD/<file>                          session recordings
     <appliance>/lock                                               the appliance lock (locking.py)
-    <appliance>/index.json                                         copies of the sidecars, for listings (index.py)
+    <appliance>/catalog.json                                       copies of the sidecars, for listings (index.py)
 
 A snapshot is complete when its object and its sidecar both exist and agree on the size. Every
 write goes to a ``.partial`` name first and is renamed into place, so a crash at any point leaves

@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 #
 # PRIVATE to the segura.backup collection (see _engine/__init__.py): may change in any release.
-"""The catalog index: ``<appliance>/index.json``, copies of the small files a listing reads.
+"""The catalog index: ``<appliance>/catalog.json``, copies of the small files a listing reads.
 
 A listing that reads every sidecar costs one round trip per snapshot (27 s for 10,000 snapshots on
 an SMB share). The index holds, per file name, the size and modification time the directory listing
@@ -32,7 +32,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.catalog.stor
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import BackupError, IntegrityError, TargetError, TargetNotFound
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
 
-INDEX_NAME = "index.json"
+INDEX_NAME = "catalog.json"
 INDEX_FORMAT = "segura.backup/index/1"
 INDEX_LIMIT = 256 * 1024 * 1024  # ~2 KiB a snapshot: room for 100,000 and more
 
