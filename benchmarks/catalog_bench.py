@@ -7,7 +7,10 @@ Creates tiny fake objects with valid sidecars (catalog.AtomicUpload + catalog.pu
 Then times, median of 3 runs each:
   - backup_info's listing: catalog.list_snapshots(read_sidecars=True), one sidecar read per snapshot;
   - the listing by presence alone: catalog.list_snapshots(read_sidecars=False);
-  - a prune plan (check mode): pruning.prune(dry_run=True) with keep_daily=7, keep_weekly=4, keep_monthly=12.
+  - a prune plan (check mode): pruning.prune(dry_run=True) with keep_daily=7, keep_weekly=4, keep_monthly=12;
+  - the catalog index: built once for every appliance (catalog.refresh_index), then backup_info's listing
+    with it (list_snapshots(use_index=True)), checked equal to the listing that read every sidecar;
+  - by hand, on SMB: smbclient's recursive ls of the same folders.
 Prints a markdown table. The lab must be up (`python -m tests.lab status`): when it is not, or its SMB
 share does not answer, the benchmark fails (exit 2) instead of leaving SMB out.
 
@@ -85,7 +88,40 @@ def measure(label, make_target, expected):
         removed = sum(len(o.plan.remove) for o in outcomes)
         reads = sum(o.plan.sidecars_read for o in outcomes)
         rows.append((label, "prune plan (keep %d, remove %d)" % (kept, removed), expected, plan_time, reads))
+        # The catalog index, as snapshot, verify and prune leave it: built once (timed apart), then used.
+        started = time.perf_counter()
+        built = [catalog.refresh_index(target, name) for name in catalog.list_appliances(target)[0]]
+        assert all(b.get("written") for b in built), built[:3]
+        rows.append((label, "catalog index built from nothing, every appliance (once)", expected,
+                     time.perf_counter() - started, expected))
+        indexed_time, indexed = median_seconds(lambda: catalog.list_snapshots(target, use_index=True))
+        assert _shown(indexed) == _shown(listing), "the indexed listing differs from the one that read every file"
+        used = sum(index.used for index in indexed.indexes.values())
+        read = sum(index.read for index in indexed.indexes.values())
+        assert used == expected and read == 0, (used, read)
+        rows.append((label, "backup_info listing with the catalog index (%d index files read, %d copies used)"
+                     % (len(indexed.indexes), used), expected, indexed_time, 0))
     return rows
+
+
+def _shown(listing):
+    return json.dumps(listing.to_dict(NOW), sort_keys=True, default=str)
+
+
+def smbclient_listing(lab, subdir):
+    """By hand: smbclient's recursive ls of the same folder (names and sizes; it reads no file)."""
+    with tempfile.TemporaryDirectory(prefix="segura-bench-auth-") as private:
+        auth = os.path.join(private, "auth")
+        with open(os.open(auth, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as handle:
+            handle.write("username = %s\npassword = %s\n" % (lab["smb_username"], lab["smb_password"]))
+        command = ["smbclient", "//%s/%s" % (lab["smb_server"], lab["smb_share_encrypted"]), "-p", str(lab["smb_port"]),
+                   "-A", auth, "--client-protection=encrypt", "-c", "cd %s; recurse ON; ls" % subdir]
+
+        def run():
+            out = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600, check=True).stdout
+            return out.count(b".json")
+
+        return median_seconds(run)
 
 
 def lab_env():
@@ -137,6 +173,10 @@ def main():
                    "share": lab["smb_share_encrypted"], "path": subdir, "username": lab["smb_username"],
                    "password": lab["smb_password"], "encrypt": True, "timeout": 30}
         rows += measure("smb (encrypted)", lambda: open_target(options), expected)
+        by_hand, sidecars = smbclient_listing(lab, subdir)
+        assert sidecars >= expected, sidecars
+        rows.append(("smb (encrypted)", "by hand: smbclient recursive ls of the same folders (no file read)", expected,
+                     by_hand, 0))
     finally:
         shutil.rmtree(behind, ignore_errors=True)
 

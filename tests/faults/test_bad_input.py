@@ -56,8 +56,10 @@ def world(lab, lab_target_factory, reference_appliance, age_identity, tmp_path):
 
 
 def _state(world):
-    """Target listings (verification records aside: verify stores its verdicts) and the appliance tree."""
-    return ({name: {path: entry for path, entry in target.listing().items() if not path.endswith(".verify.json")}
+    """Target listings (verification records and the catalog index aside: verify stores its verdicts, and
+    indexes them) and the appliance tree."""
+    return ({name: {path: entry for path, entry in target.listing().items()
+                    if not path.endswith((".verify.json", "/catalog.json"))}
              for name, target in world["targets"].items()},
             tree_listing(world["appliance"]["root"]))
 
