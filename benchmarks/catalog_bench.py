@@ -124,6 +124,13 @@ def smbclient_listing(lab, subdir):
         return median_seconds(run)
 
 
+def _give_to_share_owner(folder, share_dir):
+    owner = os.stat(share_dir)
+    for root, dirs, files in os.walk(folder):
+        for name in [root] + [os.path.join(root, entry) for entry in dirs + files]:
+            os.chown(name, owner.st_uid, owner.st_gid)
+
+
 def lab_env():
     """The running lab's endpoints; exits (status 2) with the reason when Samba is not up."""
     status = subprocess.run([sys.executable, "-m", "tests.lab", "status", "--service", "samba"], cwd=REPO,
@@ -169,6 +176,7 @@ def main():
         with PathTarget(behind, file_mode=0o644, dir_mode=0o755) as target:  # smbd's account must read them
             populate(target, args.appliances, args.per_appliance)
         print("smb: created %d snapshots in %.1f s" % (expected, time.perf_counter() - started), file=sys.stderr)
+        _give_to_share_owner(behind, lab["smb_dir_encrypted"])  # smbd's account writes the catalog index there
         options = {"type": "smb", "server": lab["smb_server"], "port": int(lab["smb_port"]),
                    "share": lab["smb_share_encrypted"], "path": subdir, "username": lab["smb_username"],
                    "password": lab["smb_password"], "encrypt": True, "timeout": 30}

@@ -98,8 +98,9 @@ def main():
         empty = os.path.join(workdir, "empty-target")
         os.makedirs(empty)
         info_args = {"target": {"type": "path", "path": empty}}
-        print("# Module start-up%s, %s, %d cores\n" % (" (%s)" % options.label if options.label else "",
-                                                        time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime()), os.cpu_count()))
+        label = " (%s)" % options.label if options.label else ""
+        stamp = time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime())
+        print("# Module start-up%s, %s, %d cores\n" % (label, stamp, os.cpu_count()))
         print("| module | AnsiballZ payload (bytes) | import (ms, median of %d) | largest imports (ms) |" % options.repeat)
         print("|---|---:|---:|---|")
         ping_bytes = payload_bytes(workdir, "ansible.builtin.ping", {})

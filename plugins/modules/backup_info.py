@@ -58,6 +58,15 @@ options:
         (they are what M(segura.backup.prune) would remove). Costs one listing per day folder.
     type: bool
     default: false
+  include_snapshots:
+    description:
+      - Return RV(snapshots), the record of every snapshot. V(false) leaves it out of the result (O(query)
+        still sees it), for a fleet report or a staleness check that needs RV(appliances) or a query's answer
+        only. At 10,000 snapshots the list is about 10 MB, and Ansible's handling of a result that large
+        (scrubbing it of passwords, serialising it, passing it to the controller) costs seconds more than
+        the listing itself.
+    type: bool
+    default: true
   use_index:
     description:
       - Read each appliance's catalog index (C(<appliance>/catalog.json), which M(segura.backup.snapshot),
@@ -103,6 +112,7 @@ EXAMPLES = r"""
       server: nfs.example.com
       export: /exports/segura
     query: "appliances[?latest_complete.age_seconds > `93600`].latest_complete.{appliance: appliance, id: id, created: created, age_seconds: age_seconds}"
+    include_snapshots: false  # only the query's answer and the summaries: fast at thousands of snapshots
   register: stale
 
 - name: Fail when an appliance has no recent complete snapshot
@@ -136,7 +146,7 @@ now:
   sample: "2026-11-28T07:00:00Z"
 snapshots:
   description: Every snapshot found, newest first.
-  returned: always
+  returned: unless O(include_snapshots=false)
   type: list
   elements: dict
   contains:
@@ -322,7 +332,7 @@ def main():
         with open_target(params["target"]) as target:
             listing = catalog.list_snapshots(target, params["appliance"], use_index=params["use_index"])
             future = listing.flag_future_dated(now, parse_future_tolerance(params["future_tolerance"]))
-            result = listing.to_dict(now)
+            result = listing.to_dict(now, snapshots=params["include_snapshots"] or bool(params["query"]))
             result["appliances"] = catalog.appliance_summaries(listing, now)
             for summary in result["appliances"]:
                 if summary["name"] in listing.indexes:
@@ -349,6 +359,8 @@ def main():
             result["query_result"] = jmespath.search(params["query"], result)
         except jmespath.exceptions.JMESPathError as exc:
             module.fail_json(msg="query is not a valid JMESPath expression: %s" % exc)
+    if not params["include_snapshots"]:
+        del result["snapshots"]
     module.exit_json(changed=False, **result)
 
 

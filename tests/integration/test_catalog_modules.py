@@ -126,6 +126,13 @@ def test_list_verify_and_prune(populated):
     # the snapshot module indexed its own snapshot; the four made by hand were read, as was the other appliance
     assert _index_use(info.result) == {APPLIANCE_NAME: {"state": "used", "from_index": 1, "read": 4},
                                        STALE_APPLIANCE: {"state": "missing", "from_index": 0, "read": 1}}
+    slim = populated.run("backup_info", query=STALE_QUERY, include_snapshots=False)
+    assert slim.rc == 0 and "snapshots" not in slim.result, slim.output
+    assert [(q["appliance"], q["id"]) for q in slim.result["query_result"]] == [(STALE_APPLIANCE, populated.stale_id)]
+    assert [a["name"] for a in slim.result["appliances"]] == [APPLIANCE_NAME, STALE_APPLIANCE]
+    assert slim.result["appliances"][0]["latest_complete"]["id"] == populated.real_id
+    ids = populated.run("backup_info", appliance=APPLIANCE_NAME, query="snapshots[].id", include_snapshots=False)
+    assert ids.result["query_result"] == [populated.real_id] + populated.old_ids  # the query still sees them
     unindexed = populated.run("backup_info", use_index=False)
     assert "index" not in unindexed.result["appliances"][0]
     assert _without_ages(unindexed.result) == _without_ages(info.result)

@@ -216,7 +216,8 @@ def restore_spec() -> Dict[str, Any]:
 
 def backup_info_spec() -> Dict[str, Any]:
     return _fresh(target=_TARGET, appliance={"type": "str"}, include_sessions={"type": "bool", "default": False},
-                  query={"type": "str"}, future_tolerance=_FUTURE_TOLERANCE, use_index={"type": "bool", "default": True})
+                  query={"type": "str"}, future_tolerance=_FUTURE_TOLERANCE, use_index={"type": "bool", "default": True},
+                  include_snapshots={"type": "bool", "default": True})
 
 
 def appliance_info_spec() -> Dict[str, Any]:

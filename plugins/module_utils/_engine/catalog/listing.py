@@ -166,9 +166,10 @@ class Listing:
         if not self.complete:
             raise TargetError("the snapshot listing is incomplete: %s" % "; ".join(self.errors))
 
-    def to_dict(self, now: Optional[datetime] = None) -> Dict[str, Any]:
+    def to_dict(self, now: Optional[datetime] = None, snapshots: bool = True) -> Dict[str, Any]:
+        """JSON-friendly; ``snapshots=False`` leaves out the records (costly at thousands of snapshots)."""
         return {
-            "snapshots": [record.to_dict(now) for record in self.snapshots],
+            "snapshots": [record.to_dict(now) for record in self.snapshots] if snapshots else [],
             "appliances": list(self.appliances),
             "complete": self.complete,
             "errors": list(self.errors),
