@@ -108,6 +108,39 @@ def _shown(listing):
     return json.dumps(listing.to_dict(NOW), sort_keys=True, default=str)
 
 
+def playbook_rows(options, expected):
+    """One backup_info task as users run it: the whole ansible-playbook process (its start-up included),
+    with the index (built by measure()) and include_snapshots false or true, and without the index."""
+    cases = [("use_index, include_snapshots=false", {"include_snapshots": False}),
+             ("use_index, every record returned", {}),
+             ("use_index=false, every record returned", {"use_index": False})]
+    walls = {label: [] for label, dummy in cases}
+    with tempfile.TemporaryDirectory(prefix="segura-bench-play-") as private:
+        os.chmod(private, 0o700)
+        variables = os.path.join(private, "target.json")  # the share's password: a 0600 file, never argv
+        with open(os.open(variables, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as handle:
+            json.dump({"bench_target": options}, handle)
+        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, ".build", "collections"),
+                   PATH=os.path.join(REPO, ".venv", "bin") + os.pathsep + os.environ["PATH"],
+                   ANSIBLE_PYTHON_INTERPRETER=sys.executable, ANSIBLE_LOCAL_TEMP=os.path.join(private, "tmp"))
+        for dummy in range(3):  # interleaved
+            for label, extra in cases:
+                play = [{"hosts": "localhost", "connection": "local", "gather_facts": False, "vars_files": [variables],
+                         "tasks": [{"segura.backup.backup_info": dict({"target": "{{ bench_target }}"}, **extra),
+                                    "register": "listed", "no_log": True},
+                                   {"ansible.builtin.assert": {"that": [
+                                       "listed.appliances | map(attribute='snapshots') | sum == %d" % expected]}}]}]
+                path = os.path.join(private, "play.json")
+                with open(path, "w", encoding="utf-8") as handle:
+                    json.dump(play, handle)
+                started = time.perf_counter()
+                subprocess.run([os.path.join(REPO, ".venv", "bin", "ansible-playbook"), "-i", "localhost,", path],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600, check=True)
+                walls[label].append(time.perf_counter() - started)
+    return [("smb (encrypted)", "backup_info task via ansible-playbook (whole process), %s" % label, expected,
+             statistics.median(walls[label]), 0 if "use_index," in label else expected) for label, dummy in cases]
+
+
 def smbclient_listing(lab, subdir):
     """By hand: smbclient's recursive ls of the same folder (names and sizes; it reads no file)."""
     with tempfile.TemporaryDirectory(prefix="segura-bench-auth-") as private:
@@ -181,6 +214,7 @@ def main():
                    "share": lab["smb_share_encrypted"], "path": subdir, "username": lab["smb_username"],
                    "password": lab["smb_password"], "encrypt": True, "timeout": 30}
         rows += measure("smb (encrypted)", lambda: open_target(options), expected)
+        rows += playbook_rows(options, expected)
         by_hand, sidecars = smbclient_listing(lab, subdir)
         assert sidecars >= expected, sidecars
         rows.append(("smb (encrypted)", "by hand: smbclient recursive ls of the same folders (no file read)", expected,

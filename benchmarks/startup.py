@@ -6,8 +6,8 @@ For each of the collection's modules a run takes on every appliance (backup_job,
 backup_info, verify, prune) it prints:
 - the AnsiballZ payload Ansible sends for one task (bytes; ping's for reference; built and kept before the
   module checks its arguments, so it is called without any);
-- the import time of the module on the target's Python (``python -X importtime``, median of
-  ``--repeat``; the interpreter's own start-up left out), and what the largest imports cost;
+- the import time of the module on the target's Python (``python -X importtime``, its cumulative line,
+  median of ``--repeat``; the interpreter's own start-up left out), and its largest direct imports;
 - the wall of one ansible-playbook play of ``--tasks`` tasks of ``segura.backup.backup_info`` on an
   empty path target against the same play of ``ansible.builtin.ping``, interleaved, medians: the
   difference divided by the tasks is what one call costs users over ping's.
@@ -43,7 +43,8 @@ def env(workdir, **extra):
 def payload_bytes(workdir, module, args):
     """Size of the AnsiballZ file Ansible writes for one task (kept with ANSIBLE_KEEP_REMOTE_FILES)."""
     keep = os.path.join(workdir, "keep-" + module.replace(".", "-"))
-    subprocess.run([os.path.join(VENV_BIN, "ansible"), "localhost", "-c", "local", "-m", module, "-a", json.dumps(args)],
+    argv = [os.path.join(VENV_BIN, "ansible"), "localhost", "-c", "local", "-m", module] + (["-a", json.dumps(args)] if args else [])
+    subprocess.run(argv,
                    env=env(workdir, ANSIBLE_KEEP_REMOTE_FILES="1", ANSIBLE_REMOTE_TEMP=keep), stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL, timeout=300, check=False)
     found = glob.glob(os.path.join(keep, "*", "AnsiballZ_*.py"))
@@ -65,9 +66,10 @@ def import_profile(module, repeat):
             parts = line.split("|")
             if len(parts) == 3 and parts[1].strip().isdigit():
                 rows.append((int(parts[1]), parts[2].rstrip()))
-        totals.append(sum(micro for micro, imported in rows if not imported.startswith("  ")))
+        totals.append(sum(micro for micro, imported in rows if imported.strip() == name))
         last = rows
-    top = sorted(((micro, imported.strip()) for micro, imported in last if imported.startswith("    ")
+    # -X importtime indents a nested import by two more spaces: " name" is the module, "   name" its imports
+    top = sorted(((micro, imported.strip()) for micro, imported in last if imported.startswith("   ")
                   and not imported.startswith("     ")), reverse=True)[:4]
     return statistics.median(totals), top
 

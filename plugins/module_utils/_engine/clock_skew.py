@@ -28,10 +28,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, List
 
+from ansible_collections.segura.backup.plugins.module_utils._engine import constants
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError
 from ansible_collections.segura.backup.plugins.module_utils._engine.retention import parse_duration
 
-DEFAULT_FUTURE_TOLERANCE = "1h"
+DEFAULT_FUTURE_TOLERANCE = constants.DEFAULT_FUTURE_TOLERANCE
 
 
 def parse_future_tolerance(value: Any) -> timedelta:

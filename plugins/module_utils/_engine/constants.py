@@ -19,3 +19,12 @@ MiB = 1024 * 1024
 #: What a snapshot does when an entry of the recordings tree cannot be taken (sessions.on_problem):
 #: "warn" publishes it with sessions status partial, "fail" publishes nothing.
 SESSIONS_ON_PROBLEM = ("warn", "fail")
+
+# Defaults and choices the argument specs (specs.py) share with the engine modules that use them. They live
+# here, not in snapshot.py, restore/ or verification.py, so that specs.py imports none of those: every
+# module imports specs.py, and a module such as backup_info would otherwise load the whole engine.
+DEFAULT_COMPONENTS = ("database", "config", "secrets")
+RESTORABLE_COMPONENTS = ("database", "config", "secrets")
+VERIFY_MODES = ("quick", "deep")
+VERIFY_SELECTIONS = ("latest", "all", "ids", "sample")
+DEFAULT_FUTURE_TOLERANCE = "1h"

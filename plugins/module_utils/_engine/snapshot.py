@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ansible_collections.segura.backup.plugins.module_utils._engine import catalog
+from ansible_collections.segura.backup.plugins.module_utils._engine import catalog, constants
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.dump import DatabaseDump
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.facts import estimate_snapshot_size
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.facts import facts as appliance_facts
@@ -56,7 +56,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.signing impo
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
 from ansible_collections.segura.backup.plugins.module_utils._engine.text import describe_bytes
 
-DEFAULT_COMPONENTS = ("database", "config", "secrets")
+DEFAULT_COMPONENTS = constants.DEFAULT_COMPONENTS
 
 
 @dataclass

@@ -21,14 +21,16 @@ from ansible.module_utils.common.parameters import remove_values
 from ansible.module_utils.errors import UnsupportedError
 
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import COMPONENTS, DEFAULT_DATABASES
-from ansible_collections.segura.backup.plugins.module_utils._engine.clock_skew import DEFAULT_FUTURE_TOLERANCE
-from ansible_collections.segura.backup.plugins.module_utils._engine.constants import SESSIONS_ON_PROBLEM
+from ansible_collections.segura.backup.plugins.module_utils._engine.constants import (
+    DEFAULT_COMPONENTS,
+    DEFAULT_FUTURE_TOLERANCE,
+    RESTORABLE_COMPONENTS,
+    SESSIONS_ON_PROBLEM,
+    VERIFY_MODES,
+    VERIFY_SELECTIONS,
+)
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError
-from ansible_collections.segura.backup.plugins.module_utils._engine.restore.request import RESTORABLE_COMPONENTS
 from ansible_collections.segura.backup.plugins.module_utils._engine.retention import COUNT_OPTIONS
-from ansible_collections.segura.backup.plugins.module_utils._engine.snapshot import DEFAULT_COMPONENTS
-from ansible_collections.segura.backup.plugins.module_utils._engine.verification import MODES as VERIFY_MODES
-from ansible_collections.segura.backup.plugins.module_utils._engine.verification import SELECTIONS as VERIFY_SELECTIONS
 
 TARGET_TYPES = ("smb", "nfs", "path")
 NFS_VERSIONS = ("3", "4.1")

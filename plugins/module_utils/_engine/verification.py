@@ -24,13 +24,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from ansible_collections.segura.backup.plugins.module_utils._engine import catalog
+from ansible_collections.segura.backup.plugins.module_utils._engine import catalog, constants
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ArchiveError, BackupError, ConfigError, IntegrityError, TargetNotFound
 from ansible_collections.segura.backup.plugins.module_utils._engine.retry import retry_read
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
 
-MODES = ("quick", "deep")
-SELECTIONS = ("latest", "all", "ids", "sample")
+MODES = constants.VERIFY_MODES
+SELECTIONS = constants.VERIFY_SELECTIONS
 READ_BLOCK = 4 * 1024 * 1024  # nfs-rs and smbprotocol are latency bound on small reads
 _MAX_LISTED = 10  # file names quoted in one problem message
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ansible_collections.segura.backup.plugins.module_utils._engine import catalog
+from ansible_collections.segura.backup.plugins.module_utils._engine import catalog, constants
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.layout import ApplianceLayout
 from ansible_collections.segura.backup.plugins.module_utils._engine.appliance.mariadb import DatabaseConnection
 from ansible_collections.segura.backup.plugins.module_utils._engine.archive.encryption import Decryption
@@ -23,7 +23,7 @@ from ansible_collections.segura.backup.plugins.module_utils._engine.constants im
 from ansible_collections.segura.backup.plugins.module_utils._engine.errors import ConfigError, IntegrityError, TargetError
 from ansible_collections.segura.backup.plugins.module_utils._engine.targets.base import Target
 
-RESTORABLE_COMPONENTS = ("database", "config", "secrets")
+RESTORABLE_COMPONENTS = constants.RESTORABLE_COMPONENTS
 FILES_PREFIX = "files/"
 BLOCK = 1024 * 1024
 #: DB chunks larger than this are spooled to an anonymous temporary file (0600, unlinked) while checked.
