@@ -263,7 +263,7 @@ appliances:
           C(ignored) followed by why; C(from_index) counts the files judged from their copies, C(read) those read from
           the target.
       type: dict
-      returned: when O(use_index=true)
+      returned: when O(use_index=true) and the appliance's snapshots folder could be listed
       sample: {"state": "used", "from_index": 498, "read": 2}
 sessions:
   description: Per appliance, the session recordings on the target.

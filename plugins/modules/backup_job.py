@@ -268,8 +268,9 @@ def main():
     except BackupError as exc:
         done = getattr(exc, "summary", None)  # a snapshot taken before verify or prune failed
         module.fail_json(msg=str(exc), error=type(exc).__name__, **({"job": done} if done else {}))
-    for warning in (summary.get("snapshot") or {}).get("warnings") or []:
-        module.warn(warning)
+    for step in ("snapshot", "verify", "prune"):  # the index's and prune's warnings too, not only the snapshot's
+        for warning in (summary.get(step) or {}).get("warnings") or []:
+            module.warn(warning)
     module.exit_json(changed=summary["status"] == "ok", job=summary)
 
 

@@ -200,6 +200,16 @@ snapshots:
     recorded:
       description: Whether the result was stored on the target.
       type: bool
+    record_error:
+      description: Why the result could not be stored (it keeps its verdict); absent when it was stored.
+      type: str
+      returned: when the result could not be stored
+    index_error:
+      description:
+        - Why the appliance's catalog index (see M(segura.backup.backup_info)) was not updated after the
+          result was stored; a warning, never a failure. Listings then read the files instead.
+      type: str
+      returned: when the index could not be updated
 verified_count:
   description: Number of snapshots verified.
   returned: always

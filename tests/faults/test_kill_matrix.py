@@ -166,10 +166,6 @@ def test_killed_at_five_offsets_the_next_run_heals(matrix, phase, victim, kind):
     low, high = calibration["windows"][child] if child else (1, calibration["count"])
     assert high > low >= 1 if phase != "prune" else high >= low >= 1, calibration
     margin = 0 if phase == "prune" else min(END_MARGIN, (high - low) // 100)
-    if child:
-        # The target's writes run behind a queue (pipeline.WriteBehind): how far they trail the child's
-        # output varies from run to run, so the last offset stays a twentieth of the child's window inside.
-        margin = (high - low) // 20
     offsets = sorted({max(1, round(low + fraction * (high - margin - low))) for fraction in FRACTIONS})
     assert len(offsets) == 5 or phase == "prune", offsets
 

@@ -101,7 +101,8 @@ def test_an_index_copy_of_another_length_is_never_used(target, tmp_path):
     (b'{"format": "segura.backup/index/1", "appliance": "pam1", "files": []}', "ignored: damaged"),
     (b'{"format": "segura.backup/index/1", "appliance": "pam1", "files": {"x.json": [1, 2]}}', "ignored: damaged"),
     (b'{"format": "segura.backup/index/1", "appliance": "pam1", "files": {"x.json": ["1", 2, "t"]}}', "ignored: damaged"),
-    (b"[" * 100000 + b"]" * 100000, "ignored: damaged"),
+    (b"[" * 5000 + b"]" * 5000, "ignored: damaged"),  # nested deeper than json parses
+    (b"[" * 100000 + b"]" * 100000, "ignored: cannot be read"),  # larger than copies of the listed files can be
 ])
 def test_a_damaged_index_is_ignored_and_the_next_refresh_repairs_it(target, tmp_path, content, state):
     fill(target, 3)
@@ -153,3 +154,78 @@ def test_true_and_false_are_not_sizes_or_times(target, tmp_path):
     with open(index_file(tmp_path), "w") as handle:
         json.dump({"format": "segura.backup/index/1", "appliance": "pam1", "files": {"x.json": [True, 1.5, "t"]}}, handle)
     assert list_snapshots(target, use_index=True).indexes["pam1"].state.startswith("ignored: damaged")
+
+
+@pytest.mark.parametrize("text, why", [
+    ('"\\ud800"', "not UTF-8"),  # a lone surrogate: valid JSON, no UTF-8 bytes
+    ("1" + "0" * 30, "digits"),  # a number json would parse in quadratic time on Pythons without a limit
+])
+def test_hostile_texts_and_numbers_make_the_index_damaged_not_the_run(target, tmp_path, text, why):
+    fill(target, 1)
+    refresh_index(target, "pam1")
+    with open(index_file(tmp_path)) as handle:
+        raw = handle.read()
+    name = next(iter(json.loads(raw)["files"]))
+    doc = raw.replace('"files":{"%s":[' % name, '"files":{"x.json":[1,1,%s],"%s":[' % (text, name), 1)
+    assert doc != raw
+    with open(index_file(tmp_path), "w") as handle:
+        handle.write(doc)
+    indexed = list_snapshots(target, use_index=True)
+    assert indexed.indexes["pam1"].state.startswith("ignored: damaged") and why in indexed.indexes["pam1"].state
+    assert as_shown(indexed) == as_shown(list_snapshots(target))
+    assert refresh_index(target, "pam1")["written"]  # and the next refresh repairs it
+
+
+def test_an_index_larger_than_copies_of_the_listed_files_can_be_is_not_read(target, tmp_path):
+    fill(target, 2)
+    refresh_index(target, "pam1")
+    with open(index_file(tmp_path)) as handle:
+        doc = json.load(handle)
+    doc["padding"] = " " * (200 * 1024)  # far beyond what copies of three small files can weigh
+    with open(index_file(tmp_path), "w") as handle:
+        json.dump(doc, handle)
+    indexed = list_snapshots(target, use_index=True)
+    assert indexed.indexes["pam1"].state.startswith("ignored: cannot be read"), indexed.indexes["pam1"].state
+    assert as_shown(indexed) == as_shown(list_snapshots(target))
+
+
+def test_a_sidecar_over_the_limit_is_read_and_damaged_even_with_a_copy(target, tmp_path, monkeypatch):
+    fill(target, 1)
+    refresh_index(target, "pam1")
+    record = list_snapshots(target, "pam1").snapshots[0]
+    monkeypatch.setattr(index_module, "SIDECAR_LIMIT", record._entries[".json"].size - 1)
+    from ansible_collections.segura.backup.plugins.module_utils._engine.catalog import names, store
+    monkeypatch.setattr(names, "SIDECAR_LIMIT", record._entries[".json"].size - 1)
+    monkeypatch.setattr(store, "SIDECAR_LIMIT", record._entries[".json"].size - 1)
+    indexed = list_snapshots(target, use_index=True)
+    assert indexed.indexes["pam1"].used == 1  # the verification record only
+    assert as_shown(indexed) == as_shown(list_snapshots(target))
+
+
+def test_a_sidecar_that_cannot_be_read_does_not_stop_the_others_being_indexed(target, tmp_path):
+    names = fill(target, 3)
+    unreadable = os.path.join(str(tmp_path), "pam1", "snapshots", catalog.sidecar_name(names[1]))
+    os.chmod(unreadable, 0)
+    try:
+        if os.access(unreadable, os.R_OK):  # root reads anything: make it a folder instead
+            os.chmod(unreadable, 0o644)
+            os.remove(unreadable)
+            os.makedirs(unreadable)
+        outcome = refresh_index(target, "pam1")
+    finally:
+        if os.path.isdir(unreadable):
+            os.rmdir(unreadable)
+    assert outcome["written"] and outcome["files"] == 3, outcome  # two sidecars and the verification record
+
+
+def test_a_stop_while_the_index_is_refreshed_ends_the_refresh_not_the_run(target, tmp_path, monkeypatch):
+    from ansible_collections.segura.backup.plugins.module_utils._engine.cancel import Cancelled
+
+    fill(target, 1)
+
+    def stopped(*args, **kwargs):
+        raise Cancelled("SIGTERM")
+
+    monkeypatch.setattr(index_module, "write_replacing", stopped)
+    outcome = refresh_index(target, "pam1")
+    assert outcome["written"] is False and "stopped (SIGTERM)" in outcome["error"]

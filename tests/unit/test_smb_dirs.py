@@ -12,7 +12,7 @@ EPOCH = 116444736000000000
 
 def entry(name, size=0, attributes=0x20, written=EPOCH + 17_000_000_001_234_567, following=None):
     encoded = name.encode("utf-16-le")
-    body = struct.pack("<IIqqqqqqII", 0, 0, 0, 0, written, 0, size, 0, attributes, len(encoded)) + encoded
+    body = struct.pack("<IIQQQQQQII", 0, 0, 0, 0, written, 0, size, 0, attributes, len(encoded)) + encoded
     body += bytes(-len(body) % 8)
     if following is not None:
         body = struct.pack("<I", following) + body[4:]
@@ -67,3 +67,12 @@ def test_a_name_that_is_not_utf16_is_refused():
     item[64:68] = b"\x00\xd8\x00\xd8"  # two high surrogates
     with pytest.raises(smb_dirs.MalformedListing, match="not UTF-16"):
         list(smb_dirs._entries(reply(bytes(item))))
+
+
+def test_times_past_datetimes_years_are_datetime_max_and_1601_is_1601_as_smbprotocol_gives_them():
+    import datetime
+
+    far = datetime.datetime.max.replace(tzinfo=datetime.timezone.utc).timestamp()
+    parsed = list(smb_dirs._entries(reply(entry("late", written=2 ** 64 - 1), entry("early", written=0))))
+    assert [(name, mtime) for name, dummy, dummy, mtime in parsed] == [("late", far), ("early", -11644473600.0)]  # 1601
+    assert list(smb_dirs._entries(reply(entry("big", size=2 ** 64 - 1))))[0][2] == 2 ** 64 - 1  # unsigned

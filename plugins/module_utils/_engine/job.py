@@ -132,7 +132,9 @@ class BackupJob:
                                                 check_session_hashes=bool(self.verify.get("check_session_hashes")),
                                                 trust=self.trust)
         report = {"mode": self.verify_mode, "ok": bool(results) and all(r.ok for r in results),
-                  "message": verification.summary(results)}
+                  "message": verification.summary(results),
+                  "warnings": sorted({"the catalog index was not updated (%s); listings read the sidecars instead"
+                                      % r.index_error for r in results if r.index_error})}
         if not report["ok"]:
             raise BackupError("snapshot %s failed verification: %s" % (snapshot_id, report["message"]))
         return report
@@ -149,7 +151,9 @@ class BackupJob:
         errors = [outcome.error for outcome in outcomes if outcome.error]
         if errors:
             raise BackupError("pruning failed: %s" % "; ".join(errors))
-        return {"policy": self.policy.describe(), "removed": removed, "errors": errors, "dry_run": dry_run}
+        warnings = [warning for outcome in outcomes if outcome.plan for warning in outcome.plan.warnings]
+        return {"policy": self.policy.describe(), "removed": removed, "errors": errors, "dry_run": dry_run,
+                "warnings": warnings}
 
 
 def run_backup(params: Dict[str, Any], check_mode: bool = False, notify: Optional[Notify] = None,

@@ -251,7 +251,7 @@ def list_snapshots(target: Target, appliance: Optional[str] = None, read_sidecar
             listing.complete = False
             listing.errors.append(str(exc))
             continue
-        index = load_index(target, name) if read_sidecars and use_index else None
+        index = load_index(target, name, entries) if read_sidecars and use_index else None
         if index is not None:
             listing.indexes[name] = index
         for record in records_from_entries(name, entries):

@@ -35,7 +35,7 @@ STATUS_DAMAGED = "damaged"
 
 _TIME_FORMAT = "%Y%m%dT%H%M%SZ"
 ID_PATTERN = re.compile(r"[0-9a-f]{8}")
-_STEM = r"(?P<stem>(?P<time>\d{8}T\d{6}Z)-(?P<id>[0-9a-f]{8}))"
+_STEM = r"(?P<stem>(?P<time>[0-9]{8}T[0-9]{6}Z)-(?P<id>[0-9a-f]{8}))"  # ASCII digits only (\d takes any)
 OBJECT_NAME = re.compile(_STEM + r"\.tar\.zst(?P<age>\.age)?")
 # Every file name that belongs to a snapshot, and what it is.
 SNAPSHOT_FILE = re.compile(

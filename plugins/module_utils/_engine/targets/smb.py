@@ -1044,8 +1044,8 @@ class SmbTarget(Target):
         if self._list_mode == "fast":
             try:
                 return [Entry(*item) for item in smb_dirs.scan(self._unc(relpath), self._kwargs())]
-            except smb_dirs.MalformedListing:
-                self._list_mode = "generic"  # smbprotocol's own parsing from now on, starting with this folder
+            except (smb_dirs.NotCovered, AttributeError, TypeError):  # a reply, a DFS link or internals it does not cover
+                self._list_mode = "generic"  # smbprotocol's own calls from now on, starting with this folder
             except BaseException as exc:
                 raise self.map_error(exc, where) from None
         entries = []

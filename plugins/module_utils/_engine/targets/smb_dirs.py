@@ -12,13 +12,14 @@ buffer is read here, FILE_DIRECTORY_INFORMATION ([MS-FSCC] 2.4.10), and checked 
 
 from __future__ import annotations
 
+import datetime
 import inspect
 import struct
 from typing import Any, Iterator, Tuple
 
 try:
     from smbclient._io import SMBDirectoryIO
-    from smbprotocol.exceptions import NoMoreFiles, NoSuchFile
+    from smbprotocol.exceptions import NoMoreFiles, NoSuchFile, ObjectNameNotFound, ObjectPathNotFound, PathNotCovered
     from smbprotocol.file_info import FileInformationClass
     from smbprotocol.open import Open, QueryDirectoryFlags
 except ImportError:  # SmbTarget reports a missing smbprotocol; this path is then never taken
@@ -28,9 +29,15 @@ except ImportError:  # SmbTarget reports a missing smbprotocol; this path is the
 _RESPONSE = struct.Struct("<HHI")
 _SMB2_HEADER_SIZE = 64
 # [MS-FSCC] 2.4.10: NextEntryOffset, FileIndex, four FILETIMEs, EndOfFile, AllocationSize,
-# FileAttributes, FileNameLength; then the UTF-16 name
-_ENTRY = struct.Struct("<IIqqqqqqII")
+# FileAttributes, FileNameLength; then the UTF-16 name. Unsigned, as smbprotocol reads them.
+_ENTRY = struct.Struct("<IIQQQQQQII")
 _FILETIME_EPOCH = 116444736000000000
+# smbprotocol turns a FILETIME outside datetime's years into datetime.max: the same here
+_UTC = datetime.timezone.utc
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=_UTC)
+_MIN_MICROS = (datetime.datetime(1, 1, 1, tzinfo=_UTC) - _EPOCH) // datetime.timedelta(microseconds=1)
+_MAX_MICROS = (datetime.datetime.max.replace(tzinfo=_UTC) - _EPOCH) // datetime.timedelta(microseconds=1)
+_OUT_OF_RANGE = datetime.datetime.max.replace(tzinfo=_UTC).timestamp()
 _ATTRIBUTE_DIRECTORY = 0x10
 # Bytes asked for per response, in 64 KiB credits: up to 1 MiB (~5,000 entries) when the server's
 # max transact size and the credits on hand allow, so a large snapshots/ folder is one round trip.
@@ -38,8 +45,12 @@ _CREDIT_BYTES = 64 * 1024
 _MAX_CREDITS = 16
 
 
-class MalformedListing(Exception):
-    """A directory reply that does not parse: the caller falls back to smbprotocol's own parsing."""
+class NotCovered(Exception):
+    """What the fast path does not handle: the caller lists the folder with smbprotocol's own calls."""
+
+
+class MalformedListing(NotCovered):
+    """A directory reply that does not parse."""
 
 
 def usable() -> bool:
@@ -71,6 +82,9 @@ def scan(unc: str, kwargs: dict) -> Iterator[Tuple[str, bool, int, float]]:
                 response = connection.receive(connection.send(query, session_id, tree_id))
             except (NoMoreFiles, NoSuchFile):  # [MS-SMB2] 3.3.5.18: both end an enumeration
                 return
+            except (PathNotCovered, ObjectNameNotFound, ObjectPathNotFound):
+                # a DFS link met while enumerating: smbclient follows the referral, so it lists this one
+                raise NotCovered("a DFS referral during the enumeration") from None
             flags = 0
             yield from _entries(response["data"].get_value())
 
@@ -80,7 +94,7 @@ def _output_size(connection: Any) -> int:
         return _CREDIT_BYTES
     with connection.sequence_lock:
         on_hand = connection.sequence_window["high"] - connection.sequence_window["low"]
-    credits = min(_MAX_CREDITS, on_hand - 1)  # one left for whatever else the connection is doing
+    credits = min(_MAX_CREDITS, on_hand // 2)  # half left for whatever else uses the connection meanwhile
     return max(1, min(credits, (connection.max_transact_size or _CREDIT_BYTES) // _CREDIT_BYTES)) * _CREDIT_BYTES
 
 
@@ -108,7 +122,9 @@ def _entries(body: bytes) -> Iterator[Tuple[str, bool, int, float]]:
             raise MalformedListing("a directory entry's name is not UTF-16") from None
         if name not in (".", ".."):
             is_dir = bool(attributes & _ATTRIBUTE_DIRECTORY)
-            yield name, is_dir, 0 if is_dir else size, ((written - _FILETIME_EPOCH) // 10) / 10 ** 6
+            micros = (written - _FILETIME_EPOCH) // 10
+            mtime = micros / 10 ** 6 if _MIN_MICROS <= micros <= _MAX_MICROS else _OUT_OF_RANGE
+            yield name, is_dir, 0 if is_dir else size, mtime
         if following == 0:
             return
         if following < _ENTRY.size or following % 8:
