@@ -206,8 +206,8 @@ snapshots:
       returned: when the result could not be stored
     index_error:
       description:
-        - Why the appliance's catalog index (see M(segura.backup.backup_info)) was not updated after the
-          result was stored; a warning, never a failure. Listings then read the files instead.
+        - The warning, naming why, when the appliance's catalog index (see M(segura.backup.backup_info)) was
+          not updated after the result was stored; never a failure. Listings then read the files instead.
       type: str
       returned: when the index could not be updated
 verified_count:
@@ -282,8 +282,7 @@ def main():
             module.warn("the result of %s/%s was not stored: %s" % (result.appliance, result.id, result.record_error))
         if result.index_error and result.appliance not in index_warned:
             index_warned.add(result.appliance)
-            module.warn("the catalog index of %s was not updated (%s); listings read the sidecars instead"
-                        % (result.appliance, result.index_error))
+            module.warn(result.index_error)
     failed = [r for r in results if not r.ok]
     outcome = dict(
         changed=any(r.recorded for r in results),

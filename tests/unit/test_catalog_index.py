@@ -229,3 +229,16 @@ def test_a_stop_while_the_index_is_refreshed_ends_the_refresh_not_the_run(target
     monkeypatch.setattr(index_module, "write_replacing", stopped)
     outcome = refresh_index(target, "pam1")
     assert outcome["written"] is False and "stopped (SIGTERM)" in outcome["error"]
+
+
+def test_runs_that_changed_the_folder_warn_when_the_index_cannot_be_written(target, tmp_path):
+    from ansible_collections.segura.backup.plugins.module_utils._engine import pruning, retention, verification
+
+    fill(target, 3)
+    os.makedirs(os.path.join(index_file(tmp_path), "in-the-way"))
+    results = verification.verify_snapshots(target, list_snapshots(target, "pam1").snapshots[:1], "quick")
+    assert results[0].recorded
+    assert results[0].index_error.startswith("the catalog index of pam1 was not updated (")
+    outcomes = pruning.prune(target, retention.Policy(keep_last=1), appliance="pam1", now=CREATED + timedelta(days=1))
+    assert outcomes[0].removed and outcomes[0].error is None  # pruned all the same
+    assert [w for w in outcomes[0].plan.warnings if w.startswith("the catalog index of pam1 was not updated")]

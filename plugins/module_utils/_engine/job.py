@@ -133,8 +133,7 @@ class BackupJob:
                                                 trust=self.trust)
         report = {"mode": self.verify_mode, "ok": bool(results) and all(r.ok for r in results),
                   "message": verification.summary(results),
-                  "warnings": sorted({"the catalog index was not updated (%s); listings read the sidecars instead"
-                                      % r.index_error for r in results if r.index_error})}
+                  "warnings": sorted({r.index_error for r in results if r.index_error})}
         if not report["ok"]:
             raise BackupError("snapshot %s failed verification: %s" % (snapshot_id, report["message"]))
         return report

@@ -466,10 +466,9 @@ def prune(
                         lock.confirm("nothing was removed")  # planned under our lock: still ours to act on?
                         outcome.applied = True
                         apply_plan(target, outcome.plan, heartbeat=lock.check, removed=outcome.removed)
-                        indexed = catalog.refresh_index(target, name)
-                        if indexed.get("error"):
-                            outcome.plan.warnings.append("the catalog index was not updated (%s); listings read "
-                                                         "the sidecars instead" % indexed["error"])
+                        index_warning = catalog.update_index(target, name)
+                        if index_warning:
+                            outcome.plan.warnings.append(index_warning)
                 if lock.release_warning and outcome.plan is not None:
                     outcome.plan.warnings.append(lock.release_warning)
         except BackupError as exc:

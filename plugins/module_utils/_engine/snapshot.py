@@ -388,10 +388,9 @@ def take_snapshot(target: Target, request: SnapshotRequest, progress: Optional[P
             warnings.append("the snapshot is published UNSIGNED (no signing key): verify and restore refuse it "
                             "unless allow_unsigned is set; the runtime role creates the key")
         sidecar_relpath = catalog.publish_sidecar(target, sidecar, request.signing_key)
-        indexed = catalog.refresh_index(target, request.appliance)  # published: its failure is a warning
-        if indexed.get("error"):
-            warnings.append("the catalog index was not updated (%s); listings read the sidecars instead"
-                            % indexed["error"])
+        index_warning = catalog.update_index(target, request.appliance)  # published: its failure is a warning
+        if index_warning:
+            warnings.append(index_warning)
     if lock.release_warning:  # published: a lock left behind is a warning, never a failed run
         warnings.append(lock.release_warning)
 

@@ -50,7 +50,7 @@ class VerifyResult:
     checks: Dict[str, Any] = field(default_factory=dict)
     recorded: bool = False
     record_error: Optional[str] = None
-    index_error: Optional[str] = None  # the catalog index was not updated after the result was stored
+    index_error: Optional[str] = None  # the warning when the catalog index was not updated after the result was stored
 
     @property
     def ok(self) -> bool:
@@ -445,10 +445,10 @@ def verify_snapshots(
                 result.record_error = str(exc)
         results.append(result)
     for appliance in sorted({result.appliance for result in results if result.recorded}):
-        indexed = catalog.refresh_index(target, appliance)
+        index_warning = catalog.update_index(target, appliance)
         for result in results:
-            if result.appliance == appliance and indexed.get("error"):
-                result.index_error = indexed["error"]
+            if result.appliance == appliance:
+                result.index_error = index_warning
     return results
 
 

@@ -35,7 +35,7 @@ names below are the catalog's API; callers use ``catalog.<name>``.
 
 from __future__ import annotations
 
-from ansible_collections.segura.backup.plugins.module_utils._engine.catalog.index import INDEX_NAME, index_path, load_index, refresh_index  # noqa: F401
+from ansible_collections.segura.backup.plugins.module_utils._engine.catalog.index import INDEX_NAME, index_path, load_index, refresh_index, update_index  # noqa: F401
 from ansible_collections.segura.backup.plugins.module_utils._engine.catalog.listing import (  # noqa: F401
     Listing,
     SnapshotRecord,

@@ -175,6 +175,14 @@ def refresh_index(target: Target, appliance: str) -> Dict[str, Any]:
         return {"written": False, "error": "%s: %s" % (type(exc).__name__, exc)}
 
 
+def update_index(target: Target, appliance: str) -> Optional[str]:
+    """``refresh_index`` for the runs that changed the folder: None, or the warning they report."""
+    error = refresh_index(target, appliance).get("error")
+    if not error:
+        return None
+    return "the catalog index of %s was not updated (%s); listings read the sidecars instead" % (appliance, error)
+
+
 def _same(files: Dict[str, List[Any]], document: bytes) -> bool:
     fresh = json.loads(document.decode("utf-8"))["files"]
     return fresh.keys() == files.keys() and all(

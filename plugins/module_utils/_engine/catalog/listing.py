@@ -68,7 +68,7 @@ class SnapshotRecord:
     #: dated more than the tolerance ahead of now (clock_skew.py); set by Listing.flag_future_dated
     future_dated: bool = False
     _entries: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # kind -> Entry
-    # name -> (Entry, bytes) of the sidecar and verification record as judged: what the index keeps
+    # name -> (Entry, bytes) of the sidecar and verification record as judged with an index: what it keeps
     _copies: Dict[str, Tuple[Any, bytes]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -347,8 +347,7 @@ def load_sidecar(target: Target, record: SnapshotRecord, index: Optional[IndexCo
     stem = record.stem
     sidecar_relpath = "%s/%s%s" % (directory, stem, SIDECAR_SUFFIX)
     try:
-        data = _small_file(target, sidecar_relpath, entries[SIDECAR_SUFFIX], index)
-        record._copies[entries[SIDECAR_SUFFIX].name] = (entries[SIDECAR_SUFFIX], data)
+        data = _small_file(target, sidecar_relpath, entries[SIDECAR_SUFFIX], index, record)
         sidecar = Sidecar.from_json(data, target.describe_path(sidecar_relpath))
     except TargetNotFound:
         record.status = STATUS_PARTIAL  # removed after we listed it: no longer complete
@@ -390,12 +389,16 @@ def _damaged(record: SnapshotRecord, problem: str) -> SnapshotRecord:
     return record
 
 
-def _small_file(target: Target, relpath: str, entry: Any, index: Optional[IndexCopies]) -> bytes:
-    data = index.bytes_for(entry) if index is not None else None
+def _small_file(target: Target, relpath: str, entry: Any, index: Optional[IndexCopies], record: SnapshotRecord) -> bytes:
+    """The file's bytes: the index's copy when unchanged, else read. With an index, the bytes are kept on the
+    record (``_copies``) for refresh_index; without one nothing is kept."""
+    if index is None:
+        return read_small(target, relpath)
+    data = index.bytes_for(entry)
     if data is None:
         data = read_small(target, relpath)
-        if index is not None:
-            index.read += 1
+        index.read += 1
+    record._copies[entry.name] = (entry, data)
     return data
 
 
@@ -403,8 +406,7 @@ def _read_verification(target: Target, record: SnapshotRecord, index: Optional[I
     entry = record._entries[VERIFY_SUFFIX]
     relpath = "%s/%s%s" % (snapshots_dir(record.appliance), record.stem, VERIFY_SUFFIX)
     try:
-        data = _small_file(target, relpath, entry, index)
-        record._copies[entry.name] = (entry, data)
+        data = _small_file(target, relpath, entry, index, record)
         doc = json.loads(data.decode("utf-8"))
     except TargetNotFound:
         return None
